@@ -1,0 +1,215 @@
+"""Spiking average pooling: a fixed linear map (mean over a window) and a neuron.
+
+Average pooling is linear, so it has an exact spiking form: each output neuron
+receives the mean of its window's input spikes and fires like any IF neuron.
+Its synapses are the window connections (weight 1/size), so a spike costs one
+operation per window it belongs to. Max pooling has no exact spiking form;
+keras_snn offers none (convert_model suggests average pooling instead).
+"""
+
+import keras
+from keras import ops
+
+from keras_snn.layers.base import SynapticLayer
+
+
+class _SpikingAveragePooling(SynapticLayer, keras.layers.Layer):
+    rank = None
+
+    def __init__(
+        self,
+        pool_size=2,
+        strides=None,
+        padding="valid",
+        neuron="if",
+        threshold=1.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.pool_size = _tuple(pool_size, self.rank, "pool_size", self.name)
+        self.strides = _tuple(
+            self.pool_size if strides is None else strides, self.rank, "strides", self.name
+        )
+        padding = str(padding).lower()
+        if padding not in ("valid", "same"):
+            raise ValueError(
+                f"Layer '{self.name}': `padding` must be 'valid' or 'same'; "
+                f"received {padding!r}."
+            )
+        self.padding = padding
+        self._init_neuron(neuron, threshold)
+
+    def build(self, input_shape):
+        if len(input_shape) != self.rank + 2:
+            raise ValueError(
+                f"Layer '{self.name}' expects inputs of rank {self.rank + 2} "
+                f"(batch, spatial..., channels); received shape {input_shape}."
+            )
+        self._build_neuron(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        spatial = []
+        for size, pool, stride in zip(input_shape[1:-1], self.pool_size, self.strides):
+            if size is None:
+                spatial.append(None)
+            elif self.padding == "same":
+                spatial.append(-(-size // stride))
+            else:
+                spatial.append((size - pool) // stride + 1)
+        return (input_shape[0], *spatial, input_shape[-1])
+
+    def compute_current(self, inputs):
+        return ops.average_pool(
+            inputs, self.pool_size, strides=self.strides, padding=self.padding
+        )
+
+    def connectivity(self, inputs):
+        # Sum pooling: one synapse per (window, member), as a depthwise conv
+        # with a ones kernel so 'same' borders count only real members.
+        channels = inputs.shape[-1]
+        kernel = ops.ones(self.pool_size + (channels, 1), dtype=inputs.dtype)
+        return ops.depthwise_conv(inputs, kernel, strides=self.strides, padding=self.padding)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "pool_size": self.pool_size,
+            "strides": self.strides,
+            "padding": self.padding,
+            **self._neuron_config(),
+        }
+
+
+@keras.saving.register_keras_serializable(package="keras_snn")
+class SpikingAveragePooling2D(_SpikingAveragePooling):
+    """2D average pooling of spikes into spiking neurons.
+
+    Per step: `z(t) = mean over each window of s_in(t)`, then the neuron fires.
+    With a threshold of 1 and IF neurons, an output neuron's rate tracks the
+    mean rate of its window.
+
+    Args:
+        pool_size: int or 2-tuple window size (default 2).
+        strides: int or 2-tuple; defaults to `pool_size`.
+        padding: "valid" or "same" (borders average only real members).
+        neuron: "if" (default), "buffered", "lif", a `Neuron`, or None.
+        threshold: initial firing threshold (> 0).
+
+    Input shape: `(batch, rows, cols, channels)`.
+    Output shape: `(batch, pooled_rows, pooled_cols, channels)`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> tuple(SpikingAveragePooling2D(2)(np.ones((1, 4, 4, 3), "float32")).shape)
+    (1, 2, 2, 3)
+    """
+
+    rank = 2
+
+
+@keras.saving.register_keras_serializable(package="keras_snn")
+class SpikingAveragePooling1D(_SpikingAveragePooling):
+    """1D average pooling of spikes into spiking neurons.
+
+    Args:
+        pool_size, strides, padding: as `keras.layers.AveragePooling1D`.
+        neuron: "if" (default), "buffered", "lif", a `Neuron`, or None.
+        threshold: initial firing threshold (> 0).
+
+    Input shape: `(batch, steps, channels)`.
+    Output shape: `(batch, pooled_steps, channels)`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> tuple(SpikingAveragePooling1D(2)(np.ones((1, 6, 3), "float32")).shape)
+    (1, 3, 3)
+    """
+
+    rank = 1
+
+
+class _SpikingGlobalAveragePooling(SynapticLayer, keras.layers.Layer):
+    rank = None
+
+    def __init__(self, keepdims=False, neuron="if", threshold=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.keepdims = bool(keepdims)
+        self._init_neuron(neuron, threshold)
+
+    def build(self, input_shape):
+        if len(input_shape) != self.rank + 2:
+            raise ValueError(
+                f"Layer '{self.name}' expects inputs of rank {self.rank + 2}; "
+                f"received shape {input_shape}."
+            )
+        self._build_neuron(input_shape)
+
+    def _spatial_axes(self):
+        return tuple(range(1, self.rank + 1))
+
+    def compute_output_shape(self, input_shape):
+        if self.keepdims:
+            return (input_shape[0],) + (1,) * self.rank + (input_shape[-1],)
+        return (input_shape[0], input_shape[-1])
+
+    def compute_current(self, inputs):
+        return ops.mean(inputs, axis=self._spatial_axes(), keepdims=self.keepdims)
+
+    def connectivity(self, inputs):
+        return ops.sum(inputs, axis=self._spatial_axes(), keepdims=self.keepdims)
+
+    def get_config(self):
+        return {**super().get_config(), "keepdims": self.keepdims, **self._neuron_config()}
+
+
+@keras.saving.register_keras_serializable(package="keras_snn")
+class SpikingGlobalAveragePooling2D(_SpikingGlobalAveragePooling):
+    """Global average pooling of spikes into one spiking neuron per channel.
+
+    Per step: `z(t) = mean over rows and cols of s_in(t)`, then the neuron fires.
+
+    Args:
+        keepdims: keep the spatial axes with size 1.
+        neuron: "if" (default), "buffered", "lif", a `Neuron`, or None.
+        threshold: initial firing threshold (> 0).
+
+    Input shape: `(batch, rows, cols, channels)`.
+    Output shape: `(batch, channels)` (or `(batch, 1, 1, channels)`).
+
+    Example:
+
+    >>> import numpy as np
+    >>> tuple(SpikingGlobalAveragePooling2D()(np.ones((2, 4, 4, 3), "float32")).shape)
+    (2, 3)
+    """
+
+    rank = 2
+
+
+@keras.saving.register_keras_serializable(package="keras_snn")
+class SpikingGlobalAveragePooling1D(_SpikingGlobalAveragePooling):
+    """Global average pooling over steps into one spiking neuron per channel.
+
+    Args:
+        keepdims, neuron, threshold: as `SpikingGlobalAveragePooling2D`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> tuple(SpikingGlobalAveragePooling1D()(np.ones((2, 5, 3), "float32")).shape)
+    (2, 3)
+    """
+
+    rank = 1
+
+
+def _tuple(value, rank, name, layer_name):
+    values = (value,) * rank if isinstance(value, int) else tuple(value)
+    if len(values) != rank or not all(isinstance(v, int) and v > 0 for v in values):
+        raise ValueError(
+            f"Layer '{layer_name}': `{name}` must be a positive int or a tuple of "
+            f"{rank} positive ints; received {value!r}."
+        )
+    return values

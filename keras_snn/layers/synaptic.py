@@ -1,0 +1,193 @@
+"""Weighted spiking layers: Dense and convolutions followed by a neuron.
+
+Each layer is the Keras layer of the same name (same arguments, weights and
+config, so trained weights load unchanged) whose activation is replaced by a
+spiking neuron: per step `z(t) = W . s_in(t) + b` feeds the neuron, which emits
+spikes (see `keras_snn.neurons`). With `neuron=None` the layer is non-spiking
+and passes `z(t)` on, which is how the final layer feeds a membrane readout.
+
+Common arguments of every layer here:
+
+    neuron: the spiking neuron: "if" (default), "buffered", "lif", a
+        `keras_snn.neurons.Neuron`, or None for a non-spiking layer that
+        outputs its input current (used before a membrane `Readout`).
+    threshold: initial firing threshold theta (> 0), stored as a
+        non-trainable variable named "threshold".
+"""
+
+import keras
+from keras import ops
+
+from keras_snn.layers.base import SpikingLayer
+from keras_snn.layers.base import SynapticLayer
+from keras_snn.layers.base import nonzero_mask
+
+
+class _KerasSynapticLayer(SynapticLayer):
+    """A Keras weighted layer whose activation is a spiking neuron."""
+
+    def _refuse_activation(self, kwargs):
+        activation = kwargs.pop("activation", None)
+        if activation not in (None, "linear"):
+            raise ValueError(
+                f"{type(self).__name__} '{kwargs.get('name', '')}': spiking layers take "
+                "no `activation` (the neuron is the nonlinearity); received "
+                f"activation={activation!r}."
+            )
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_neuron(input_shape)
+
+    def compute_current(self, inputs):
+        # The wrapped Keras layer's own forward pass: W.x + b (activation None).
+        return super(SpikingLayer, self).call(inputs)
+
+    # Keras's weighted layers save only their own (possibly quantized) kernel
+    # and bias; the generic Layer scheme saves every variable, threshold and
+    # neuron parameters included.
+    def save_own_variables(self, store):
+        keras.layers.Layer.save_own_variables(self, store)
+
+    def load_own_variables(self, store):
+        keras.layers.Layer.load_own_variables(self, store)
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("activation", None)
+        return {**config, **self._neuron_config()}
+
+
+@keras.saving.register_keras_serializable(package="keras_snn")
+class SpikingDense(_KerasSynapticLayer, keras.layers.Dense):
+    """Fully connected layer of spiking neurons.
+
+    Per step: `z(t) = s_in(t) @ W + b`, then the neuron fires on `z(t)`.
+
+    Args:
+        units: number of neurons.
+        neuron: "if" (default), "buffered", "lif", a `Neuron`, or None
+            (non-spiking: outputs `z(t)`).
+        threshold: initial firing threshold (> 0).
+        **kwargs: any other `keras.layers.Dense` argument (`use_bias`,
+            initializers, regularizers, ...); `activation` must stay None.
+
+    Input shape: `(batch, ..., input_dim)` spikes (or analog current).
+    Output shape: `(batch, ..., units)` spikes for one step.
+
+    Example:
+
+    >>> import numpy as np
+    >>> layer = SpikingDense(4, threshold=1.0)
+    >>> tuple(layer(np.ones((2, 3), "float32")).shape)
+    (2, 4)
+    """
+
+    def __init__(self, units, neuron="if", threshold=1.0, **kwargs):
+        self._refuse_activation(kwargs)
+        super().__init__(units, activation=None, **kwargs)
+        self._init_neuron(neuron, threshold)
+
+    def connectivity(self, inputs):
+        return ops.matmul(inputs, nonzero_mask(self.kernel))
+
+
+class _SpikingConv(_KerasSynapticLayer):
+    def connectivity(self, inputs):
+        return self.convolution_op(inputs, nonzero_mask(self.kernel))
+
+
+@keras.saving.register_keras_serializable(package="keras_snn")
+class SpikingConv2D(_SpikingConv, keras.layers.Conv2D):
+    """2D convolution of spiking neurons (strides, padding, dilation).
+
+    Per step: `z(t) = conv2d(s_in(t), W) + b`, then the neuron fires.
+
+    Args:
+        filters, kernel_size: as `keras.layers.Conv2D`.
+        neuron: "if" (default), "buffered", "lif", a `Neuron`, or None.
+        threshold: initial firing threshold (> 0).
+        **kwargs: any other `keras.layers.Conv2D` argument (`strides`,
+            `padding`, `dilation_rate`, ...); `activation` must stay None.
+
+    Input shape: `(batch, rows, cols, channels)`.
+    Output shape: `(batch, new_rows, new_cols, filters)`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> layer = SpikingConv2D(8, 3, strides=2, padding="same")
+    >>> tuple(layer(np.ones((1, 8, 8, 3), "float32")).shape)
+    (1, 4, 4, 8)
+    """
+
+    def __init__(self, filters, kernel_size, neuron="if", threshold=1.0, **kwargs):
+        self._refuse_activation(kwargs)
+        super().__init__(filters, kernel_size, activation=None, **kwargs)
+        self._init_neuron(neuron, threshold)
+
+
+@keras.saving.register_keras_serializable(package="keras_snn")
+class SpikingConv1D(_SpikingConv, keras.layers.Conv1D):
+    """1D convolution of spiking neurons; `SpikingConv2D` for sequences.
+
+    Args:
+        filters, kernel_size: as `keras.layers.Conv1D`.
+        neuron: "if" (default), "buffered", "lif", a `Neuron`, or None.
+        threshold: initial firing threshold (> 0).
+        **kwargs: other `keras.layers.Conv1D` arguments; no `activation`.
+
+    Input shape: `(batch, steps, channels)`.
+    Output shape: `(batch, new_steps, filters)`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> tuple(SpikingConv1D(4, 3)(np.ones((1, 10, 2), "float32")).shape)
+    (1, 8, 4)
+    """
+
+    def __init__(self, filters, kernel_size, neuron="if", threshold=1.0, **kwargs):
+        self._refuse_activation(kwargs)
+        super().__init__(filters, kernel_size, activation=None, **kwargs)
+        self._init_neuron(neuron, threshold)
+
+
+@keras.saving.register_keras_serializable(package="keras_snn")
+class SpikingDepthwiseConv2D(_KerasSynapticLayer, keras.layers.DepthwiseConv2D):
+    """Depthwise 2D convolution of spiking neurons.
+
+    Per step: `z(t) = depthwise_conv2d(s_in(t), W) + b`, then the neuron fires.
+
+    Args:
+        kernel_size: as `keras.layers.DepthwiseConv2D`.
+        neuron: "if" (default), "buffered", "lif", a `Neuron`, or None.
+        threshold: initial firing threshold (> 0).
+        **kwargs: other `keras.layers.DepthwiseConv2D` arguments (`strides`,
+            `padding`, `depth_multiplier`, `dilation_rate`, ...).
+
+    Input shape: `(batch, rows, cols, channels)`.
+    Output shape: `(batch, new_rows, new_cols, channels * depth_multiplier)`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> layer = SpikingDepthwiseConv2D(3, padding="same")
+    >>> tuple(layer(np.ones((1, 5, 5, 2), "float32")).shape)
+    (1, 5, 5, 2)
+    """
+
+    def __init__(self, kernel_size, neuron="if", threshold=1.0, **kwargs):
+        self._refuse_activation(kwargs)
+        super().__init__(kernel_size, activation=None, **kwargs)
+        self._init_neuron(neuron, threshold)
+
+    def connectivity(self, inputs):
+        return ops.depthwise_conv(
+            inputs,
+            nonzero_mask(self.kernel),
+            strides=self.strides,
+            padding=self.padding,
+            dilation_rate=self.dilation_rate,
+            data_format=self.data_format,
+        )

@@ -1,0 +1,347 @@
+"""Spiking neuron models: the per-step update rules as pure TensorFlow functions.
+
+Every rule works per element and per timestep on the weighted input current
+`z(t) = W . s_in(t) + b` and returns `(spikes, new_state)`. Nothing here knows
+about Keras: the spiking layers own the threshold (and leak) variables and pass
+them in, so the same rule serves inference, conversion and training.
+
+The equations follow shared/DESIGN.md section 2 and the low-latency conversion
+paper (seed 004):
+
+- IF, reset by subtraction: `V' = V + z`; `s = A(floor(V'/theta))`; `V = V' - theta*s`.
+- Buffered IF (eqs. 12-13): also keeps the net number of spikes emitted `B`. A
+  negative spike undoes an earlier over-fire when `V' < 0` and `B >= 1`.
+- Multi-bit spikes (eqs. 2-3): `A(n) = 2**floor(log2(min(n, spike_max)))` for
+  `n >= 1`, else 0. `spike_max=1` is the ordinary binary neuron.
+- LIF: `V' = leak*V + z`, then as IF.
+
+The small neuron classes (`IF`, `BufferedIF`, `LIF`) bundle a rule with its
+options (spike_max, initial membrane, reset) behind one interface that the
+layers use: `initial_state(shape, threshold)` and
+`step(current, state, threshold, **parameters) -> (spikes, state)`.
+"""
+
+import tensorflow as tf
+
+
+def multibit_spike_count(n, spike_max):
+    """The adjust function A of seed 004 eq. 3, applied elementwise.
+
+    `A(n) = 2**floor(log2(min(n, spike_max)))` for `n >= 1` and 0 otherwise, so
+    a step carries a power-of-two number of spikes no larger than `spike_max`.
+    Built from comparisons against the exact powers of two rather than from
+    `log2`, whose float rounding would misplace exact powers (log2(4) = 1.99...).
+
+    Args:
+        n: float tensor of whole numbers (spikes the membrane could pay for).
+        spike_max: positive Python int, the largest spike a step may carry.
+
+    Returns:
+        A tensor like `n` holding 0 or a power of two `<= spike_max`.
+    """
+    count = tf.zeros_like(n)
+    power = 1
+    while power <= spike_max:
+        count = tf.where(n >= power, tf.cast(power, n.dtype), count)
+        power *= 2
+    return count
+
+
+def reset_by_subtraction(membrane, spikes, threshold):
+    """Soft reset: remove `threshold` per emitted spike (keeps the residue)."""
+    return membrane - threshold * spikes
+
+
+def reset_to_zero(membrane, spikes, threshold):
+    """Hard reset: a neuron that fired restarts from 0 (the NIR neuron model)."""
+    del threshold  # The reset value does not depend on the threshold.
+    return tf.where(tf.not_equal(spikes, 0), tf.zeros_like(membrane), membrane)
+
+
+_RESETS = {"subtract": reset_by_subtraction, "zero": reset_to_zero}
+
+
+def integrate_and_fire(membrane, current, threshold, spike_max=1, reset=reset_by_subtraction):
+    """One step of the non-leaky IF neuron (seed 004 eqs. 4-5, 2-3).
+
+    Args:
+        membrane: membrane potential `V(t-1)`.
+        current: input current `z(t)`.
+        threshold: firing threshold `theta > 0` (broadcastable).
+        spike_max: largest multi-bit spike.
+        reset: `reset_by_subtraction` or `reset_to_zero`.
+
+    Returns:
+        `(spikes, membrane)`: spikes in {0, 1, 2, 4, ..} and `V(t)`.
+    """
+    potential = membrane + current
+    spikes = multibit_spike_count(tf.floor(potential / threshold), spike_max)
+    return spikes, reset(potential, spikes, threshold)
+
+
+def leaky_integrate_and_fire(
+    membrane, current, threshold, leak, spike_max=1, reset=reset_by_subtraction
+):
+    """One step of the LIF neuron: `V' = leak * V + z`, then as IF (DIET-SNN)."""
+    return integrate_and_fire(leak * membrane, current, threshold, spike_max, reset)
+
+
+def buffered_integrate_and_fire(membrane, buffer, current, threshold, spike_max=1):
+    """One step of the buffered IF neuron with negative spikes (seed 004 eqs. 12-13).
+
+    `buffer` holds the net number of spikes emitted so far (the paper's `V^b`
+    divided by the threshold, which keeps it an exact whole number).
+
+    Positive spikes follow IF. When `V' < 0` the neuron has emitted
+    `ceil(-V'/theta)` spikes more than its input pays for, so it emits that many
+    negative spikes (power-of-two sized, at most `spike_max`), never more than
+    `buffer`. With `spike_max=1` this is exactly eq. 13's `-1 if V' < 0 and
+    B >= theta`; eq. 2's `floor(V'/-theta)` would emit nothing for
+    `-theta < V' < 0` and contradict eq. 13, so the ceiling is used.
+    Positive spikes fire at `V' >= theta` as in eq. 5 (eq. 13 writes `>`); with
+    `>` a neuron driven at exactly its ceiling would lose a spike, and the
+    over-fire argument (A.3) only needs `V' < 0`.
+
+    Returns:
+        `(spikes, (membrane, buffer))` with spikes in {.., -2, -1, 0, 1, 2, ..}.
+    """
+    potential = membrane + current
+    positive = multibit_spike_count(tf.floor(potential / threshold), spike_max)
+    # ceil(-V'/theta) >= 1 exactly when V' < 0, so no separate sign test.
+    overfired = tf.minimum(tf.math.ceil(-potential / threshold), buffer)
+    negative = multibit_spike_count(overfired, spike_max)
+    spikes = positive - negative
+    return spikes, (potential - threshold * spikes, buffer + spikes)
+
+
+def _check_spike_max(spike_max):
+    if isinstance(spike_max, bool) or not isinstance(spike_max, int) or spike_max < 1:
+        raise ValueError(
+            f"`spike_max` must be an integer >= 1 (1 = binary spikes); received {spike_max!r}."
+        )
+    return spike_max
+
+
+def _check_initial_membrane(initial_membrane):
+    value = float(initial_membrane)
+    if not 0.0 <= value < 1.0:
+        raise ValueError(
+            "`initial_membrane` is a fraction of the threshold in [0, 1) "
+            f"(0.5 halves the rounding error); received {initial_membrane!r}."
+        )
+    return value
+
+
+def _resolve_reset(reset):
+    if reset not in _RESETS:
+        raise ValueError(f"`reset` must be one of {sorted(_RESETS)}; received {reset!r}.")
+    return _RESETS[reset]
+
+
+class Neuron:
+    """Interface of a spiking neuron model used by every spiking layer.
+
+    A neuron turns the per-step input current into spikes and carries state
+    between steps. Subclasses set `state_names` (one tensor per name, each
+    shaped like the current) and `parameters` (per-layer scalars the layer
+    stores as variables, with their initial values, e.g. LIF's leak).
+
+    Args:
+        spike_max: largest number of spikes one step may carry (multi-bit
+            spikes, seed 004 eqs. 2-3); 1 is the ordinary binary neuron.
+        initial_membrane: initial membrane potential as a fraction of the
+            threshold, in [0, 1). 0.5 centres the rounding error.
+    """
+
+    state_names = ("membrane",)
+    emits_negative_spikes = False
+
+    def __init__(self, spike_max=1, initial_membrane=0.0):
+        self.spike_max = _check_spike_max(spike_max)
+        self.initial_membrane = _check_initial_membrane(initial_membrane)
+
+    @property
+    def parameters(self):
+        """Dict of per-layer parameter name -> initial value (none by default)."""
+        return {}
+
+    def initial_state(self, shape, threshold, dtype="float32"):
+        """State at rest: membrane at `initial_membrane * threshold`, the rest 0."""
+        membrane = tf.fill(shape, tf.cast(self.initial_membrane, dtype)) * tf.cast(
+            threshold, dtype
+        )
+        zeros = [tf.zeros(shape, dtype) for _ in self.state_names[1:]]
+        return (membrane, *zeros)
+
+    def step(self, current, state, threshold, **parameters):
+        """Advance one timestep. Returns `(spikes, new_state)`."""
+        raise NotImplementedError
+
+    def get_config(self):
+        return {"spike_max": self.spike_max, "initial_membrane": self.initial_membrane}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __hash__(self):
+        return hash((type(self).__name__, tuple(sorted(self.get_config().items()))))
+
+
+class IF(Neuron):
+    """Non-leaky integrate-and-fire neuron (the conversion neuron).
+
+    `V' = V + z`, `s = A(floor(V'/theta))`, then reset by subtraction
+    (`V = V' - theta*s`, default) or to zero.
+
+    Args:
+        spike_max: largest multi-bit spike (1 = binary).
+        initial_membrane: initial membrane as a fraction of the threshold.
+        reset: "subtract" (default, keeps the residue) or "zero".
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> neuron = IF()
+    >>> state = neuron.initial_state((1,), threshold=1.0)
+    >>> spikes, state = neuron.step(tf.constant([1.5]), state, threshold=1.0)
+    >>> float(spikes[0]), float(state[0][0])
+    (1.0, 0.5)
+    """
+
+    def __init__(self, spike_max=1, initial_membrane=0.0, reset="subtract"):
+        super().__init__(spike_max, initial_membrane)
+        self.reset = reset
+        self._reset_fn = _resolve_reset(reset)
+
+    def step(self, current, state, threshold, **parameters):
+        spikes, membrane = integrate_and_fire(
+            state[0], current, threshold, self.spike_max, self._reset_fn
+        )
+        return spikes, (membrane,)
+
+    def get_config(self):
+        return {**super().get_config(), "reset": self.reset}
+
+
+class LIF(IF):
+    """Leaky integrate-and-fire neuron with a per-layer leak (DIET-SNN).
+
+    `V' = leak*V + z`, then fire and reset as IF. The leak is a per-layer
+    parameter: the layer stores it as a variable initialised to `leak`.
+    `leak=1` is exactly IF.
+
+    Args:
+        leak: initial leak factor in (0, 1].
+        spike_max, initial_membrane, reset: as for `IF`.
+    """
+
+    def __init__(self, leak=1.0, spike_max=1, initial_membrane=0.0, reset="subtract"):
+        super().__init__(spike_max, initial_membrane, reset)
+        if not 0.0 < float(leak) <= 1.0:
+            raise ValueError(f"`leak` must be in (0, 1]; received {leak!r}.")
+        self.leak = float(leak)
+
+    @property
+    def parameters(self):
+        return {"leak": self.leak}
+
+    def step(self, current, state, threshold, leak=None, **parameters):
+        leak = self.leak if leak is None else leak
+        spikes, membrane = leaky_integrate_and_fire(
+            state[0], current, threshold, leak, self.spike_max, self._reset_fn
+        )
+        return spikes, (membrane,)
+
+    def get_config(self):
+        return {"leak": self.leak, **super().get_config()}
+
+
+class BufferedIF(Neuron):
+    """IF neuron with a spike buffer and negative spikes (seed 004, A.3).
+
+    Keeps the net spike count `B`; when the membrane goes negative after an
+    over-fire it emits negative spikes (at most `B`) so that, under the paper's
+    constant-input premise, the count never ends above the ideal
+    `floor(max(V_a/theta, 0))`.
+
+    Args:
+        spike_max: largest multi-bit spike, positive or negative.
+        initial_membrane: initial membrane as a fraction of the threshold.
+    """
+
+    state_names = ("membrane", "buffer")
+    emits_negative_spikes = True
+
+    def step(self, current, state, threshold, **parameters):
+        membrane, buffer = state
+        spikes, new_state = buffered_integrate_and_fire(
+            membrane, buffer, current, threshold, self.spike_max
+        )
+        return spikes, new_state
+
+
+_NEURONS = {}
+_ALIASES = {"if": "IF", "lif": "LIF", "buffered": "BufferedIF", "buffered_if": "BufferedIF"}
+
+
+def register_neuron(cls):
+    """Class decorator: make a `Neuron` subclass known to `get`/`deserialize`."""
+    if not (isinstance(cls, type) and issubclass(cls, Neuron)):
+        raise TypeError(f"register_neuron expects a Neuron subclass; received {cls!r}.")
+    _NEURONS[cls.__name__] = cls
+    return cls
+
+
+for _cls in (IF, LIF, BufferedIF):
+    register_neuron(_cls)
+
+
+def serialize(neuron):
+    """Neuron (or None) -> JSON-able dict (or None) for layer configs."""
+    if neuron is None:
+        return None
+    return {"class_name": type(neuron).__name__, "config": neuron.get_config()}
+
+
+def deserialize(config):
+    """Inverse of `serialize`."""
+    if config is None:
+        return None
+    name = config.get("class_name")
+    if name not in _NEURONS:
+        raise ValueError(
+            f"Unknown neuron class {name!r}; known: {sorted(_NEURONS)}. "
+            "Register custom neurons with keras_snn.neurons.register_neuron."
+        )
+    return _NEURONS[name].from_config(config.get("config", {}))
+
+
+def get(identifier):
+    """Resolve a neuron from an instance, an alias or a serialized dict.
+
+    Aliases: "if", "lif", "buffered" (and the class names). `None` means a
+    non-spiking layer (it passes its current on, e.g. into a readout).
+
+    Raises:
+        ValueError: for an unknown alias or object.
+    """
+    if identifier is None or isinstance(identifier, Neuron):
+        return identifier
+    if isinstance(identifier, dict):
+        return deserialize(identifier)
+    if isinstance(identifier, str):
+        name = _ALIASES.get(identifier.lower(), identifier)
+        if name in _NEURONS:
+            return _NEURONS[name]()
+    raise ValueError(
+        f"Unknown neuron {identifier!r}: use one of {sorted(_ALIASES)}, a "
+        "keras_snn.neurons.Neuron instance, or None for a non-spiking layer."
+    )

@@ -1,0 +1,480 @@
+"""SpikingModel: a spiking network run as one compiled loop over timesteps.
+
+The network is an ordinary Keras functional (or Sequential) model built from
+keras_snn layers; it describes one timestep. `SpikingModel` runs it T times in
+a single `tf.while_loop` inside a `tf.function` (optionally XLA-compiled):
+every layer's state (membranes, buffers, the readout sum) is a loop variable,
+no Python runs per step, and per step only the readout and the operation
+counters are written out, so memory does not grow with T beyond the
+`(batch, T, classes)` output itself.
+
+Synaptic operations (anytime paper, eq. A; DESIGN.md section 5): every spike
+event costs one accumulate per nonzero outgoing synapse. Each synaptic layer's
+fan-out map (an input-shaped tensor that accounts for stride, padding,
+dilation and zero weights) is computed once per call, outside the loop, and
+`ops(t) = sum |s(t)| != 0 * fanout`. Negative and multi-bit spikes count as one
+event each. Layers fed by an analog input do multiply-accumulates, not
+synaptic events: their work is reported as `input_macs` (per step).
+"""
+
+import keras
+import tensorflow as tf
+
+from keras_snn.graph import layer_graph
+from keras_snn.layers.base import SpikingLayer
+from keras_snn.layers.base import SynapticLayer
+from keras_snn.layers.passthrough import is_passthrough
+from keras_snn.layers.passthrough import passthrough_layer_names
+from keras_snn.layers.readout import Readout
+
+
+class _PlanNode:
+    """How one layer call runs: its kind and what its inputs and output carry."""
+
+    def __init__(self, node, input_spikes, spikes, static, static_current):
+        self.key = node.key
+        self.layer = node.layer
+        self.input_keys = node.input_keys
+        self.input_spikes = input_spikes  # per input: spike events (True) or analog
+        self.spikes = spikes  # the output is spike events
+        self.static = static  # the output is the same at every step
+        self.static_current = static_current  # the linear current is time-invariant
+        self.synaptic = isinstance(node.layer, SynapticLayer)
+        self.counts_ops = self.synaptic and any(input_spikes)
+        self.counts_macs = self.synaptic and not all(input_spikes)
+
+    def gather(self, values):
+        inputs = [values[key] for key in self.input_keys]
+        return inputs if len(inputs) > 1 else inputs[0]
+
+
+class _Plan:
+    """The network read once: node order, kinds, and the recorded layers.
+
+    Kept in a plain object so Keras does not track the layers a second time.
+    """
+
+    def __init__(self, network):
+        graph = layer_graph(network)
+        if len(graph.input_keys) != 1 or len(graph.output_keys) != 1:
+            raise ValueError(
+                f"A SpikingModel network has one input and one output; '{network.name}' "
+                f"has {len(graph.input_keys)} inputs and {len(graph.output_keys)} outputs."
+            )
+        self.input_key = graph.input_keys[0]
+        self.output_key = graph.output_keys[0]
+        self._check_layers(graph)
+        encoders = [node.layer for node in graph.consumers(self.input_key)]
+        self.sequence_input = encoders[0].consumes_sequence
+        if any(encoder.consumes_sequence != self.sequence_input for encoder in encoders):
+            raise ValueError(
+                "All encoders of one network must agree on static or sequence "
+                f"(EventInput) input; found {[type(e).__name__ for e in encoders]}."
+            )
+        self.nodes = self._classify(graph)
+        by_key = {node.key: node for node in self.nodes}
+        if not isinstance(by_key[self.output_key].layer, Readout):
+            raise ValueError(
+                f"The network's output must come from a keras_snn.layers.Readout; "
+                f"'{self.output_key}' is a {type(by_key[self.output_key].layer).__name__}. "
+                "Add Readout() after the final (usually neuron=None) layer."
+            )
+        self.dynamic = [node for node in self.nodes if not node.static]
+        self.op_nodes = [node for node in self.nodes if node.counts_ops]
+        # Layers whose spikes are recorded (encoders included, shape layers not).
+        self.spiking_nodes = [
+            node for node in self.nodes if node.spikes and isinstance(node.layer, SpikingLayer)
+        ]
+        self.frame_shape = tuple(network.inputs[0].shape[1:])
+        self.output_shapes = self._output_shapes()
+
+    def _output_shapes(self):
+        """Per-step output shape (batch None) of every node, from the input shape."""
+        shapes = {self.input_key: (None,) + self.frame_shape}
+        for node in self.nodes:
+            inputs = [shapes[key] for key in node.input_keys]
+            shape = node.layer.compute_output_shape(inputs if len(inputs) > 1 else inputs[0])
+            shapes[node.key] = tuple(shape)
+        return shapes
+
+    def neurons(self, key):
+        """Number of neurons (output elements per sample) of a node."""
+        count = 1
+        for dim in self.output_shapes[key][1:]:
+            count *= dim
+        return count
+
+    def _check_layers(self, graph):
+        for node in graph.nodes:
+            layer = node.layer
+            reads_input = self.input_key in node.input_keys
+            if isinstance(layer, SpikingLayer):
+                if layer.is_encoder and node.input_keys != [self.input_key]:
+                    raise ValueError(
+                        f"Encoder '{layer.name}' ({type(layer).__name__}) must read the "
+                        "network input directly."
+                    )
+                if reads_input and not layer.is_encoder:
+                    raise ValueError(
+                        f"Layer '{layer.name}' ({type(layer).__name__}) reads the network "
+                        "input directly; put an encoder (AnalogInput, SpikingInput, "
+                        "PoissonInput or EventInput) between them."
+                    )
+            elif isinstance(layer, keras.Model):
+                raise ValueError(
+                    f"Layer '{layer.name}' is a nested model; a SpikingModel network must "
+                    "be flat (keras_snn.convert_model flattens nested ANNs)."
+                )
+            elif not is_passthrough(layer):
+                raise ValueError(
+                    f"Layer '{layer.name}' ({type(layer).__name__}) has no spiking form. "
+                    "A spiking network holds keras_snn layers and these shape layers: "
+                    f"{', '.join(passthrough_layer_names())}."
+                )
+            elif reads_input:
+                raise ValueError(
+                    f"Layer '{layer.name}' reads the network input directly; the input "
+                    "must go through an encoder first."
+                )
+
+    def _classify(self, graph):
+        spikes = {self.input_key: False}
+        static = {self.input_key: not self.sequence_input}
+        plan = []
+        for node in graph.nodes:
+            layer = node.layer
+            in_spikes = [spikes[key] for key in node.input_keys]
+            in_static = all(static[key] for key in node.input_keys)
+            if isinstance(layer, SynapticLayer):
+                out_spikes, out_static, current_static = layer.emits_spikes, False, in_static
+            elif isinstance(layer, SpikingLayer):
+                out_spikes = layer.emits_spikes
+                out_static = layer.time_invariant and in_static
+                current_static = False
+            else:  # pass-through shape layer
+                out_spikes, out_static, current_static = all(in_spikes), in_static, False
+            spikes[node.key], static[node.key] = out_spikes, out_static
+            plan.append(_PlanNode(node, in_spikes, out_spikes, out_static, current_static))
+        return plan
+
+
+def _run_layer(node, inputs, states, timestep):
+    if isinstance(node.layer, SpikingLayer):
+        return node.layer.step(inputs, states, timestep)
+    return node.layer(inputs), ()
+
+
+def _per_sample_sum(x):
+    return tf.reduce_sum(tf.reshape(x, [tf.shape(x)[0], -1]), axis=1)
+
+
+def _synaptic_ops(node, inputs, fanouts):
+    """Events times fan-out, summed per sample, over the spike inputs."""
+    inputs = inputs if isinstance(inputs, list) else [inputs]
+    total = 0.0
+    for x, fanout, is_spikes in zip(inputs, fanouts, node.input_spikes):
+        if is_spikes:
+            total += _per_sample_sum(tf.cast(tf.not_equal(x, 0), fanout.dtype) * fanout)
+    return total
+
+
+@keras.saving.register_keras_serializable(package="keras_snn")
+class SpikingModel(keras.Model):
+    """A spiking network simulated over timesteps in one compiled graph.
+
+    `snn(x)` runs `timesteps` steps and returns the readout after every step,
+    shape `(batch, timesteps, classes)`: `out[:, t-1]` is the mean of the
+    readout layer's input over steps 1..t, which converges to the ANN logits
+    as t grows. Synaptic operations are counted in the same loop.
+
+    Args:
+        network: a built Keras functional or Sequential model of keras_snn
+            layers describing one step: an encoder right after the input
+            (`AnalogInput`, `SpikingInput`, `PoissonInput`, `EventInput`),
+            spiking layers and shape layers, and a `Readout` as the output.
+        timesteps: default number of steps (an int >= 1).
+        stateful: continue from the last call's state (streaming input) until
+            `reset_state()`; needs `batch_size`.
+        batch_size: fixed batch size of a stateful model.
+        xla: compile the time loop with XLA (`jit_compile`).
+        **kwargs: `keras.Model` arguments such as `name`.
+
+    Call arguments:
+        inputs: `(batch, *input_shape)` for static input, repeated every step,
+            or `(batch, T, *frame_shape)` for an `EventInput` network.
+        timesteps: overrides the default for this call (for event input:
+            at most the number of frames; default all frames).
+        return_ops: also return the synaptic operations per sample per step,
+            `(batch, timesteps)` (summed over layers; see `run` for details).
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from keras_snn import layers
+    >>> inputs = keras.Input((4,))
+    >>> x = layers.AnalogInput()(inputs)
+    >>> x = layers.SpikingDense(8)(x)
+    >>> x = layers.SpikingDense(3, neuron=None)(x)
+    >>> network = keras.Model(inputs, layers.Readout()(x))
+    >>> snn = SpikingModel(network, timesteps=10)
+    >>> tuple(snn(np.ones((2, 4), "float32")).shape)
+    (2, 10, 3)
+    """
+
+    def __init__(
+        self, network, timesteps=32, stateful=False, batch_size=None, xla=False, **kwargs
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(network, keras.Model):
+            raise TypeError(
+                "SpikingModel expects `network`, a keras.Model of keras_snn layers "
+                f"describing one step; received {type(network).__name__}."
+            )
+        self.network = network
+        self.timesteps = _check_timesteps(timesteps, "timesteps")
+        self.stateful = bool(stateful)
+        self.batch_size = batch_size
+        self.xla = bool(xla)
+        self._plan = _Plan(network)
+        self._loop = tf.function(self._simulate, jit_compile=self.xla)
+        self._state = None
+        if self.stateful:
+            if not (isinstance(batch_size, int) and batch_size > 0):
+                raise ValueError(
+                    "A stateful SpikingModel needs a fixed `batch_size` (a positive "
+                    f"int); received batch_size={batch_size!r}."
+                )
+            self._state = _StreamState(self._initial_states(batch_size))
+        self.built = True
+
+    # ----------------------------------------------------------------- graph
+    def build(self, input_shape=None):
+        # The network is built already; nothing depends on the call's shape.
+        self.built = True
+
+    def _initial_states(self, batch_size):
+        return tuple(
+            node.layer.initial_state(batch_size) if isinstance(node.layer, SpikingLayer) else ()
+            for node in self._plan.dynamic
+        )
+
+    def _simulate(self, inputs, timesteps, record, states, first_step):
+        """The compiled time loop. Returns a dict of per-step tensors."""
+        plan = self._plan
+        batch_size = tf.shape(inputs)[0]
+        fanouts = {}
+        if record:
+            fanouts = {node.key: node.layer.fanout_maps() for node in plan.nodes if node.synaptic}
+        input_macs = tf.constant(0.0)
+        if record:
+            for node in plan.nodes:
+                for fanout, is_spikes in zip(fanouts.get(node.key, []), node.input_spikes):
+                    if not is_spikes:
+                        input_macs += tf.reduce_sum(fanout)
+
+        # Everything that does not change over time is computed once, here.
+        values, currents = {}, {}
+        if not plan.sequence_input:
+            values[plan.input_key] = inputs
+        for node in plan.nodes:
+            if node.static:
+                values[node.key], _ = _run_layer(node, node.gather(values), (), 0)
+            elif node.static_current:
+                currents[node.key] = node.layer.compute_current(node.gather(values))
+        static_values = dict(values)
+
+        def body(step, states, readout_ta, ops_ta, events_ta, counts_ta):
+            timestep = first_step + step
+            values = dict(static_values)
+            if plan.sequence_input:
+                values[plan.input_key] = inputs[:, step]
+            new_states, ops, events, counts = [], [], [], []
+            for node, state in zip(plan.dynamic, states):
+                node_inputs = node.gather(values) if node.key not in currents else None
+                if node.key in currents:
+                    output, state = node.layer.fire(currents[node.key], state)
+                else:
+                    output, state = _run_layer(node, node_inputs, state, timestep)
+                values[node.key] = output
+                new_states.append(tuple(state))
+                if record and node.counts_ops:
+                    ops.append(_synaptic_ops(node, node_inputs, fanouts[node.key]))
+            if record:
+                for node in plan.spiking_nodes:
+                    spikes = values[node.key]
+                    events.append(_per_sample_sum(tf.cast(tf.not_equal(spikes, 0), spikes.dtype)))
+                    counts.append(_per_sample_sum(tf.abs(spikes)))
+                ops_ta = ops_ta.write(step, _stack(ops, batch_size))
+                events_ta = events_ta.write(step, _stack(events, batch_size))
+                counts_ta = counts_ta.write(step, _stack(counts, batch_size))
+            readout_ta = readout_ta.write(step, values[plan.output_key])
+            return step + 1, tuple(new_states), readout_ta, ops_ta, events_ta, counts_ta
+
+        def array(size):
+            return tf.TensorArray(self.compute_dtype, size=size)
+
+        _, final_states, readout_ta, ops_ta, events_ta, counts_ta = tf.while_loop(
+            lambda step, *_: step < timesteps,
+            body,
+            (tf.constant(0), states, array(timesteps), array(timesteps if record else 0),
+             array(timesteps if record else 0), array(timesteps if record else 0)),
+            maximum_iterations=timesteps,
+        )
+        result = {"readout": _batch_major(readout_ta.stack()), "states": final_states}
+        if record:
+            result.update(
+                layer_ops=_batch_major(ops_ta.stack()),
+                spike_events=_batch_major(events_ta.stack()),
+                spike_counts=_batch_major(counts_ta.stack()),
+                input_macs=input_macs,
+            )
+        return result
+
+    # ------------------------------------------------------------------ call
+    def _resolve_timesteps(self, inputs, timesteps):
+        if timesteps is not None:
+            timesteps = _check_timesteps(timesteps, "timesteps")
+        if not self._plan.sequence_input:
+            return self.timesteps if timesteps is None else timesteps
+        frames = inputs.shape[1]
+        if frames is None:
+            return tf.shape(inputs)[1] if timesteps is None else timesteps
+        if timesteps is not None and timesteps > frames:
+            raise ValueError(
+                f"timesteps={timesteps} exceeds the {frames} event frames in the input."
+            )
+        return frames if timesteps is None else timesteps
+
+    def _execute(self, inputs, timesteps, record):
+        inputs = tf.convert_to_tensor(inputs, dtype=self.compute_dtype)
+        expected = 1 + len(self._plan.frame_shape) + int(self._plan.sequence_input)
+        if inputs.shape.rank != expected:
+            layout = (
+                "(batch, T, *frame_shape)" if self._plan.sequence_input else "(batch, *input_shape)"
+            )
+            raise ValueError(
+                f"SpikingModel '{self.name}' expects inputs of rank {expected} {layout}; "
+                f"received shape {tuple(inputs.shape)}."
+            )
+        timesteps = self._resolve_timesteps(inputs, timesteps)
+        if self.stateful:
+            if inputs.shape[0] is not None and inputs.shape[0] != self.batch_size:
+                raise ValueError(
+                    f"Stateful SpikingModel '{self.name}' was made for batch_size="
+                    f"{self.batch_size}; received a batch of {inputs.shape[0]}."
+                )
+            states, first_step = self._state.read()
+        else:
+            states = self._initial_states(tf.shape(inputs)[0])
+            first_step = tf.constant(0)
+        result = self._loop(inputs, timesteps, record, states, first_step)
+        if self.stateful:
+            self._state.write(result["states"], first_step + timesteps)
+        return result
+
+    def call(self, inputs, timesteps=None, return_ops=False, training=None):
+        result = self._execute(inputs, timesteps, record=bool(return_ops))
+        if return_ops:
+            return result["readout"], tf.reduce_sum(result["layer_ops"], axis=-1)
+        return result["readout"]
+
+    def run(self, inputs, timesteps=None):
+        """Simulate and return every per-step record.
+
+        Returns:
+            A dict of tensors:
+            - "readout": `(batch, T, classes)`, as `snn(x)`;
+            - "synaptic_ops": `(batch, T)`, synaptic operations per step;
+            - "layer_ops": dict layer name -> `(batch, T)` operations caused
+              by the spikes arriving at that layer;
+            - "spike_events": dict layer name -> `(batch, T)` number of
+              neurons that spiked (a multi-bit or negative spike is one event);
+            - "spike_counts": dict layer name -> `(batch, T)` total spike
+              magnitude `sum |s|`;
+            - "neurons": dict layer name -> neurons in that layer;
+            - "input_macs": MACs per step of layers fed by analog input.
+        """
+        result = self._execute(inputs, timesteps, record=True)
+        plan = self._plan
+
+        def per_layer(name, nodes):
+            return {node.key: result[name][:, :, i] for i, node in enumerate(nodes)}
+
+        return {
+            "readout": result["readout"],
+            "synaptic_ops": tf.reduce_sum(result["layer_ops"], axis=-1),
+            "layer_ops": per_layer("layer_ops", plan.op_nodes),
+            "spike_events": per_layer("spike_events", plan.spiking_nodes),
+            "spike_counts": per_layer("spike_counts", plan.spiking_nodes),
+            "neurons": {node.key: plan.neurons(node.key) for node in plan.spiking_nodes},
+            "input_macs": result["input_macs"],
+        }
+
+    def reset_state(self):
+        """Return a stateful model to rest (membranes at their initial value)."""
+        if self._state is not None:
+            self._state.write(self._initial_states(self.batch_size), 0)
+
+    def compute_output_shape(self, input_shape, timesteps=None, return_ops=False):
+        classes = self._plan.output_shapes[self._plan.output_key][1:]
+        steps = timesteps or (input_shape[1] if self._plan.sequence_input else self.timesteps)
+        shape = (input_shape[0], steps) + tuple(classes)
+        return (shape, (input_shape[0], steps)) if return_ops else shape
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "network": keras.saving.serialize_keras_object(self.network),
+            "timesteps": self.timesteps,
+            "stateful": self.stateful,
+            "batch_size": self.batch_size,
+            "xla": self.xla,
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        network = keras.saving.deserialize_keras_object(
+            config.pop("network"), custom_objects=custom_objects
+        )
+        return cls(network, **config)
+
+
+class _StreamState:
+    """Variables holding a stateful model's state between calls.
+
+    Plain tf.Variables in a plain object: Keras neither tracks nor saves them
+    (they depend on the batch size and are not weights).
+    """
+
+    def __init__(self, states):
+        self.variables = tf.nest.map_structure(
+            lambda t: tf.Variable(t, trainable=False), states
+        )
+        self.step = tf.Variable(0, trainable=False, dtype=tf.int32)
+
+    def read(self):
+        states = tf.nest.map_structure(tf.convert_to_tensor, self.variables)
+        return states, tf.convert_to_tensor(self.step)
+
+    def write(self, states, step):
+        tf.nest.map_structure(lambda v, t: v.assign(t), self.variables, tuple(states))
+        self.step.assign(step)
+
+
+def _stack(per_layer, batch_size):
+    if not per_layer:
+        return tf.zeros([batch_size, 0])
+    return tf.stack(per_layer, axis=-1)
+
+
+def _batch_major(stacked):
+    """(T, batch, ...) -> (batch, T, ...)."""
+    rank = stacked.shape.rank
+    return tf.transpose(stacked, [1, 0] + list(range(2, rank)))
+
+
+def _check_timesteps(value, name):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{name}` must be an int >= 1; received {value!r}.")
+    return value

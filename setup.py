@@ -1,0 +1,33 @@
+"""Install keras_snn: `pip install -e .[test,examples]`."""
+
+import pathlib
+
+import setuptools
+
+version = {}
+exec(pathlib.Path("keras_snn/version.py").read_text(), version)
+
+setuptools.setup(
+    name="keras_snn",
+    version=version["__version__"],
+    description=(
+        "Convert trained Keras models to spiking neural networks and simulate them "
+        "as one compiled TensorFlow loop."
+    ),
+    long_description=pathlib.Path("README.md").read_text(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["keras_snn", "keras_snn.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "tensorflow>=2.16",
+        "keras>=3",
+        "tensorflow-model-optimization>=0.8",
+        "numpy",
+        "absl-py",
+    ],
+    extras_require={
+        "test": ["pytest", "hypothesis", "scikit-learn"],
+        "examples": ["scikit-learn", "matplotlib"],
+    },
+    license="Apache-2.0",
+)
