@@ -152,6 +152,19 @@ class SpikingConv1D(_SpikingConv, keras.layers.Conv1D):
         super().__init__(filters, kernel_size, activation=None, **kwargs)
         self._init_neuron(neuron, threshold)
 
+    def connectivity(self, inputs):
+        if self.padding != "causal":
+            return super().connectivity(inputs)
+        # Keras pads causal convolutions itself, then runs a valid convolution.
+        return ops.conv(
+            ops.pad(inputs, self._compute_causal_padding()),
+            nonzero_mask(self.kernel),
+            strides=list(self.strides),
+            padding="valid",
+            dilation_rate=self.dilation_rate,
+            data_format=self.data_format,
+        )
+
 
 @keras.saving.register_keras_serializable(package="keras_snn")
 class SpikingDepthwiseConv2D(_KerasSynapticLayer, keras.layers.DepthwiseConv2D):

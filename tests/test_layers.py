@@ -1,0 +1,172 @@
+"""Every spiking layer: config and .keras round trips, weights, shapes, errors."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from keras_snn import SpikingModel
+from keras_snn import layers
+from keras_snn import neurons
+
+
+def dense_net():
+    inputs = keras.Input((6,))
+    x = layers.AnalogInput()(inputs)
+    x = layers.SpikingDense(8, neuron=neurons.LIF(leak=0.9), threshold=0.5)(x)
+    x = layers.SpikingDense(3, neuron=None)(x)
+    return keras.Model(inputs, layers.Readout()(x)), (3, 6)
+
+
+def conv2d_net():
+    inputs = keras.Input((8, 8, 2))
+    x = layers.SpikingInput(threshold=0.5)(inputs)
+    x = keras.layers.ZeroPadding2D(1)(x)
+    x = layers.SpikingConv2D(4, 3, strides=2, dilation_rate=1, padding="valid")(x)
+    x = layers.SpikingDepthwiseConv2D(3, padding="same", neuron="buffered", depth_multiplier=2)(x)
+    x = layers.SpikingAveragePooling2D(2, padding="same")(x)
+    x = layers.SpikingGlobalAveragePooling2D()(x)
+    x = layers.SpikingDense(3, neuron=None)(x)
+    return keras.Model(inputs, layers.Readout()(x)), (2, 8, 8, 2)
+
+
+def conv1d_net():
+    inputs = keras.Input((12, 3))
+    x = layers.PoissonInput(seed=5)(inputs)
+    x = layers.SpikingConv1D(4, 3, padding="causal", neuron=neurons.IF(spike_max=2))(x)
+    x = layers.SpikingAveragePooling1D(2)(x)
+    x = layers.SpikingGlobalAveragePooling1D(keepdims=True)(x)
+    x = keras.layers.Reshape((4,))(x)
+    x = layers.SpikingDense(3, neuron=None)(x)
+    return keras.Model(inputs, layers.Readout()(x)), (2, 12, 3)
+
+
+def residual_net():
+    inputs = keras.Input((5,))
+    x = layers.AnalogInput()(inputs)
+    a = layers.SpikingDense(6)(x)
+    b = layers.SpikingDense(6)(a)
+    x = layers.SpikingAdd(neuron=neurons.IF(initial_membrane=0.5))([a, b])
+    c = layers.SpikingDense(4)(x)
+    x = keras.layers.Concatenate()([x, c])
+    x = layers.SpikingDense(3)(x)  # spiking output: a spike-rate readout
+    return keras.Model(inputs, layers.Readout()(x)), (2, 5)
+
+
+def event_net():
+    inputs = keras.Input((4, 4, 1))
+    x = layers.EventInput()(inputs)
+    x = keras.layers.Flatten()(x)
+    x = layers.SpikingDense(3, neuron=None)(x)
+    return keras.Model(inputs, layers.Readout()(x)), (2, 5, 4, 4, 1)
+
+
+NETWORKS = [dense_net, conv2d_net, conv1d_net, residual_net, event_net]
+
+
+def randomise(network):
+    # Non-default thresholds, branch weights, leaks and biases, so a round
+    # trip that dropped any variable would show.
+    rng = np.random.default_rng(0)
+    for layer in network.layers:
+        layer.set_weights([
+            (rng.normal(size=w.shape) * 0.5 + (1.0 if w.ndim == 0 else 0.0)).astype("float32")
+            if w.ndim else np.float32(rng.uniform(0.5, 1.0))
+            for w in layer.get_weights()
+        ])
+
+
+@pytest.mark.parametrize("make", NETWORKS, ids=lambda f: f.__name__)
+def test_keras_save_and_load_gives_identical_outputs(make, tmp_path):
+    network, shape = make()
+    randomise(network)
+    snn = SpikingModel(network, timesteps=6)
+    x = np.random.default_rng(1).random(shape).astype("float32")
+    expected = snn.run(x)
+    path = os.path.join(tmp_path, "snn.keras")
+    snn.save(path)
+    restored = keras.saving.load_model(path)
+    assert isinstance(restored, SpikingModel) and restored.timesteps == 6
+    got = restored.run(x)
+    np.testing.assert_array_equal(got["readout"], expected["readout"])
+    np.testing.assert_array_equal(got["synaptic_ops"], expected["synaptic_ops"])
+
+
+@pytest.mark.parametrize("make", NETWORKS, ids=lambda f: f.__name__)
+def test_every_layer_config_round_trip(make):
+    network, _ = make()
+    randomise(network)
+    for layer in network.layers:
+        config = layer.get_config()
+        clone = type(layer).from_config(config)
+        assert clone.get_config() == config, type(layer).__name__
+        if isinstance(layer, layers.SpikingLayer) and layer.get_weights():
+            shape = layer.synaptic_input_shape
+            shapes = shape if isinstance(shape, list) else [shape]
+            probes = [np.random.rand(2, *s[1:]).astype("float32") for s in shapes]
+            probe = probes if isinstance(shape, list) else probes[0]
+            clone(probe)
+            clone.set_weights(layer.get_weights())
+            np.testing.assert_array_equal(clone(probe), layer(probe))
+
+
+def test_weight_counts_include_threshold_and_leak():
+    layer = layers.SpikingDense(4, neuron="lif")
+    layer.build((None, 3))
+    assert len(layer.trainable_weights) == 2  # kernel, bias
+    names = sorted(w.name for w in layer.non_trainable_weights)
+    assert names == ["leak", "threshold"]
+    add = layers.SpikingAdd()
+    add.build([(None, 4), (None, 4), (None, 4)])
+    assert tuple(add.branch_weights.shape) == (3, 4)
+
+
+def test_symbolic_and_eager_shapes_agree():
+    layer = layers.SpikingConv2D(5, 3, strides=2, padding="same")
+    symbolic = layer(keras.Input((9, 9, 2)))
+    eager = layer(np.ones((1, 9, 9, 2), "float32"))
+    assert tuple(symbolic.shape[1:]) == tuple(eager.shape[1:]) == (5, 5, 5)
+
+
+def test_fanout_counts_pooling_windows_and_zero_weights():
+    pool = layers.SpikingAveragePooling2D(2, strides=1, padding="valid")
+    pool.build((None, 3, 3, 1))
+    fanout = pool.fanout_maps()[0].numpy()[0, :, :, 0]
+    np.testing.assert_array_equal(fanout, [[1, 2, 1], [2, 4, 2], [1, 2, 1]])
+    dense = layers.SpikingDense(3)
+    dense.build((None, 2))
+    dense.set_weights([np.array([[1, 0, 2], [0, 0, 0]], "float32"), np.ones(3, "float32"), np.float32(1)])
+    np.testing.assert_array_equal(dense.fanout_maps()[0], [[2, 0]])
+
+
+def test_non_spiking_layer_passes_current():
+    layer = layers.SpikingDense(2, neuron=None, use_bias=False)
+    layer.build((None, 2))
+    layer.set_weights([np.array([[2.0, -1.0], [0.0, 3.0]], "float32"), np.float32(1.0)])
+    np.testing.assert_allclose(layer(np.array([[1.0, 1.0]], "float32")), [[2.0, 2.0]])
+    assert not layer.emits_spikes and layer.initial_state(3) == ()
+
+
+@pytest.mark.parametrize(
+    "make, error, message",
+    [
+        (lambda: layers.SpikingDense(3, activation="relu"), ValueError, "activation"),
+        (lambda: layers.SpikingConv2D(3, 3, threshold=0.0), ValueError, "threshold"),
+        (lambda: layers.SpikingDense(3, neuron="tanh"), ValueError, "Unknown neuron"),
+        (lambda: layers.SpikingAveragePooling2D(0), ValueError, "pool_size"),
+        (lambda: layers.SpikingAveragePooling2D(2, padding="full"), ValueError, "padding"),
+        (lambda: layers.SpikingInput(neuron=None), ValueError, "AnalogInput"),
+        (lambda: layers.PoissonInput(max_rate=2.0), ValueError, "max_rate"),
+        (lambda: layers.SpikingAdd()(np.ones((1, 2), "float32")), ValueError, "at least two"),
+        (
+            lambda: layers.SpikingAdd()([np.ones((1, 2), "float32"), np.ones((1, 3), "float32")]),
+            ValueError,
+            "one shape",
+        ),
+        (lambda: layers.register_passthrough_layer(int), TypeError, "Layer subclass"),
+    ],
+)
+def test_bad_arguments_raise(make, error, message):
+    with pytest.raises(error, match=message):
+        make()

@@ -1,0 +1,294 @@
+"""SpikingModel against independent NumPy simulations and brute-force op counts."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_snn import SpikingModel
+from keras_snn import layers
+from keras_snn import neurons
+
+
+def grid(rng, shape, scale=8):
+    """Random values on a 1/scale grid: float32 sums of them are exact."""
+    return (rng.integers(-scale, scale + 1, size=shape) / scale).astype("float32")
+
+
+# --------------------------------------------------------------- NumPy model
+def numpy_if(v, z, theta, spike_max=1):
+    v = v + z
+    n = np.floor(v / theta)
+    s = np.zeros_like(v)
+    power = 1
+    while power <= spike_max:
+        s = np.where(n >= power, power, s)
+        power *= 2
+    return s, v - theta * s
+
+
+def numpy_buffered(v, b, z, theta, spike_max=1):
+    v = v + z
+    pos, _ = numpy_if(np.zeros_like(v), v, theta, spike_max)
+    over = np.minimum(np.ceil(-v / theta), b)
+    neg, _ = numpy_if(np.zeros_like(v), over, 1.0, spike_max)
+    s = pos - neg
+    return s, v - theta * s, b + s
+
+
+def two_layer_network(hidden_neuron, encoder, theta):
+    inputs = keras.Input((6,))
+    x = encoder(inputs)
+    x = layers.SpikingDense(5, neuron=hidden_neuron, threshold=theta, name="hidden")(x)
+    x = layers.SpikingDense(3, neuron=None, name="output")(x)
+    return keras.Model(inputs, layers.Readout()(x))
+
+
+def test_two_layer_if_model_matches_numpy_step_by_step():
+    rng = np.random.default_rng(0)
+    network = two_layer_network("if", layers.AnalogInput(), theta=0.75)
+    w1, b1 = grid(rng, (6, 5)), grid(rng, (5,))
+    w2, b2 = grid(rng, (5, 3)), grid(rng, (3,))
+    w1[0, :2] = 0.0  # pruned synapses reduce MACs
+    w2[1, 0] = 0.0  # and synaptic ops
+    network.get_layer("hidden").set_weights([w1, b1, np.float32(0.75)])
+    network.get_layer("output").set_weights([w2, b2, np.float32(1.0)])
+    x = np.abs(grid(rng, (4, 6)))
+    steps = 12
+    record = SpikingModel(network, timesteps=steps).run(x)
+
+    v = np.zeros((4, 5), "float32")
+    total = np.zeros((4, 3), "float32")
+    fanout = (w2 != 0).sum(axis=1)
+    for t in range(steps):
+        s, v = numpy_if(v, x @ w1 + b1, 0.75)
+        total += s @ w2 + b2
+        np.testing.assert_allclose(record["readout"][:, t], total / (t + 1), rtol=1e-6, atol=1e-6)
+        expected_ops = ((s != 0) * fanout).sum(axis=1)
+        np.testing.assert_array_equal(record["synaptic_ops"][:, t], expected_ops)
+        np.testing.assert_array_equal(record["spike_events"]["hidden"][:, t], (s != 0).sum(1))
+    assert float(record["input_macs"]) == np.count_nonzero(w1)
+    assert record["neurons"] == {"hidden": 5}
+
+
+def test_buffered_multibit_model_with_spiking_input_matches_numpy():
+    rng = np.random.default_rng(1)
+    hidden = neurons.BufferedIF(spike_max=2)
+    network = two_layer_network(hidden, layers.SpikingInput(), theta=0.5)
+    w1, b1 = grid(rng, (6, 5)), grid(rng, (5,))
+    w2, b2 = grid(rng, (5, 3)), grid(rng, (3,))
+    network.get_layer("hidden").set_weights([w1, b1, np.float32(0.5)])
+    network.get_layer("output").set_weights([w2, b2, np.float32(1.0)])
+    x = np.abs(grid(rng, (3, 6)))
+    steps = 16
+    record = SpikingModel(network, timesteps=steps).run(x)
+
+    v0 = np.zeros_like(x)
+    v1, b = np.zeros((3, 5), "float32"), np.zeros((3, 5), "float32")
+    total = np.zeros((3, 3), "float32")
+    for t in range(steps):
+        s0, v0 = numpy_if(v0, x, 1.0)
+        s1, v1, b = numpy_buffered(v1, b, s0 @ w1 + b1, 0.5, spike_max=2)
+        total += s1 @ w2 + b2
+        np.testing.assert_allclose(record["readout"][:, t], total / (t + 1), atol=1e-6)
+        ops = ((s0 != 0) * (w1 != 0).sum(1)).sum(1) + ((s1 != 0) * (w2 != 0).sum(1)).sum(1)
+        np.testing.assert_array_equal(record["synaptic_ops"][:, t], ops)
+        np.testing.assert_array_equal(record["spike_counts"]["hidden"][:, t], np.abs(s1).sum(1))
+    assert float(record["input_macs"]) == 0.0  # spiking input: no MACs
+
+
+# ------------------------------------------------------- brute-force op counts
+def event_network(synaptic_layer, frame_shape):
+    inputs = keras.Input(frame_shape)
+    x = layers.EventInput()(inputs)
+    x = synaptic_layer(x)
+    x = keras.layers.Flatten()(x)
+    x = layers.SpikingDense(2, neuron=None, name="readout_dense")(x)
+    return keras.Model(inputs, layers.Readout()(x))
+
+
+def test_dense_ops_equal_brute_force():
+    rng = np.random.default_rng(2)
+    dense = layers.SpikingDense(7, name="probe")
+    network = event_network(dense, (9,))
+    kernel = rng.normal(size=(9, 7)).astype("float32")
+    kernel[rng.random((9, 7)) < 0.4] = 0.0
+    dense.set_weights([kernel, np.zeros(7, "float32"), np.float32(1.0)])
+    frames = (rng.random((3, 5, 9)) < 0.3).astype("float32")
+    record = SpikingModel(network).run(frames)
+
+    expected = np.zeros((3, 5))
+    for b in range(3):
+        for t in range(5):
+            for i in range(9):
+                if frames[b, t, i]:
+                    for j in range(7):
+                        expected[b, t] += kernel[i, j] != 0
+    np.testing.assert_array_equal(record["layer_ops"]["probe"], expected)
+
+
+def test_conv2d_stride2_same_padding_ops_equal_brute_force():
+    rng = np.random.default_rng(3)
+    height, width, cin, cout, k, stride = 7, 6, 2, 3, 3, 2
+    conv = layers.SpikingConv2D(cout, k, strides=stride, padding="same", name="probe")
+    network = event_network(conv, (height, width, cin))
+    kernel = rng.normal(size=(k, k, cin, cout)).astype("float32")
+    kernel[rng.random(kernel.shape) < 0.3] = 0.0
+    conv.set_weights([kernel, np.zeros(cout, "float32"), np.float32(1.0)])
+    frames = (rng.random((2, 4, height, width, cin)) < 0.25).astype("float32")
+    record = SpikingModel(network).run(frames)
+
+    out_h, out_w = -(-height // stride), -(-width // stride)
+    pad_top = max((out_h - 1) * stride + k - height, 0) // 2
+    pad_left = max((out_w - 1) * stride + k - width, 0) // 2
+    expected = np.zeros((2, 4))
+    for b, t, i, j, c in zip(*np.nonzero(frames)):
+        # Every (output position, output channel) this input spike reaches.
+        for oi in range(out_h):
+            for oj in range(out_w):
+                ki, kj = i + pad_top - oi * stride, j + pad_left - oj * stride
+                if 0 <= ki < k and 0 <= kj < k:
+                    expected[b, t] += np.count_nonzero(kernel[ki, kj, c, :])
+    np.testing.assert_array_equal(record["layer_ops"]["probe"], expected)
+
+
+def test_negative_and_multibit_spikes_count_one_event_each():
+    inputs = keras.Input((2,))
+    x = layers.EventInput()(inputs)
+    x = layers.SpikingDense(3, neuron=None, name="probe")(x)
+    network = keras.Model(inputs, layers.Readout()(x))
+    network.get_layer("probe").set_weights(
+        [np.ones((2, 3), "float32"), np.zeros(3, "float32"), np.float32(1.0)]
+    )
+    frames = np.array([[[4.0, -1.0], [0.0, 2.0]]], "float32")
+    record = SpikingModel(network).run(frames)
+    np.testing.assert_array_equal(record["layer_ops"]["probe"], [[6.0, 3.0]])
+
+
+# --------------------------------------------------------------- model API
+def small_network(encoder=None, hidden_neuron="if"):
+    inputs = keras.Input((4,))
+    x = (encoder or layers.AnalogInput())(inputs)
+    x = layers.SpikingDense(16, neuron=hidden_neuron)(x)
+    x = layers.SpikingDense(3, neuron=None)(x)
+    return keras.Model(inputs, layers.Readout()(x))
+
+
+def test_call_shapes_timesteps_override_and_return_ops():
+    snn = SpikingModel(small_network(), timesteps=6)
+    x = np.random.rand(5, 4).astype("float32")
+    assert tuple(snn(x).shape) == (5, 6, 3)
+    readout, ops = snn(x, timesteps=9, return_ops=True)
+    assert tuple(readout.shape) == (5, 9, 3) and tuple(ops.shape) == (5, 9)
+    np.testing.assert_array_equal(ops, snn.run(x, timesteps=9)["synaptic_ops"])
+    np.testing.assert_allclose(readout, snn(x, timesteps=9), atol=1e-6)
+    assert snn.predict(x, verbose=0).shape == (5, 6, 3)
+
+
+def test_readout_converges_to_rate_activation():
+    # A spiking hidden layer's rate approaches clip(relu(z)/theta, 0, 1): the
+    # readout converges to the ANN with that activation, error shrinking ~1/T.
+    network = small_network(hidden_neuron=neurons.IF(initial_membrane=0.5))
+    x = np.random.rand(8, 4).astype("float32")
+    hidden, output = network.layers[2], network.layers[3]
+    z = x @ hidden.kernel.numpy() + hidden.bias.numpy()
+    ann = np.clip(z, 0, 1) @ output.kernel.numpy() + output.bias.numpy()
+    snn = SpikingModel(network)
+    errors = [np.abs(snn(x, timesteps=t)[:, -1] - ann).max() for t in (8, 64, 512)]
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[2] < 4.0 / 512 * np.abs(output.kernel.numpy()).sum(0).max()
+
+
+def test_stateful_streaming_continues_and_resets():
+    network = small_network()
+    x = np.random.rand(2, 4).astype("float32")
+    whole = SpikingModel(network, timesteps=10)(x)
+    stream = SpikingModel(network, timesteps=5, stateful=True, batch_size=2)
+    first, second = stream(x), stream(x)
+    np.testing.assert_allclose(np.concatenate([first, second], axis=1), whole, atol=1e-6)
+    stream.reset_state()
+    np.testing.assert_allclose(stream(x), whole[:, :5], atol=1e-6)
+    with pytest.raises(ValueError, match="batch_size=2"):
+        stream(np.zeros((3, 4), "float32"))
+
+
+def test_event_input_consumes_one_frame_per_step():
+    inputs = keras.Input((3,))
+    x = layers.EventInput()(inputs)
+    x = layers.SpikingDense(2, neuron=None, name="probe")(x)
+    network = keras.Model(inputs, layers.Readout()(x))
+    kernel = np.array([[1, 0], [0, 1], [1, 1]], "float32")
+    network.get_layer("probe").set_weights([kernel, np.zeros(2, "float32"), np.float32(1.0)])
+    frames = np.array([[[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1]]], "float32")
+    snn = SpikingModel(network)
+    out = snn(frames)
+    expected = np.cumsum(frames[0] @ kernel, axis=0) / np.arange(1, 5)[:, None]
+    np.testing.assert_allclose(out[0], expected)
+    assert tuple(snn(frames, timesteps=2).shape) == (1, 2, 2)
+    with pytest.raises(ValueError, match="exceeds the 4 event frames"):
+        snn(frames, timesteps=5)
+
+
+def test_poisson_input_is_seeded_and_rate_coded():
+    x = np.full((2, 4), 0.3, "float32")
+    run = lambda seed: SpikingModel(small_network(layers.PoissonInput(seed=seed)), 200).run(x)
+    keras.utils.set_random_seed(0)
+    a = run(7)
+    keras.utils.set_random_seed(0)
+    b = run(7)
+    keras.utils.set_random_seed(0)
+    c = run(8)
+    np.testing.assert_array_equal(a["readout"], b["readout"])
+    assert not np.array_equal(a["readout"], c["readout"])
+    rate = a["spike_events"]["poisson_input"].numpy().sum() / (2 * 4 * 200)
+    assert abs(rate - 0.3) < 0.05
+
+
+def test_xla_matches_graph_mode():
+    network = small_network()
+    x = np.random.rand(3, 4).astype("float32")
+    plain = SpikingModel(network, timesteps=8).run(x)
+    compiled = SpikingModel(network, timesteps=8, xla=True).run(x)
+    np.testing.assert_allclose(plain["readout"], compiled["readout"], atol=1e-5)
+    np.testing.assert_array_equal(plain["synaptic_ops"], compiled["synaptic_ops"])
+
+
+def test_static_current_is_computed_once_outside_the_loop():
+    # The analog input's first-layer current does not change over time; the
+    # loop body must not contain the first layer's matmul.
+    snn = SpikingModel(small_network(), timesteps=4)
+    x = tf.constant(np.random.rand(2, 4).astype("float32"))
+    states = snn._initial_states(2)
+    graph = snn._loop.get_concrete_function(x, 4, False, states, tf.constant(0)).graph
+    body = [f for f in graph.as_graph_def().library.function if "body" in f.signature.name]
+    matmuls = sum(node.op in ("MatMul", "BatchMatMulV2") for f in body for node in f.node_def)
+    outer = sum(node.op in ("MatMul", "BatchMatMulV2") for node in graph.as_graph_def().node)
+    assert matmuls == 1 and outer == 1
+
+
+# ------------------------------------------------------------------ errors
+def test_network_errors_name_the_layer():
+    inputs = keras.Input((4,))
+    with pytest.raises(ValueError, match="Readout"):
+        SpikingModel(keras.Model(inputs, layers.SpikingDense(2)(layers.AnalogInput()(inputs))))
+    with pytest.raises(ValueError, match="'direct'.*encoder"):
+        x = layers.SpikingDense(2, name="direct")(inputs)
+        SpikingModel(keras.Model(inputs, layers.Readout()(x)))
+    with pytest.raises(ValueError, match="'relu_dense' \\(Dense\\) has no spiking form"):
+        x = keras.layers.Dense(2, name="relu_dense")(layers.AnalogInput()(inputs))
+        SpikingModel(keras.Model(inputs, layers.Readout()(x)))
+    with pytest.raises(TypeError, match="keras.Model"):
+        SpikingModel(layers.SpikingDense(2))
+
+
+def test_call_and_constructor_errors():
+    network = small_network()
+    with pytest.raises(ValueError, match="timesteps"):
+        SpikingModel(network, timesteps=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        SpikingModel(network, stateful=True)
+    snn = SpikingModel(network)
+    with pytest.raises(ValueError, match="rank 2"):
+        snn(np.zeros((2, 3, 4), "float32"))
+    with pytest.raises(ValueError, match="timesteps"):
+        snn(np.zeros((2, 4), "float32"), timesteps=-1)
