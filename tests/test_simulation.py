@@ -231,7 +231,10 @@ def test_event_input_consumes_one_frame_per_step():
 
 def test_poisson_input_is_seeded_and_rate_coded():
     x = np.full((2, 4), 0.3, "float32")
-    run = lambda seed: SpikingModel(small_network(layers.PoissonInput(seed=seed)), 200).run(x)
+    def run(seed):
+        encoder = layers.PoissonInput(seed=seed, name="poisson")
+        return SpikingModel(small_network(encoder), 200).run(x)
+
     keras.utils.set_random_seed(0)
     a = run(7)
     keras.utils.set_random_seed(0)
@@ -240,7 +243,7 @@ def test_poisson_input_is_seeded_and_rate_coded():
     c = run(8)
     np.testing.assert_array_equal(a["readout"], b["readout"])
     assert not np.array_equal(a["readout"], c["readout"])
-    rate = a["spike_events"]["poisson_input"].numpy().sum() / (2 * 4 * 200)
+    rate = a["spike_events"]["poisson"].numpy().sum() / (2 * 4 * 200)
     assert abs(rate - 0.3) < 0.05
 
 
