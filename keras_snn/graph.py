@@ -71,10 +71,12 @@ def _topological(nodes, input_keys):
     return ordered
 
 
-def layer_graph(model):
+def layer_graph(model, flatten=False):
     """The `LayerGraph` of a built Keras 3 functional or Sequential model.
 
-    Input layers are not nodes: their keys appear as `input_keys`.
+    Input layers are not nodes: their keys appear as `input_keys`. With
+    `flatten=True`, nested models are replaced by their own layers (keys
+    prefixed with `outer_key/`), so the result holds no models.
 
     Raises:
         ValueError: when the model is not built or is not functional/Sequential.
@@ -83,6 +85,11 @@ def layer_graph(model):
         raise ValueError(
             f"Model '{model.name}' is not built: call it on data or give it an Input first."
         )
+    graph = _read_graph(model)
+    return _flatten(graph) if flatten else graph
+
+
+def _read_graph(model):
     if isinstance(model, keras.Sequential):
         return _sequential_graph(model)
     config = model.get_config()
@@ -112,3 +119,27 @@ def _sequential_graph(model):
         nodes.append(Node(layer.name, layer, [previous]))
         previous = layer.name
     return LayerGraph(nodes, ["input"], [previous])
+
+
+def _flatten(graph):
+    nodes, alias = [], {}
+    for node in graph.nodes:
+        inputs = [alias.get(key, key) for key in node.input_keys]
+        if not isinstance(node.layer, keras.Model):
+            nodes.append(Node(node.key, node.layer, inputs))
+            continue
+        inner = layer_graph(node.layer, flatten=True)
+        if len(inner.input_keys) != len(inputs) or len(inner.output_keys) != 1:
+            raise ValueError(
+                f"Nested model '{node.layer.name}' must have as many inputs as it is "
+                "called with and a single output."
+            )
+        prefix = node.key + "/"
+        rename = dict(zip(inner.input_keys, inputs))
+        for inner_node in inner.nodes:
+            keys = [rename.get(key, prefix + key) for key in inner_node.input_keys]
+            nodes.append(Node(prefix + inner_node.key, inner_node.layer, keys))
+        output = inner.output_keys[0]
+        alias[node.key] = rename.get(output, prefix + output)
+    outputs = [alias.get(key, key) for key in graph.output_keys]
+    return LayerGraph(nodes, graph.input_keys, outputs)

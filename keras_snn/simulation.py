@@ -197,6 +197,9 @@ class SpikingModel(keras.Model):
             `reset_state()`; needs `batch_size`.
         batch_size: fixed batch size of a stateful model.
         xla: compile the time loop with XLA (`jit_compile`).
+        head: optional Keras model applied to the readout after every step
+            (hybrid inference, seed 004 C: the part of a network without a
+            spiking form runs as an ANN on the spiking part's estimate).
         **kwargs: `keras.Model` arguments such as `name`.
 
     Call arguments:
@@ -222,7 +225,14 @@ class SpikingModel(keras.Model):
     """
 
     def __init__(
-        self, network, timesteps=32, stateful=False, batch_size=None, xla=False, **kwargs
+        self,
+        network,
+        timesteps=32,
+        stateful=False,
+        batch_size=None,
+        xla=False,
+        head=None,
+        **kwargs,
     ):
         super().__init__(**kwargs)
         if not isinstance(network, keras.Model):
@@ -235,6 +245,9 @@ class SpikingModel(keras.Model):
         self.stateful = bool(stateful)
         self.batch_size = batch_size
         self.xla = bool(xla)
+        if head is not None and not isinstance(head, keras.Model):
+            raise TypeError(f"`head` must be a keras.Model or None; received {type(head).__name__}.")
+        self.head = head
         self._plan = _Plan(network)
         self._loop = tf.function(self._simulate, jit_compile=self.xla)
         self._state = None
@@ -370,7 +383,16 @@ class SpikingModel(keras.Model):
         result = self._loop(inputs, timesteps, record, states, first_step)
         if self.stateful:
             self._state.write(result["states"], first_step + timesteps)
+        if self.head is not None:
+            result["readout"] = self._apply_head(result["readout"])
         return result
+
+    def _apply_head(self, readout):
+        """The ANN head on every step's readout: (batch, T, ...) -> (batch, T, ...)."""
+        shape = tf.shape(readout)
+        flat = tf.reshape(readout, tf.concat([[-1], shape[2:]], axis=0))
+        out = self.head(flat)
+        return tf.reshape(out, tf.concat([shape[:2], tf.shape(out)[1:]], axis=0))
 
     def call(self, inputs, timesteps=None, return_ops=False, training=None):
         result = self._execute(inputs, timesteps, record=bool(return_ops))
@@ -417,6 +439,8 @@ class SpikingModel(keras.Model):
 
     def compute_output_shape(self, input_shape, timesteps=None, return_ops=False):
         classes = self._plan.output_shapes[self._plan.output_key][1:]
+        if self.head is not None:
+            classes = self.head.compute_output_shape((None,) + tuple(classes))[1:]
         steps = timesteps or (input_shape[1] if self._plan.sequence_input else self.timesteps)
         shape = (input_shape[0], steps) + tuple(classes)
         return (shape, (input_shape[0], steps)) if return_ops else shape
@@ -429,6 +453,7 @@ class SpikingModel(keras.Model):
             "stateful": self.stateful,
             "batch_size": self.batch_size,
             "xla": self.xla,
+            "head": None if self.head is None else keras.saving.serialize_keras_object(self.head),
         }
 
     @classmethod
@@ -437,6 +462,10 @@ class SpikingModel(keras.Model):
         network = keras.saving.deserialize_keras_object(
             config.pop("network"), custom_objects=custom_objects
         )
+        if config.get("head") is not None:
+            config["head"] = keras.saving.deserialize_keras_object(
+                config["head"], custom_objects=custom_objects
+            )
         return cls(network, **config)
 
 

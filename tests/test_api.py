@@ -13,7 +13,8 @@ PACKAGE = pathlib.Path(keras_snn.__file__).parent
 
 def test_public_names_are_pinned():
     assert sorted(keras_snn.__all__) == sorted(
-        ["SpikingModel", "__version__", "layers", "neurons"]
+        ["ConversionError", "SpikingModel", "__version__", "convert_model", "layers",
+         "neurons", "register_conversion_rule"]
     )
     for name in keras_snn.__all__:
         assert hasattr(keras_snn, name), name

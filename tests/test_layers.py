@@ -157,7 +157,7 @@ def test_non_spiking_layer_passes_current():
         (lambda: layers.SpikingAveragePooling2D(0), ValueError, "pool_size"),
         (lambda: layers.SpikingAveragePooling2D(2, padding="full"), ValueError, "padding"),
         (lambda: layers.SpikingInput(neuron=None), ValueError, "AnalogInput"),
-        (lambda: layers.PoissonInput(max_rate=2.0), ValueError, "max_rate"),
+        (lambda: layers.PoissonInput(gain=0.0), ValueError, "gain"),
         (lambda: layers.SpikingAdd()(np.ones((1, 2), "float32")), ValueError, "at least two"),
         (
             lambda: layers.SpikingAdd()([np.ones((1, 2), "float32"), np.ones((1, 3), "float32")]),

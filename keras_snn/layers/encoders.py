@@ -105,12 +105,13 @@ class PoissonInput(SpikingLayer, keras.layers.Layer):
     """Seeded Bernoulli ("Poisson") rate coding.
 
     At step t each input element spikes with probability
-    `clip(x * max_rate, 0, 1)`, drawn with TensorFlow's stateless generator
+    `clip(gain * x, 0, 1)`, drawn with TensorFlow's stateless generator
     keyed by `(seed, t)`: the same input, seed and step give the same spikes on
     every run and device.
 
     Args:
-        max_rate: spike probability per step for an input of 1.
+        gain: spike probability per step per unit of input (> 0); 1 for
+            inputs in [0, 1], 1/ceiling for inputs in [0, ceiling].
         seed: int; None draws one at construction (stored in the config, so a
             saved model replays the same spikes).
 
@@ -122,26 +123,24 @@ class PoissonInput(SpikingLayer, keras.layers.Layer):
     """
 
     is_encoder = True
-    def __init__(self, max_rate=1.0, seed=None, **kwargs):
+    def __init__(self, gain=1.0, seed=None, **kwargs):
         super().__init__(**kwargs)
-        self.max_rate = float(max_rate)
-        if not 0.0 < self.max_rate <= 1.0:
-            raise ValueError(
-                f"Layer '{self.name}': `max_rate` must be in (0, 1]; received {max_rate!r}."
-            )
+        self.gain = float(gain)
+        if not self.gain > 0.0:
+            raise ValueError(f"Layer '{self.name}': `gain` must be > 0; received {gain!r}.")
         self.seed = int(np.random.randint(0, 2**31 - 1) if seed is None else seed)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
 
     def step(self, inputs, states, timestep):
-        probability = tf.clip_by_value(inputs * self.max_rate, 0.0, 1.0)
+        probability = tf.clip_by_value(inputs * self.gain, 0.0, 1.0)
         seed = tf.stack([tf.constant(self.seed, tf.int32), tf.cast(timestep, tf.int32)])
         draw = tf.random.stateless_uniform(tf.shape(inputs), seed=seed, dtype=inputs.dtype)
         return tf.cast(draw < probability, inputs.dtype), ()
 
     def get_config(self):
-        return {**super().get_config(), "max_rate": self.max_rate, "seed": self.seed}
+        return {**super().get_config(), "gain": self.gain, "seed": self.seed}
 
 
 @keras.saving.register_keras_serializable(package="keras_snn")

@@ -1,0 +1,561 @@
+"""convert_model: a trained ReLU Keras model to a SpikingModel.
+
+The pipeline (DESIGN.md section 4), each step on a copy, never the user's model:
+
+1. read the model's layer graph (nested models flattened; a tf_keras model is
+   first loaded as its Keras 3 twin);
+2. turn every layer into simple ops with the class-keyed rules (`rules.py`),
+   refusing unsupported layers before anything is built;
+3. fold BatchNormalization / Rescaling / Normalization into weights (`folding.py`);
+4. fuse each weighted layer (or residual Add) with the ReLU after it into a
+   spiking layer; the last weighted layer becomes the non-spiking readout;
+5. build the spiking network with the folded weights, measure each layer's
+   activation ceiling lambda (a known bound, or a percentile of calibration
+   activations), and rescale: `W <- W * lambda_in / lambda_out`,
+   `b <- b / lambda_out`, threshold 1 (seed 004 Alg. 1 with `lambda / S_max`).
+"""
+
+import os
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_snn import layers as snn_layers
+from keras_snn import neurons as neurons_lib
+from keras_snn.conversion import ir
+from keras_snn.conversion.calibration import CeilingEstimator
+from keras_snn.conversion.calibration import analog_forward
+from keras_snn.conversion.calibration import calibration_batches
+from keras_snn.conversion.errors import ConversionError
+from keras_snn.conversion.folding import fold_affines
+from keras_snn.conversion.rules import find_rule
+from keras_snn.graph import layer_graph
+from keras_snn.simulation import SpikingModel
+
+_NORMALIZATIONS = ("auto", "percentile", "max", "none")
+_ENCODINGS = ("analog", "spiking", "poisson")
+_NEURONS = {"if": neurons_lib.IF, "buffered": neurons_lib.BufferedIF, "lif": neurons_lib.LIF}
+
+
+def convert_model(
+    model,
+    calibration_data=None,
+    *,
+    timesteps=32,
+    neuron="if",
+    spike_max=1,
+    normalization="auto",
+    percentile=99.99,
+    per_channel=False,
+    input_encoding="analog",
+    initial_membrane=0.0,
+    head=None,
+):
+    """Convert a trained ReLU Keras model into a `keras_snn.SpikingModel`.
+
+    Supported: Dense, Conv1D/Conv2D/DepthwiseConv2D (inline relu or linear),
+    ReLU (max_value allowed), Activation relu/linear/softmax,
+    BatchNormalization (folded into the adjacent weighted layer), Rescaling
+    and Normalization at the input (folded into the first layer), Dropout and
+    noise layers (dropped), Flatten, Reshape, ZeroPadding, Cropping, nearest
+    UpSampling, Concatenate, Average/GlobalAverage pooling (1D and 2D), Add
+    (a weighted spiking add), a final softmax (dropped: argmax is unchanged),
+    and nested models. MaxPooling, LeakyReLU, sigmoid/tanh and anything else
+    raise `ConversionError` naming the layer.
+
+    Normalisation: every spiking layer fires at most `spike_max` per step at
+    its activation ceiling lambda. lambda comes from a ReLU's `max_value`
+    ("auto"), or from the `percentile` of the layer's positive activations
+    over `calibration_data` ("auto" where no bound is known, "percentile"
+    everywhere, "max" = percentile 100); "none" keeps the weights as they are
+    (threshold 1).
+
+    Args:
+        model: a built Keras 3 Sequential or functional model (nested models
+            included), or a tf_keras (Keras 2) model.
+        calibration_data: inputs (array, tf.data.Dataset or iterable of
+            batches; `(x, y)` elements are fine) used to measure ceilings.
+            Needed only where a ceiling must come from data.
+        timesteps: default simulation length of the returned model.
+        neuron: "if", "buffered" (negative spikes undo over-fire) or "lif"
+            (leak 1, to be trained).
+        spike_max: largest multi-bit spike per step (1 = binary spikes).
+        normalization: "auto", "percentile", "max" or "none".
+        percentile: the percentile (0, 100] for data ceilings.
+        per_channel: one ceiling per output channel instead of per layer.
+        input_encoding: "analog" (the input is the first layer's current),
+            "spiking" (IF input neurons, rate = x / input ceiling) or
+            "poisson" (Bernoulli spikes with that rate). For the last two the
+            input ceiling is the calibration data's percentile, or 1 (inputs
+            in [0, 1]) without data.
+        initial_membrane: initial membrane as a fraction of the threshold
+            (0.5 halves the rounding error).
+        head: name of a top-level layer from which the rest of the model runs
+            as an ordinary ANN on the spiking part's readout (hybrid inference,
+            seed 004 C), for heads without a spiking form.
+
+    Returns:
+        A `SpikingModel` whose output `(batch, timesteps, classes)` estimates
+        the model's logits after every step.
+
+    Raises:
+        ConversionError: for an unsupported layer or argument, or missing
+            calibration data (naming the layers that need it).
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> ann = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+    ...                         keras.layers.Dense(3, activation="softmax")])
+    >>> x = np.random.rand(64, 8).astype("float32")
+    >>> snn = convert_model(ann, x, timesteps=20)
+    >>> tuple(snn(x[:4]).shape)
+    (4, 20, 3)
+    """
+    options = _Options(
+        timesteps, neuron, spike_max, normalization, percentile, per_channel,
+        input_encoding, initial_membrane,
+    )
+    keras_model = as_keras3_model(model)
+    tail = None
+    if head is not None:
+        keras_model, tail = _split_at_head(keras_model, head)
+    graph = layer_graph(keras_model, flatten=True)
+    if len(graph.input_keys) != 1 or len(graph.output_keys) != 1:
+        raise ConversionError(
+            f"Model '{keras_model.name}' has {len(graph.input_keys)} inputs and "
+            f"{len(graph.output_keys)} outputs; convert_model supports one of each."
+        )
+    ops, output_key = _to_ops(graph)
+    fold_affines(ops, [output_key])
+    output_key = _fuse_activations(ops, output_key)
+    if tail is not None:
+        tail = _hand_over_to_head(ops, output_key, tail)
+    _check_kinds(ops, graph.input_keys[0], output_key)
+    needs_data = _layers_needing_data(ops, options)
+    if needs_data and calibration_data is None:
+        raise ConversionError(
+            "calibration_data is needed to measure the activation ceilings of "
+            f"{', '.join(needs_data)} (normalization='{options.normalization}'). Pass a few "
+            "hundred to a few thousand training inputs, or normalization='none'."
+        )
+    builder = _NetworkBuilder(ops, graph.input_keys[0], output_key, keras_model, options, tail)
+    builder.build()
+    builder.normalize(calibration_data)
+    return SpikingModel(builder.network, timesteps=options.timesteps, head=tail)
+
+
+class _Options:
+    def __init__(self, timesteps, neuron, spike_max, normalization, percentile,
+                 per_channel, input_encoding, initial_membrane):
+        if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 1:
+            raise ConversionError(f"`timesteps` must be an int >= 1; received {timesteps!r}.")
+        if neuron not in _NEURONS:
+            raise ConversionError(f"`neuron` must be one of {sorted(_NEURONS)}; received {neuron!r}.")
+        if normalization not in _NORMALIZATIONS:
+            raise ConversionError(
+                f"`normalization` must be one of {_NORMALIZATIONS}; received {normalization!r}."
+            )
+        if input_encoding not in _ENCODINGS:
+            raise ConversionError(
+                f"`input_encoding` must be one of {_ENCODINGS}; received {input_encoding!r}."
+            )
+        if not 0.0 < float(percentile) <= 100.0:
+            raise ConversionError(f"`percentile` must be in (0, 100]; received {percentile!r}.")
+        try:  # validate spike_max and initial_membrane once, with the neuron's messages
+            _NEURONS[neuron](spike_max=spike_max, initial_membrane=initial_membrane)
+        except ValueError as error:
+            raise ConversionError(str(error)) from None
+        self.timesteps = timesteps
+        self.neuron = neuron
+        self.spike_max = spike_max
+        self.normalization = normalization
+        self.percentile = 100.0 if normalization == "max" else float(percentile)
+        self.per_channel = bool(per_channel)
+        self.input_encoding = input_encoding
+        self.initial_membrane = float(initial_membrane)
+
+    def make_neuron(self):
+        return _NEURONS[self.neuron](
+            spike_max=self.spike_max, initial_membrane=self.initial_membrane
+        )
+
+
+# ------------------------------------------------------------------ input
+def as_keras3_model(model):
+    """The model itself if it is Keras 3; a tf_keras model's Keras 3 twin.
+
+    tf_keras models (e.g. trained with tensorflow-model-optimization and
+    stripped of pruning wrappers) are saved to a temporary legacy HDF5 file
+    and loaded by Keras 3's legacy loader, which maps every standard layer.
+    """
+    if isinstance(model, keras.Model):
+        if not model.built:
+            raise ConversionError(
+                f"Model '{model.name}' is not built; give it an Input or call it on data first."
+            )
+        return model
+    if type(model).__module__.startswith("tf_keras") and hasattr(model, "save"):
+        with tempfile.TemporaryDirectory() as directory:
+            path = os.path.join(directory, "model.h5")
+            model.save(path, save_format="h5")
+            try:
+                return keras.saving.load_model(path, compile=False)
+            except Exception as error:  # custom tf_keras layers have no Keras 3 class
+                raise ConversionError(
+                    f"tf_keras model '{model.name}' could not be read as a Keras 3 model "
+                    f"({error}). Custom tf_keras layers need a Keras 3 equivalent."
+                ) from error
+    raise ConversionError(
+        f"convert_model expects a Keras model; received {type(model).__name__}."
+    )
+
+
+def _split_at_head(model, head):
+    try:
+        layer = model.get_layer(head)
+    except ValueError:
+        raise ConversionError(
+            f"`head`='{head}' is not a layer of model '{model.name}'."
+        ) from None
+    spiking_part = keras.Model(model.inputs, layer.input, name=f"{model.name}_spiking")
+    tail = keras.Model(layer.input, model.outputs, name=f"{model.name}_head")
+    # Fresh copies: the returned model must not share layers with the user's.
+    tail_copy = keras.Model.from_config(tail.get_config())
+    tail_copy.set_weights(tail.get_weights())
+    return spiking_part, tail_copy
+
+
+# ---------------------------------------------------------------- op graph
+def _to_ops(graph):
+    ops, alias = [], {}
+    for node in graph.nodes:
+        inputs = [alias.get(key, key) for key in node.input_keys]
+        new_ops = find_rule(node.layer)(node.layer, node.key, inputs)
+        if new_ops:
+            ops.extend(new_ops)
+            if new_ops[-1].key != node.key:
+                alias[node.key] = new_ops[-1].key
+        else:
+            if len(inputs) != 1:
+                raise ConversionError(f"No-op layer '{node.layer.name}' has several inputs.")
+            alias[node.key] = inputs[0]
+    output_key = alias.get(graph.output_keys[0], graph.output_keys[0])
+    return ops, output_key
+
+
+def _fuse_activations(ops, output_key):
+    """Merge each ReLU into the weighted layer (or Add) before it; drop the final softmax."""
+    by_key = {op.key: op for op in ops}
+    for op in list(ops):
+        producer = by_key.get(op.inputs[0]) if op.inputs else None
+        if isinstance(op, ir.Relu):
+            fusable = isinstance(producer, (ir.Linear, ir.Merge)) and not producer.spiking
+            if fusable and ir.consumers(ops, producer.key) == [op]:
+                producer.spiking, producer.max_value = True, op.max_value
+            elif _nonnegative(producer, by_key) and op.max_value is None:
+                pass  # ReLU of spikes (e.g. after pooling) changes nothing
+            else:
+                raise ConversionError(
+                    f"ReLU '{op.source}' follows '{producer.source if producer else 'the input'}'"
+                    ", which is not a Dense/Conv/Add whose only consumer is this ReLU; "
+                    "spiking neurons fuse a ReLU with the weighted layer before it."
+                )
+        elif isinstance(op, ir.Softmax):
+            if op.key != output_key:
+                raise ConversionError(
+                    f"Softmax '{op.source}' is not the model's final layer; a softmax "
+                    "has no spiking form except as the (dropped) final activation."
+                )
+        else:
+            continue
+        new_key = op.inputs[0]
+        ir.replace_input(ops, op.key, new_key)
+        if output_key == op.key:
+            output_key = new_key
+        ops.remove(op)
+    return output_key
+
+
+def _hand_over_to_head(ops, output_key, tail):
+    """Make the spiking part's last layer report its membrane to the ANN head.
+
+    The head needs the activation at the split; the mean current of the last
+    layer, passed through that layer's ReLU inside the head, estimates it
+    without the spike-count quantisation.
+    """
+    last = next(op for op in ops if op.key == output_key)
+    if not (isinstance(last, (ir.Linear, ir.Merge)) and last.spiking):
+        return tail
+    last.spiking = False
+    inputs = keras.Input(tail.inputs[0].shape[1:])
+    outputs = tail(keras.layers.ReLU(max_value=last.max_value)(inputs))
+    return keras.Model(inputs, outputs, name=tail.name)
+
+
+def _nonnegative(op, by_key):
+    if isinstance(op, (ir.Linear, ir.Merge)):
+        return op.spiking
+    if isinstance(op, (ir.Pool, ir.Shape)):
+        return all(_nonnegative(by_key.get(key), by_key) for key in op.inputs)
+    return False
+
+
+def _check_kinds(ops, input_key, output_key):
+    """Every op's inputs must be something a spiking layer can receive."""
+    kinds = {input_key: "analog"}
+    by_key = {op.key: op for op in ops}
+    for op in ops:
+        inputs = [kinds[key] for key in op.inputs]
+        if isinstance(op, ir.Linear):
+            if "current" in inputs:
+                _refuse_current(op, by_key)
+            kinds[op.key] = "spikes" if op.spiking else "current"
+            users = ir.consumers(ops, op.key)
+            if not op.spiking and op.key != output_key and not all(
+                isinstance(user, ir.Merge) and user.spiking for user in users
+            ):
+                raise ConversionError(
+                    f"Layer '{op.source}' has no ReLU after it and is not the final layer; "
+                    "a spiking layer needs a ReLU (or feeds a residual Add followed by one)."
+                )
+        elif isinstance(op, ir.Merge):
+            if "analog" in inputs:
+                raise ConversionError(f"Add '{op.source}' adds the raw input; unsupported.")
+            if not op.spiking and op.key != output_key:
+                raise ConversionError(
+                    f"Add '{op.source}' has no ReLU after it; keras_snn converts residual "
+                    "blocks of the form relu(add(...)) (post-activation ResNets)."
+                )
+            kinds[op.key] = "spikes" if op.spiking else "current"
+        elif isinstance(op, ir.Pool):
+            if "current" in inputs:
+                _refuse_current(op, by_key)
+            kinds[op.key] = inputs[0]
+        elif isinstance(op, ir.Shape):
+            if len(set(inputs)) != 1:
+                raise ConversionError(
+                    f"Layer '{op.source}' mixes spikes with analog values; unsupported."
+                )
+            kinds[op.key] = inputs[0]
+    if kinds[output_key] == "analog":
+        raise ConversionError("The model has no weighted layer between its input and output.")
+
+
+def _refuse_current(op, by_key):
+    raise ConversionError(
+        f"Layer '{op.source}' receives the output of a layer without ReLU; spiking "
+        "layers receive spikes, so put a ReLU between them."
+    )
+
+
+def _layers_needing_data(ops, options):
+    if options.normalization == "none":
+        return []
+    return [
+        f"'{op.source}'"
+        for op in ops
+        if isinstance(op, (ir.Linear, ir.Merge)) and op.spiking
+        and (options.normalization != "auto" or op.max_value is None)
+    ]
+
+
+# ----------------------------------------------------------------- network
+class _NetworkBuilder:
+    """Builds the spiking network from the fused ops, then normalises it."""
+
+    def __init__(self, ops, input_key, output_key, keras_model, options, tail):
+        self.ops, self.input_key, self.output_key = ops, input_key, output_key
+        self.options = options
+        self.frame_shape = tuple(keras_model.inputs[0].shape[1:])
+        self.tail = tail
+        self.layers = {}  # op key -> spiking layer
+        self.names = set()
+
+    def _name(self, source):
+        name, index = source, 1
+        while name in self.names:
+            name, index = f"{source}_{index}", index + 1
+        self.names.add(name)
+        return name
+
+    def build(self):
+        options = self.options
+        inputs = keras.Input(self.frame_shape, name=self._name("input"))
+        encoder = {
+            "analog": lambda: snn_layers.AnalogInput(name=self._name("analog_input")),
+            "spiking": lambda: snn_layers.SpikingInput(
+                neuron=neurons_lib.IF(initial_membrane=options.initial_membrane),
+                name=self._name("spiking_input"),
+            ),
+            "poisson": lambda: snn_layers.PoissonInput(seed=0, name=self._name("poisson_input")),
+        }[options.input_encoding]()
+        self.encoder = encoder
+        tensors = {self.input_key: encoder(inputs)}
+        spikes = {self.input_key: options.input_encoding != "analog"}
+        for op in self.ops:
+            x = [tensors[key] for key in op.inputs]
+            x = x if len(x) > 1 else x[0]
+            layer = self._make_layer(op, all(spikes[key] for key in op.inputs))
+            self.layers[op.key] = layer
+            tensors[op.key] = layer(x)
+            spikes[op.key] = getattr(layer, "emits_spikes", all(spikes[k] for k in op.inputs))
+            if isinstance(op, ir.Linear):
+                layer.kernel.assign(op.kernel)
+                layer.bias.assign(
+                    np.zeros(layer.bias.shape, "float32") if op.bias is None else op.bias
+                )
+        outputs = snn_layers.Readout(name=self._name("readout"))(tensors[self.output_key])
+        self.network = keras.Model(inputs, outputs, name="spiking_network")
+
+    def _make_layer(self, op, input_spikes):
+        name = self._name(op.source)
+        neuron = self.options.make_neuron() if getattr(op, "spiking", False) else None
+        if isinstance(op, ir.Linear):
+            return op.spiking_class(**{**op.config, "name": name}, neuron=neuron)
+        if isinstance(op, ir.Merge):
+            return snn_layers.SpikingAdd(neuron=neuron, name=name)
+        if isinstance(op, ir.Pool):
+            # Pooling spikes fires like any neuron; pooling the analog input
+            # is a fixed linear map computed once (neuron None).
+            pool_neuron = self.options.make_neuron() if input_spikes else None
+            return op.spiking_class(**{**op.config, "name": name}, neuron=pool_neuron)
+        return op.layer
+
+    # ----------------------------------------------------------- ceilings
+    def normalize(self, calibration_data):
+        """Measure the ceilings and rescale every layer (threshold 1)."""
+        options = self.options
+        graph = layer_graph(self.network)
+        max_values = {
+            op.key: op.max_value for op in self.ops if isinstance(op, (ir.Linear, ir.Merge))
+        }
+        keys = {op.key: self._graph_key(op.key, graph) for op in self.ops}
+        data_keys = [op.key for op in self.ops if self._ceiling_from_data(op)]
+        input_ceiling = 1.0
+        encoded = options.input_encoding != "analog"
+        estimator = CeilingEstimator(options.percentile, options.per_channel)
+        if calibration_data is not None and options.normalization != "none" and (data_keys or encoded):
+            seen = 0
+            for batch in calibration_batches(calibration_data):
+                values = analog_forward(graph, batch, {keys[k]: v for k, v in max_values.items()})
+                for key in data_keys:
+                    estimator.add(key, values[keys[key]])
+                if encoded:
+                    estimator.add("__input__", np.maximum(batch, 0))
+                seen += len(batch)
+            if not seen:
+                raise ConversionError("calibration_data yielded no batches.")
+            if encoded:
+                input_ceiling = float(estimator.ceiling("__input__").max())
+        ceilings = {
+            key: estimator.ceiling(key) if key in data_keys else None for key in keys
+        }
+        self._rescale(ceilings, input_ceiling)
+
+    def _graph_key(self, op_key, graph):
+        name = self.layers[op_key].name
+        return next(node.key for node in graph.nodes if node.layer.name == name)
+
+    def _ceiling_from_data(self, op):
+        if not (isinstance(op, (ir.Linear, ir.Merge)) and op.spiking):
+            return False
+        if self.options.normalization == "none":
+            return False
+        return self.options.normalization != "auto" or op.max_value is None
+
+    def _own_ceiling(self, op, measured):
+        """lambda of a spiking op: measured, or its ReLU bound, or 1 (none)."""
+        if measured is not None:
+            return measured
+        if self.options.normalization != "none" and op.max_value is not None:
+            return np.array([op.max_value], "float32")
+        return np.array([1.0], "float32")
+
+    def _rescale(self, ceilings, input_ceiling):
+        options = self.options
+        spike_max = float(options.spike_max)
+        by_key = {op.key: op for op in self.ops}
+        # A non-spiking branch into a residual Add is scaled by the Add's lambda,
+        # so the Add sums both branches on one scale (branch weight 1).
+        branch_scale = {}
+        for op in self.ops:
+            if isinstance(op, ir.Merge) and op.spiking:
+                for key in op.inputs:
+                    producer = by_key.get(key)
+                    if isinstance(producer, ir.Linear) and not producer.spiking:
+                        branch_scale[key] = self._own_ceiling(op, ceilings[op.key]) / spike_max
+        # Per-sample maps of the value one spike stands for (lambda / S_max).
+        input_scale = input_ceiling if options.input_encoding != "analog" else 1.0
+        scales = {self.input_key: np.full(self.frame_shape, input_scale, "float32")}
+        if options.input_encoding == "spiking":
+            self.encoder.threshold = input_scale
+        elif options.input_encoding == "poisson":
+            self.encoder.gain = 1.0 / input_scale
+        for op in self.ops:
+            layer = self.layers[op.key]
+            in_maps = [scales[key] for key in op.inputs]
+            shapes = [(None,) + m.shape for m in in_maps]
+            out_shape = tuple(layer.compute_output_shape(shapes if len(shapes) > 1 else shapes[0]))[1:]
+            if isinstance(op, ir.Linear):
+                if op.spiking:
+                    out_vec = self._own_ceiling(op, ceilings[op.key]) / spike_max
+                else:  # an Add branch, or the readout layer (logits in the ANN's units)
+                    out_vec = branch_scale.get(op.key, np.ones(1, "float32"))
+                _scale_linear(layer, op, _channel_vector(in_maps[0], op), out_vec)
+            elif isinstance(op, ir.Merge):
+                out_vec = np.ones(1, "float32")
+                if op.spiking:
+                    out_vec = self._own_ceiling(op, ceilings[op.key]) / spike_max
+                channels = np.ones(out_shape[-1], "float32")
+                weights = [
+                    channels if key in branch_scale
+                    else channels * _channel_vector(in_map, op) / out_vec
+                    for key, in_map in zip(op.inputs, in_maps)
+                ]
+                layer.branch_weights.assign(np.stack(weights).astype("float32"))
+            elif isinstance(op, ir.Pool):
+                out_vec = _channel_vector(in_maps[0], op)  # averaging keeps the scale
+            else:  # a shape layer moves the scale map like the values
+                batch = [m[None] for m in in_maps]
+                scales[op.key] = np.asarray(layer(batch if len(batch) > 1 else batch[0]))[0]
+                continue
+            scales[op.key] = np.broadcast_to(out_vec, out_shape).astype("float32")
+
+
+def _channel_vector(scale_map, op):
+    """Per-channel value of a scale map, which must be uniform over space."""
+    columns = np.asarray(scale_map, "float32").reshape(-1, scale_map.shape[-1])
+    live = np.ma.masked_less_equal(columns, 0.0)  # zero padding carries no scale
+    high, low = live.max(axis=0).filled(1.0), live.min(axis=0).filled(1.0)
+    if np.any(high - low > 1e-6 * high):
+        raise ConversionError(
+            f"Layer '{op.source}' receives inputs whose scale varies over space "
+            "(a reshape between convolutions?); unsupported."
+        )
+    return np.asarray(high, "float32")
+
+
+def _scale_linear(layer, op, in_vec, out_vec):
+    """`W <- W * lambda_in / lambda_out`, `b <- b / lambda_out` (threshold 1)."""
+    kernel = op.kernel
+    depthwise = op.spiking_class is snn_layers.SpikingDepthwiseConv2D
+    if np.all(in_vec == in_vec.flat[0]):
+        in_vec = in_vec[:1]  # one scale: also right for grouped convolutions
+    in_channels = kernel.shape[0] if kernel.ndim == 2 else kernel.shape[-2]
+    if in_vec.size not in (1, in_channels):
+        raise ConversionError(
+            f"Layer '{op.source}' has per-channel input scales that do not match its "
+            "kernel (grouped convolution after per-channel normalisation); use "
+            "per_channel=False."
+        )
+    in_shape = [-1, 1] if kernel.ndim == 2 else [1] * (kernel.ndim - 2) + [-1, 1]
+    kernel = kernel * in_vec.reshape(in_shape)
+    out_channels = kernel.shape[-2] * kernel.shape[-1] if depthwise else kernel.shape[-1]
+    out = np.broadcast_to(out_vec, (out_channels,))
+    kernel = kernel / (out.reshape(kernel.shape[-2:]) if depthwise else out)
+    bias = np.zeros(out_channels, "float32") if op.bias is None else op.bias
+    layer.kernel.assign(kernel.astype("float32"))
+    layer.bias.assign((bias / out).astype("float32"))

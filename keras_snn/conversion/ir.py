@@ -1,0 +1,82 @@
+"""The converter's intermediate form: the ANN as a list of simple operations.
+
+Each ANN layer becomes zero or more of these (a Dense with inline ReLU becomes
+`Linear` + `Relu`; a Dropout becomes nothing). Folding and fusion rewrite this
+list; the spiking network is built from the result. Weights live here as NumPy
+arrays, so nothing touches the user's model.
+"""
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class Op:
+    key: str
+    inputs: list
+    source: str  # name of the ANN layer this came from, for error messages
+
+
+@dataclasses.dataclass
+class Linear(Op):
+    """A weighted layer: `spiking_class(**config)` with `kernel` and `bias`."""
+
+    spiking_class: type = None
+    config: dict = None
+    kernel: np.ndarray = None
+    bias: np.ndarray = None
+    # Filled in by fusion: the ReLU's clip value (None: unbounded) when a ReLU
+    # follows, and whether a neuron fires at all (False: passes its current).
+    spiking: bool = False
+    max_value: float = None
+
+
+@dataclasses.dataclass
+class Relu(Op):
+    max_value: float = None
+
+
+@dataclasses.dataclass
+class Affine(Op):
+    """Per-channel `scale * x + shift` (BatchNormalization, Rescaling, Normalization)."""
+
+    scale: np.ndarray = None
+    shift: np.ndarray = None
+
+
+@dataclasses.dataclass
+class Pool(Op):
+    """Average pooling: `spiking_class(**config)`, linear and per channel."""
+
+    spiking_class: type = None
+    config: dict = None
+
+
+@dataclasses.dataclass
+class Merge(Op):
+    """Residual Add of its inputs (a weighted add after conversion)."""
+
+    spiking: bool = False
+    max_value: float = None
+
+
+@dataclasses.dataclass
+class Shape(Op):
+    """A value-moving Keras layer (Flatten, Reshape, padding, Concatenate...)."""
+
+    layer: object = None
+
+
+@dataclasses.dataclass
+class Softmax(Op):
+    """A final softmax: dropped, since argmax is unchanged."""
+
+
+def consumers(ops, key):
+    return [op for op in ops if key in op.inputs]
+
+
+def replace_input(ops, old, new):
+    for op in ops:
+        op.inputs = [new if key == old else key for key in op.inputs]

@@ -1,0 +1,273 @@
+"""Conversion rules: what each Keras layer class becomes, keyed by class.
+
+A rule takes `(layer, key, inputs)` and returns the list of intermediate ops
+(`keras_snn.conversion.ir`) the layer stands for; an empty list means the
+layer does nothing at inference (Dropout, noise). Users extend the converter
+with `register_conversion_rule(layer_class, rule)`; classes not registered are
+refused with a `ConversionError` that names them.
+"""
+
+import keras
+import numpy as np
+
+from keras_snn import layers as snn_layers
+from keras_snn.conversion import ir
+from keras_snn.conversion.errors import ConversionError
+
+_RULES = {}
+_REFUSALS = {}
+
+
+def register_conversion_rule(layer_class, rule):
+    """Teach convert_model a layer class.
+
+    Args:
+        layer_class: a `keras.layers.Layer` subclass (subclasses match too).
+        rule: callable `(layer, key, inputs) -> list of keras_snn.conversion.ir ops`.
+    """
+    if not (isinstance(layer_class, type) and issubclass(layer_class, keras.layers.Layer)):
+        raise TypeError(f"Expected a keras.layers.Layer subclass; received {layer_class!r}.")
+    _RULES[layer_class] = rule
+    return rule
+
+
+def find_rule(layer):
+    """The rule for a layer (most specific class first), or raise ConversionError."""
+    for cls in type(layer).__mro__:
+        if cls in _REFUSALS:
+            raise ConversionError(_describe(layer) + _REFUSALS[cls])
+        if cls in _RULES:
+            return _RULES[cls]
+    supported = ", ".join(sorted(cls.__name__ for cls in _RULES))
+    raise ConversionError(
+        f"{_describe(layer)} has no spiking form. Supported layers: {supported}. "
+        "Register a rule with keras_snn.register_conversion_rule for custom layers."
+    )
+
+
+def _describe(layer):
+    return f"Layer '{layer.name}' ({type(layer).__name__})"
+
+
+def supported_layer_names():
+    return sorted(cls.__name__ for cls in _RULES)
+
+
+# ------------------------------------------------------------- activations
+def _activation_ops(layer, name, key, inputs):
+    """Ops for an activation given by name (inline or an Activation layer)."""
+    if name == "relu":
+        return [ir.Relu(key, inputs, layer.name)]
+    if name == "linear":
+        return []
+    if name == "softmax":
+        return [ir.Softmax(key, inputs, layer.name)]
+    raise ConversionError(
+        f"{_describe(layer)} uses activation '{name}', which has no spiking form; "
+        "use relu (optionally with max_value) or keras_snn.layers.QReLU."
+    )
+
+
+def _activation_name(activation):
+    name = keras.activations.serialize(activation)
+    return name if isinstance(name, str) else str(name)
+
+
+def _channels_last(layer):
+    if getattr(layer, "data_format", "channels_last") != "channels_last":
+        raise ConversionError(
+            f"{_describe(layer)} uses data_format='{layer.data_format}'; keras_snn "
+            "converts channels_last models only."
+        )
+
+
+# ---------------------------------------------------------------- weighted
+def _weighted_rule(spiking_class, drop=()):
+    def rule(layer, key, inputs):
+        _channels_last(layer)
+        config = layer.get_config()
+        for name in ("activation", "bias_initializer", "use_bias") + tuple(drop):
+            config.pop(name, None)
+        kernel = np.asarray(keras.ops.convert_to_numpy(layer.kernel), "float32")
+        bias = (
+            np.asarray(keras.ops.convert_to_numpy(layer.bias), "float32")
+            if getattr(layer, "bias", None) is not None
+            else None
+        )
+        linear_key = key + "/linear"
+        ops = [ir.Linear(linear_key, inputs, layer.name, spiking_class, config, kernel, bias)]
+        activation = _activation_ops(layer, _activation_name(layer.activation), key, [linear_key])
+        if not activation:  # linear: the layer's output is the linear op itself
+            ops[0].key = key
+        return ops + activation
+
+    return rule
+
+
+register_conversion_rule(keras.layers.Dense, _weighted_rule(snn_layers.SpikingDense))
+register_conversion_rule(keras.layers.Conv2D, _weighted_rule(snn_layers.SpikingConv2D))
+register_conversion_rule(keras.layers.Conv1D, _weighted_rule(snn_layers.SpikingConv1D))
+register_conversion_rule(
+    keras.layers.DepthwiseConv2D, _weighted_rule(snn_layers.SpikingDepthwiseConv2D)
+)
+
+
+# ------------------------------------------------------------- activations
+def _relu_rule(layer, key, inputs):
+    if float(layer.negative_slope) != 0.0 or float(layer.threshold) != 0.0:
+        raise ConversionError(
+            f"{_describe(layer)} has negative_slope={layer.negative_slope} and "
+            f"threshold={layer.threshold}; spiking neurons need a plain ReLU "
+            "(negative_slope=0, threshold=0; max_value is fine)."
+        )
+    max_value = None if layer.max_value is None else float(layer.max_value)
+    return [ir.Relu(key, inputs, layer.name, max_value)]
+
+
+register_conversion_rule(keras.layers.ReLU, _relu_rule)
+register_conversion_rule(
+    keras.layers.Activation,
+    lambda layer, key, inputs: _activation_ops(
+        layer, _activation_name(layer.activation), key, inputs
+    ),
+)
+register_conversion_rule(
+    keras.layers.Softmax, lambda layer, key, inputs: [ir.Softmax(key, inputs, layer.name)]
+)
+
+
+# ------------------------------------------------------------ affine maps
+def _batch_norm_rule(layer, key, inputs):
+    axes = [int(axis) for axis in np.atleast_1d(layer.axis)]
+    rank = len(layer.input.shape)
+    if [axis % rank for axis in axes] != [rank - 1]:
+        raise ConversionError(
+            f"{_describe(layer)} normalises axis {layer.axis}; keras_snn folds "
+            "BatchNormalization over the last (channel) axis only."
+        )
+    numpy = keras.ops.convert_to_numpy
+    variance = numpy(layer.moving_variance)
+    scale = 1.0 / np.sqrt(variance + layer.epsilon)
+    if layer.scale:
+        scale = scale * numpy(layer.gamma)
+    shift = -numpy(layer.moving_mean) * scale
+    if layer.center:
+        shift = shift + numpy(layer.beta)
+    return [ir.Affine(key, inputs, layer.name, scale.astype("float32"), shift.astype("float32"))]
+
+
+def _rescaling_rule(layer, key, inputs):
+    scale = np.asarray(layer.scale, "float32")
+    return [ir.Affine(key, inputs, layer.name, scale, np.asarray(layer.offset, "float32"))]
+
+
+def _normalization_rule(layer, key, inputs):
+    if layer.invert:
+        raise ConversionError(f"{_describe(layer)} is an inverting Normalization; unsupported.")
+    numpy = keras.ops.convert_to_numpy
+    std = np.maximum(np.sqrt(numpy(layer.variance)), keras.config.epsilon())
+    scale = (1.0 / std).reshape(-1).astype("float32")
+    shift = (-numpy(layer.mean).reshape(-1) * scale).astype("float32")
+    return [ir.Affine(key, inputs, layer.name, scale, shift)]
+
+
+register_conversion_rule(keras.layers.BatchNormalization, _batch_norm_rule)
+register_conversion_rule(keras.layers.Rescaling, _rescaling_rule)
+register_conversion_rule(keras.layers.Normalization, _normalization_rule)
+
+
+# --------------------------------------------------- no-ops and shape layers
+def _no_op(layer, key, inputs):
+    return []
+
+
+for _cls in (
+    keras.layers.Dropout,
+    keras.layers.SpatialDropout1D,
+    keras.layers.SpatialDropout2D,
+    keras.layers.GaussianNoise,
+    keras.layers.GaussianDropout,
+    keras.layers.AlphaDropout,
+    keras.layers.ActivityRegularization,
+    keras.layers.Identity,
+):
+    register_conversion_rule(_cls, _no_op)
+
+
+def _shape_rule(layer, key, inputs):
+    if isinstance(layer, (keras.layers.UpSampling1D, keras.layers.UpSampling2D)):
+        if getattr(layer, "interpolation", "nearest") != "nearest":
+            raise ConversionError(
+                f"{_describe(layer)} uses interpolation='{layer.interpolation}'; only "
+                "'nearest' upsampling copies spikes exactly."
+            )
+    _channels_last(layer)
+    clone = type(layer).from_config(layer.get_config())
+    return [ir.Shape(key, inputs, layer.name, clone)]
+
+
+for _cls in (
+    keras.layers.Flatten,
+    keras.layers.Reshape,
+    keras.layers.ZeroPadding1D,
+    keras.layers.ZeroPadding2D,
+    keras.layers.Cropping1D,
+    keras.layers.Cropping2D,
+    keras.layers.UpSampling1D,
+    keras.layers.UpSampling2D,
+    keras.layers.Concatenate,
+):
+    register_conversion_rule(_cls, _shape_rule)
+
+
+# ----------------------------------------------------------------- pooling
+def _pool_rule(spiking_class, keys):
+    def rule(layer, key, inputs):
+        _channels_last(layer)
+        config = {name: getattr(layer, name) for name in keys}
+        config["name"] = layer.name
+        return [ir.Pool(key, inputs, layer.name, spiking_class, config)]
+
+    return rule
+
+
+register_conversion_rule(
+    keras.layers.AveragePooling2D,
+    _pool_rule(snn_layers.SpikingAveragePooling2D, ("pool_size", "strides", "padding")),
+)
+register_conversion_rule(
+    keras.layers.AveragePooling1D,
+    _pool_rule(snn_layers.SpikingAveragePooling1D, ("pool_size", "strides", "padding")),
+)
+register_conversion_rule(
+    keras.layers.GlobalAveragePooling2D,
+    _pool_rule(snn_layers.SpikingGlobalAveragePooling2D, ("keepdims",)),
+)
+register_conversion_rule(
+    keras.layers.GlobalAveragePooling1D,
+    _pool_rule(snn_layers.SpikingGlobalAveragePooling1D, ("keepdims",)),
+)
+register_conversion_rule(
+    keras.layers.Add, lambda layer, key, inputs: [ir.Merge(key, inputs, layer.name)]
+)
+
+
+# ----------------------------------------------------------------- refused
+_MAX_POOL = (
+    " has no exact spiking form (a spiking max needs the neuron with the "
+    "highest rate, which is unknown until the end). Retrain with "
+    "AveragePooling (or a strided convolution) in its place."
+)
+for _cls in (
+    keras.layers.MaxPooling1D,
+    keras.layers.MaxPooling2D,
+    keras.layers.GlobalMaxPooling1D,
+    keras.layers.GlobalMaxPooling2D,
+):
+    _REFUSALS[_cls] = _MAX_POOL
+_NEGATIVE = (
+    " passes negative values, which spiking neurons cannot carry. Use ReLU "
+    "(optionally with max_value) or keras_snn.layers.QReLU."
+)
+for _cls in (keras.layers.LeakyReLU, keras.layers.PReLU, keras.layers.ELU):
+    _REFUSALS[_cls] = _NEGATIVE
