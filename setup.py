@@ -26,7 +26,7 @@ setuptools.setup(
         "absl-py",
     ],
     extras_require={
-        "test": ["pytest", "hypothesis", "scikit-learn"],
+        "test": ["pytest", "hypothesis", "scikit-learn", "tf-keras"],
         "examples": ["scikit-learn", "matplotlib"],
     },
     license="Apache-2.0",

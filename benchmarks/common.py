@@ -1,0 +1,50 @@
+"""Helpers shared by the benchmark scripts: training and per-step accuracy."""
+
+import os
+import platform
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+def train(model, x, y, epochs, batch_size=128, learning_rate=1e-3, seed=0):
+    """Adam on sparse labels from logits; returns the trained model."""
+    keras.utils.set_random_seed(seed)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=2)
+    return model
+
+
+def ann_accuracy(model, x, y):
+    return float((model.predict(x, verbose=0).argmax(-1) == y).mean())
+
+
+def snn_accuracy_per_step(snn, x, y, timesteps, batch_size=200):
+    """Top-1 accuracy of the readout after every step, shape (timesteps,)."""
+    correct = np.zeros(timesteps)
+    for start in range(0, len(x), batch_size):
+        readout = snn(x[start : start + batch_size], timesteps=timesteps).numpy()
+        correct += (readout.argmax(-1) == y[start : start + batch_size, None]).sum(0)
+    return correct / len(x)
+
+
+def machine():
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"TensorFlow {tf.__version__}, Keras {keras.__version__}"
+    )
+
+
+class Timer:
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start

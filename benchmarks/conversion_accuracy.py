@@ -1,0 +1,60 @@
+"""Conversion accuracy against T: ReLU ANN -> IF SNN with percentile normalisation.
+
+Trains the anytime paper's Conv MNIST architecture (Table C, BN + ReLU) and a
+small functional ResNet (BN + Add) on Fashion-MNIST, converts each with
+convert_model, and prints ANN and SNN top-1 accuracy on the first
+`--test_items` test images at several T.
+
+    python benchmarks/conversion_accuracy.py --data_dir /usr/share/datasets/fashion-mnist
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import keras_snn  # noqa: E402
+from benchmarks import common  # noqa: E402
+from keras_snn import applications  # noqa: E402
+from keras_snn.datasets import load_dataset  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("dataset", "fashion_mnist", "Dataset name.")
+flags.DEFINE_string("data_dir", None, "Local IDX/.npz directory (e.g. Debian's fashion-mnist).")
+flags.DEFINE_integer("epochs", 3, "ANN training epochs.")
+flags.DEFINE_integer("test_items", 1000, "Test images evaluated.")
+flags.DEFINE_integer("calibration", 2000, "Training images used for normalisation.")
+flags.DEFINE_list("timesteps", ["10", "25", "50", "100", "200"], "T values reported.")
+flags.DEFINE_list("models", ["conv_mnist", "resnet_small"], "Architectures.")
+flags.DEFINE_float("percentile", 99.99, "Normalisation percentile.")
+flags.DEFINE_boolean("per_channel", False, "Per-channel ceilings.")
+
+
+def main(_):
+    (x_train, y_train), (x_test, y_test) = load_dataset(FLAGS.dataset, FLAGS.data_dir)
+    x_eval, y_eval = x_test[: FLAGS.test_items], y_test[: FLAGS.test_items]
+    steps = sorted(int(t) for t in FLAGS.timesteps)
+    print(f"machine: {common.machine()}")
+    for name in FLAGS.models:
+        model = getattr(applications, name)(input_shape=x_train.shape[1:])
+        with common.Timer() as timer:
+            common.train(model, x_train, y_train, FLAGS.epochs)
+        ann = common.ann_accuracy(model, x_eval, y_eval)
+        snn = keras_snn.convert_model(
+            model, x_train[: FLAGS.calibration], normalization="percentile",
+            percentile=FLAGS.percentile, per_channel=FLAGS.per_channel,
+        )
+        accuracy = common.snn_accuracy_per_step(snn, x_eval, y_eval, steps[-1])
+        print(f"\n{name}: {FLAGS.epochs} epochs ({timer.seconds:.0f} s), ANN {100 * ann:.2f}%")
+        print("| T | SNN top-1 | ANN top-1 | SNN - ANN |")
+        print("|---|---|---|---|")
+        for t in steps:
+            snn_t = accuracy[t - 1]
+            print(f"| {t} | {100 * snn_t:.2f}% | {100 * ann:.2f}% | {100 * (snn_t - ann):+.2f} |")
+
+
+if __name__ == "__main__":
+    app.run(main)
