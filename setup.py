@@ -26,8 +26,9 @@ setuptools.setup(
         "absl-py",
     ],
     extras_require={
-        "test": ["pytest", "hypothesis", "scikit-learn", "tf-keras"],
+        "test": ["pytest", "hypothesis", "scikit-learn", "tf-keras", "matplotlib", "tensorboard"],
         "examples": ["scikit-learn", "matplotlib"],
+        "tensorboard": ["tensorboard"],
     },
     license="Apache-2.0",
 )

@@ -3,20 +3,34 @@
 Public API only; see shared/DESIGN.md for the maths and the architecture.
 """
 
+from keras_snn import applications
+from keras_snn import datasets
 from keras_snn import layers
+from keras_snn import losses
+from keras_snn import metrics
 from keras_snn import neurons
 from keras_snn.conversion import ConversionError
 from keras_snn.conversion import convert_model
 from keras_snn.conversion import register_conversion_rule
+from keras_snn.evaluation import SimulationResult
+from keras_snn.evaluation import simulate
 from keras_snn.simulation import SpikingModel
+from keras_snn.sparsity import measure_sparsity
 from keras_snn.version import __version__
 
 __all__ = [
     "ConversionError",
+    "SimulationResult",
     "SpikingModel",
     "__version__",
+    "applications",
     "convert_model",
+    "datasets",
     "layers",
+    "losses",
+    "measure_sparsity",
+    "metrics",
     "neurons",
     "register_conversion_rule",
+    "simulate",
 ]

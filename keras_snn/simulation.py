@@ -29,19 +29,24 @@ from keras_snn.layers.readout import Readout
 
 
 class _PlanNode:
-    """How one layer call runs: its kind and what its inputs and output carry."""
+    """How one layer call runs: its kind and what its inputs and output carry.
 
-    def __init__(self, node, input_spikes, spikes, static, static_current):
+    Values are "spikes" (events: the next synaptic layer counts operations),
+    "analog" (input data: the next synaptic layer does MACs) or "current"
+    (the output of a non-spiking synaptic layer, whose synaptic work was
+    already counted where the spikes arrived).
+    """
+
+    def __init__(self, node, input_kinds, kind, static, static_current):
         self.key = node.key
         self.layer = node.layer
         self.input_keys = node.input_keys
-        self.input_spikes = input_spikes  # per input: spike events (True) or analog
-        self.spikes = spikes  # the output is spike events
+        self.input_kinds = input_kinds
+        self.kind = kind
         self.static = static  # the output is the same at every step
         self.static_current = static_current  # the linear current is time-invariant
         self.synaptic = isinstance(node.layer, SynapticLayer)
-        self.counts_ops = self.synaptic and any(input_spikes)
-        self.counts_macs = self.synaptic and not all(input_spikes)
+        self.counts_ops = self.synaptic and "spikes" in input_kinds
 
     def gather(self, values):
         inputs = [values[key] for key in self.input_keys]
@@ -83,7 +88,8 @@ class _Plan:
         self.op_nodes = [node for node in self.nodes if node.counts_ops]
         # Layers whose spikes are recorded (encoders included, shape layers not).
         self.spiking_nodes = [
-            node for node in self.nodes if node.spikes and isinstance(node.layer, SpikingLayer)
+            node for node in self.nodes
+            if node.kind == "spikes" and isinstance(node.layer, SpikingLayer)
         ]
         self.frame_shape = tuple(network.inputs[0].shape[1:])
         self.output_shapes = self._output_shapes()
@@ -138,23 +144,29 @@ class _Plan:
                 )
 
     def _classify(self, graph):
-        spikes = {self.input_key: False}
+        kinds = {self.input_key: "spikes" if self.sequence_input else "analog"}
         static = {self.input_key: not self.sequence_input}
         plan = []
         for node in graph.nodes:
             layer = node.layer
-            in_spikes = [spikes[key] for key in node.input_keys]
+            in_kinds = [kinds[key] for key in node.input_keys]
             in_static = all(static[key] for key in node.input_keys)
             if isinstance(layer, SynapticLayer):
-                out_spikes, out_static, current_static = layer.emits_spikes, False, in_static
+                out_static, current_static = False, in_static
+                if layer.emits_spikes:
+                    kind = "spikes"
+                else:
+                    kind = "analog" if set(in_kinds) == {"analog"} else "current"
             elif isinstance(layer, SpikingLayer):
-                out_spikes = layer.emits_spikes
-                out_static = layer.time_invariant and in_static
-                current_static = False
-            else:  # pass-through shape layer
-                out_spikes, out_static, current_static = all(in_spikes), in_static, False
-            spikes[node.key], static[node.key] = out_spikes, out_static
-            plan.append(_PlanNode(node, in_spikes, out_spikes, out_static, current_static))
+                kind = "spikes" if layer.emits_spikes else (
+                    "analog" if layer.is_encoder else "current"
+                )
+                out_static, current_static = layer.time_invariant and in_static, False
+            else:  # pass-through shape layer: moves whatever it receives
+                kind = in_kinds[0] if len(set(in_kinds)) == 1 else "current"
+                out_static, current_static = in_static, False
+            kinds[node.key], static[node.key] = kind, out_static
+            plan.append(_PlanNode(node, in_kinds, kind, out_static, current_static))
         return plan
 
 
@@ -172,8 +184,8 @@ def _synaptic_ops(node, inputs, fanouts):
     """Events times fan-out, summed per sample, over the spike inputs."""
     inputs = inputs if isinstance(inputs, list) else [inputs]
     total = 0.0
-    for x, fanout, is_spikes in zip(inputs, fanouts, node.input_spikes):
-        if is_spikes:
+    for x, fanout, kind in zip(inputs, fanouts, node.input_kinds):
+        if kind == "spikes":
             total += _per_sample_sum(tf.cast(tf.not_equal(x, 0), fanout.dtype) * fanout)
     return total
 
@@ -275,15 +287,7 @@ class SpikingModel(keras.Model):
         """The compiled time loop. Returns a dict of per-step tensors."""
         plan = self._plan
         batch_size = tf.shape(inputs)[0]
-        fanouts = {}
-        if record:
-            fanouts = {node.key: node.layer.fanout_maps() for node in plan.nodes if node.synaptic}
-        input_macs = tf.constant(0.0)
-        if record:
-            for node in plan.nodes:
-                for fanout, is_spikes in zip(fanouts.get(node.key, []), node.input_spikes):
-                    if not is_spikes:
-                        input_macs += tf.reduce_sum(fanout)
+        fanouts = self._fanout_maps() if record else {}
 
         # Everything that does not change over time is computed once, here.
         values, currents = {}, {}
@@ -339,19 +343,27 @@ class SpikingModel(keras.Model):
                 layer_ops=_batch_major(ops_ta.stack()),
                 spike_events=_batch_major(events_ta.stack()),
                 spike_counts=_batch_major(counts_ta.stack()),
-                input_macs=input_macs,
             )
         return result
 
     # ------------------------------------------------------------------ call
-    def _resolve_timesteps(self, inputs, timesteps):
+    def timesteps_for(self, input_shape, timesteps=None):
+        """Steps a call with inputs of `input_shape` runs for, given `timesteps`.
+
+        Static input: `timesteps`, else the model's default. Event input: the
+        number of frames, or `timesteps` if given (at most the frames).
+        """
         if timesteps is not None:
             timesteps = _check_timesteps(timesteps, "timesteps")
         if not self._plan.sequence_input:
             return self.timesteps if timesteps is None else timesteps
-        frames = inputs.shape[1]
+        frames = tf.TensorShape(input_shape)[1]
         if frames is None:
-            return tf.shape(inputs)[1] if timesteps is None else timesteps
+            if timesteps is None:
+                raise ValueError(
+                    "The number of event frames is unknown here; pass `timesteps`."
+                )
+            return timesteps
         if timesteps is not None and timesteps > frames:
             raise ValueError(
                 f"timesteps={timesteps} exceeds the {frames} event frames in the input."
@@ -369,7 +381,10 @@ class SpikingModel(keras.Model):
                 f"SpikingModel '{self.name}' expects inputs of rank {expected} {layout}; "
                 f"received shape {tuple(inputs.shape)}."
             )
-        timesteps = self._resolve_timesteps(inputs, timesteps)
+        if self._plan.sequence_input and inputs.shape[1] is None and timesteps is None:
+            timesteps = tf.shape(inputs)[1]  # unknown frame count: all frames
+        else:
+            timesteps = self.timesteps_for(inputs.shape, timesteps)
         if self.stateful:
             if inputs.shape[0] is not None and inputs.shape[0] != self.batch_size:
                 raise ValueError(
@@ -414,7 +429,8 @@ class SpikingModel(keras.Model):
             - "spike_counts": dict layer name -> `(batch, T)` total spike
               magnitude `sum |s|`;
             - "neurons": dict layer name -> neurons in that layer;
-            - "input_macs": MACs per step of layers fed by analog input.
+            - "input_macs": MACs per sample and step of layers fed by analog
+              input (see `input_macs()`).
         """
         result = self._execute(inputs, timesteps, record=True)
         plan = self._plan
@@ -428,9 +444,38 @@ class SpikingModel(keras.Model):
             "layer_ops": per_layer("layer_ops", plan.op_nodes),
             "spike_events": per_layer("spike_events", plan.spiking_nodes),
             "spike_counts": per_layer("spike_counts", plan.spiking_nodes),
-            "neurons": {node.key: plan.neurons(node.key) for node in plan.spiking_nodes},
-            "input_macs": result["input_macs"],
+            "neurons": self.neuron_counts(),
+            "input_macs": self.input_macs(),
         }
+
+    # -------------------------------------------------------------- costs
+    def _fanout_maps(self):
+        return {node.key: node.layer.fanout_maps() for node in self._plan.nodes if node.synaptic}
+
+    def input_macs(self):
+        """MACs per sample and step of synaptic layers fed by analog input.
+
+        Direct (analog) input is multiplied, not accumulated as events: each
+        input value meets every nonzero outgoing weight once per step.
+        """
+        total = 0.0
+        for node in self._plan.nodes:
+            if node.synaptic:
+                for fanout, kind in zip(node.layer.fanout_maps(), node.input_kinds):
+                    if kind == "analog":
+                        total += float(tf.reduce_sum(fanout))
+        return total
+
+    def ann_macs(self):
+        """Dict layer name -> MACs of one ANN forward pass (nonzero weights only)."""
+        return {
+            key: float(sum(tf.reduce_sum(fanout) for fanout in maps))
+            for key, maps in self._fanout_maps().items()
+        }
+
+    def neuron_counts(self):
+        """Dict layer name -> number of spiking neurons, for the recorded layers."""
+        return {node.key: self._plan.neurons(node.key) for node in self._plan.spiking_nodes}
 
     def reset_state(self):
         """Return a stateful model to rest (membranes at their initial value)."""

@@ -12,10 +12,11 @@ PACKAGE = pathlib.Path(keras_snn.__file__).parent
 
 
 def test_public_names_are_pinned():
-    assert sorted(keras_snn.__all__) == sorted(
-        ["ConversionError", "SpikingModel", "__version__", "convert_model", "layers",
-         "neurons", "register_conversion_rule"]
-    )
+    assert sorted(keras_snn.__all__) == sorted([
+        "ConversionError", "SimulationResult", "SpikingModel", "__version__", "applications",
+        "convert_model", "datasets", "layers", "losses", "measure_sparsity", "metrics", "neurons",
+        "register_conversion_rule", "simulate",
+    ])
     for name in keras_snn.__all__:
         assert hasattr(keras_snn, name), name
     for name in keras_snn.layers.__all__:

@@ -1,0 +1,273 @@
+"""simulate(): run a SpikingModel over a dataset and report every per-step number.
+
+Batches stream through one compiled step that returns only sums (correct
+predictions per step, operations per step and layer, spikes per layer), so
+memory is flat in the dataset size and in T. Under a `tf.distribute`
+strategy scope (MirroredStrategy on one host, MultiWorkerMirroredStrategy
+across hosts) the batches are split over the replicas and the sums are
+reduced, giving the same numbers as one device.
+"""
+
+import json
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_snn import metrics
+
+
+class SimulationResult:
+    """What `simulate` measured; every array is indexed by step (0-based: t-1).
+
+    Attributes:
+        timesteps: number of steps simulated.
+        samples: number of inputs simulated.
+        accuracy: `(T,)` top-1 accuracy of the readout after each step, or
+            None when no labels were given.
+        synaptic_ops: `(T,)` mean synaptic operations per sample at each step
+            (not cumulative).
+        cumulative_ops: `(T,)` running sum of `synaptic_ops`.
+        layer_ops: dict layer name -> `(T,)` mean operations per sample caused
+            by the spikes arriving at that layer.
+        input_macs: MACs per sample and step of the layers fed by analog input
+            (direct encoding), which are not synaptic events.
+        spike_rates: dict layer name -> spikes per neuron per step (a
+            multi-bit spike of size k counts k; negative spikes count too).
+        ann_macs: dict layer name -> MACs of one ANN forward pass over the
+            layer's nonzero weights (DIET-SNN Fig. 2).
+    """
+
+    def __init__(self, timesteps, samples, accuracy, layer_ops, input_macs, spike_rates, ann_macs):
+        self.timesteps = timesteps
+        self.samples = samples
+        self.accuracy = accuracy
+        self.layer_ops = layer_ops
+        ops = sum(layer_ops.values()) if layer_ops else np.zeros(timesteps)
+        self.synaptic_ops = np.asarray(ops, "float64")
+        self.cumulative_ops = np.cumsum(self.synaptic_ops)
+        self.input_macs = float(input_macs)
+        self.spike_rates = spike_rates
+        self.ann_macs = ann_macs
+
+    def _need_accuracy(self):
+        if self.accuracy is None:
+            raise ValueError("This result has no accuracy: pass labels `y` to simulate.")
+        return self.accuracy
+
+    def time_to_accuracy(self, threshold):
+        """First step (1-based) whose accuracy reaches `threshold`; None if never."""
+        return metrics.first_step_reaching(self._need_accuracy(), threshold)
+
+    def ops_to_accuracy(self, threshold):
+        """Cumulative synaptic ops per sample when `threshold` is first reached; None if never."""
+        step = self.time_to_accuracy(threshold)
+        return None if step is None else float(self.cumulative_ops[step - 1])
+
+    def latency_area(self):
+        """See `keras_snn.metrics.latency_area` (peak minus accuracy, summed over steps)."""
+        return metrics.latency_area(self._need_accuracy())
+
+    def power_area(self):
+        """See `keras_snn.metrics.power_area` (the deficit weighted by ops per step)."""
+        return metrics.power_area(self._need_accuracy(), self.synaptic_ops)
+
+    def energy(self, e_mac=metrics.E_MAC, e_ac=metrics.E_AC, timesteps=None):
+        """Energy per sample of `timesteps` steps (default all) vs one ANN pass."""
+        steps = self.timesteps if timesteps is None else timesteps
+        return metrics.energy(
+            self.cumulative_ops[steps - 1], self.input_macs * steps,
+            sum(self.ann_macs.values()), e_mac, e_ac,
+        )
+
+    def to_dict(self):
+        """Plain-Python (JSON-ready) copy of every number."""
+        as_list = lambda a: None if a is None else [float(v) for v in a]  # noqa: E731
+        return {
+            "timesteps": self.timesteps,
+            "samples": self.samples,
+            "accuracy": as_list(self.accuracy),
+            "synaptic_ops": as_list(self.synaptic_ops),
+            "cumulative_ops": as_list(self.cumulative_ops),
+            "layer_ops": {k: as_list(v) for k, v in self.layer_ops.items()},
+            "input_macs": self.input_macs,
+            "spike_rates": {k: float(v) for k, v in self.spike_rates.items()},
+            "ann_macs": {k: float(v) for k, v in self.ann_macs.items()},
+        }
+
+    def to_json(self, path=None):
+        """The `to_dict` numbers as JSON text; also written to `path` if given."""
+        text = json.dumps(self.to_dict(), indent=1)
+        if path:
+            with open(path, "w") as stream:
+                stream.write(text)
+        return text
+
+    def write_tensorboard(self, logdir, name="snn"):
+        """Log the per-step curves to TensorBoard (the x axis is the timestep).
+
+        Needs the `tensorboard` package (`pip install keras_snn[tensorboard]`).
+        """
+        try:
+            import tensorboard  # noqa: F401  (tf.summary's implementation)
+        except ImportError:
+            raise ImportError(
+                "write_tensorboard needs the tensorboard package: pip install tensorboard"
+            ) from None
+        writer = tf.summary.create_file_writer(logdir)
+        with writer.as_default():
+            for t in range(self.timesteps):
+                if self.accuracy is not None:
+                    tf.summary.scalar(f"{name}/accuracy", self.accuracy[t], step=t + 1)
+                tf.summary.scalar(f"{name}/synaptic_ops", self.synaptic_ops[t], step=t + 1)
+                tf.summary.scalar(f"{name}/cumulative_ops", self.cumulative_ops[t], step=t + 1)
+        writer.flush()
+
+    def plot(self, path):
+        """Accuracy against step and against cumulative ops, and spike rate per layer.
+
+        Needs matplotlib (`pip install keras_snn[examples]`).
+        """
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        figure, axes = plt.subplots(1, 3, figsize=(15, 4))
+        steps = np.arange(1, self.timesteps + 1)
+        if self.accuracy is not None:
+            axes[0].plot(steps, 100 * self.accuracy)
+            spent = np.where(self.cumulative_ops > 0, self.cumulative_ops, np.nan)
+            axes[1].plot(spent, 100 * self.accuracy)
+            axes[1].set_xscale("log")
+        for axis, label in ((axes[0], "timestep"), (axes[1], "cumulative synaptic ops / sample")):
+            axis.set_xlabel(label)
+            axis.set_ylabel("top-1 accuracy (%)")
+        names = list(self.spike_rates)
+        axes[2].bar(range(len(names)), [self.spike_rates[n] for n in names])
+        axes[2].set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+        axes[2].set_ylabel("spikes / neuron / step")
+        figure.tight_layout()
+        figure.savefig(path, dpi=100)
+        plt.close(figure)
+        return path
+
+    def __repr__(self):
+        final = "" if self.accuracy is None else f", final accuracy {self.accuracy[-1]:.4f}"
+        return (
+            f"SimulationResult({self.samples} samples, {self.timesteps} steps{final}, "
+            f"{self.cumulative_ops[-1]:.4g} synaptic ops/sample)"
+        )
+
+
+def simulate(snn, x, y=None, *, timesteps=None, batch_size=256, verbose="auto"):
+    """Simulate `snn` on a dataset and measure accuracy and cost at every step.
+
+    Args:
+        snn: a non-stateful `keras_snn.SpikingModel`.
+        x: inputs (array) or a `tf.data.Dataset` of `(x, y)` or `x` batches.
+        y: labels for array input, integer `(N,)`/`(N, 1)` or one-hot `(N, C)`.
+        timesteps: steps to simulate (default: the model's).
+        batch_size: batch size for array input.
+        verbose: 0 silent, 1 a Keras progress bar; "auto" = 1.
+
+    Returns:
+        A `SimulationResult`.
+
+    Raises:
+        ValueError: for a stateful model, empty input, or labels that do not
+            match the inputs.
+
+    Example:
+
+    >>> import keras, numpy as np, keras_snn
+    >>> ann = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
+    ...                         keras.layers.Dense(3)])
+    >>> x, y = np.random.rand(32, 4).astype("float32"), np.zeros(32, int)
+    >>> result = simulate(keras_snn.convert_model(ann, x, timesteps=10), x, y, verbose=0)
+    >>> result.accuracy.shape, result.synaptic_ops.shape
+    ((10,), (10,))
+    """
+    if getattr(snn, "stateful", False):
+        raise ValueError(
+            "simulate runs independent batches; use a SpikingModel with stateful=False."
+        )
+    dataset, has_labels, batches = _as_dataset(x, y, batch_size)
+    spec = dataset.element_spec[0] if has_labels else dataset.element_spec
+    steps = snn.timesteps_for(spec.shape, timesteps)
+    strategy = tf.distribute.get_strategy()
+    replicated = strategy.num_replicas_in_sync > 1
+
+    @tf.function(reduce_retracing=True)
+    def batch_sums(inputs, labels):
+        record = snn.run(inputs, timesteps=steps)
+        sums = {
+            "samples": tf.cast(tf.shape(inputs)[0], tf.float64),
+            "ops": {k: tf.reduce_sum(tf.cast(v, tf.float64), 0) for k, v in record["layer_ops"].items()},
+            "spikes": {k: tf.reduce_sum(tf.cast(v, tf.float64)) for k, v in record["spike_counts"].items()},
+        }
+        if has_labels:
+            labels = tf.cast(labels, tf.int64)
+            predictions = tf.argmax(record["readout"], axis=-1)  # (batch, T)
+            if labels.shape.rank == 2 and labels.shape[-1] == record["readout"].shape[-1] and labels.shape[-1] > 1:
+                labels = tf.argmax(labels, axis=-1)
+            labels = tf.reshape(labels, [-1, 1])
+            sums["correct"] = tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.float64), 0)
+        return sums
+
+    if replicated:
+        dataset = strategy.experimental_distribute_dataset(dataset)
+    progress = keras.utils.Progbar(batches) if verbose not in (0, False) else None
+    totals = None
+    for index, batch in enumerate(dataset):
+        inputs, labels = batch if has_labels else (batch, 0)
+        if replicated:
+            per_replica = strategy.run(batch_sums, args=(inputs, labels))
+            sums = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+        else:
+            sums = batch_sums(inputs, labels)
+        sums = tf.nest.map_structure(lambda t: t.numpy(), sums)
+        totals = sums if totals is None else tf.nest.map_structure(np.add, totals, sums)
+        if progress is not None:
+            progress.update(index + 1)
+    if totals is None or totals["samples"] == 0:
+        raise ValueError("simulate received no samples (empty input).")
+    samples = totals["samples"]
+    record_neurons = snn.neuron_counts()
+    return SimulationResult(
+        timesteps=steps,
+        samples=int(samples),
+        accuracy=totals["correct"] / samples if has_labels else None,
+        layer_ops={k: v / samples for k, v in totals["ops"].items()},
+        input_macs=snn.input_macs(),
+        spike_rates={
+            k: v / (samples * steps * record_neurons[k]) for k, v in totals["spikes"].items()
+        },
+        ann_macs=snn.ann_macs(),
+    )
+
+
+def _as_dataset(x, y, batch_size):
+    """(dataset, has_labels, number of batches or None)."""
+    if isinstance(x, tf.data.Dataset):
+        if y is not None:
+            raise ValueError("Pass labels inside the tf.data.Dataset, not as `y`.")
+        spec = x.element_spec
+        has_labels = isinstance(spec, tuple) and len(spec) >= 2
+        if has_labels and len(spec) > 2:
+            x = x.map(lambda *element: element[:2])
+        cardinality = int(x.cardinality())
+        return x, has_labels, cardinality if cardinality > 0 else None
+    x = np.asarray(x, "float32")
+    if x.ndim == 0 or x.shape[0] == 0:
+        raise ValueError(f"simulate received no samples: x has shape {x.shape}.")
+    if y is None:
+        dataset = tf.data.Dataset.from_tensor_slices(x)
+    else:
+        y = np.asarray(y)
+        if y.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"x has {x.shape[0]} samples but y has {y.shape[0]} labels."
+            )
+        dataset = tf.data.Dataset.from_tensor_slices((x, y))
+    return dataset.batch(batch_size), y is not None, -(-x.shape[0] // batch_size)

@@ -1,0 +1,128 @@
+"""Per-timestep metrics: anytime accuracy, thresholds, areas, energy, sparsity.
+
+The pure functions here work on the per-step curves a simulation produces
+(DESIGN.md section 6, anytime paper Tables E-G); `StepAccuracy` is a Keras
+metric for `SpikingModel.compile(metrics=[...])`.
+"""
+
+import keras
+import numpy as np
+
+# 45 nm CMOS energies per 32-bit float operation (Horowitz, ISSCC 2014), the
+# usual defaults in the SNN literature.
+E_MAC = 4.6e-12
+E_AC = 0.9e-12
+
+
+def first_step_reaching(accuracy, threshold):
+    """1-based first step whose accuracy is >= threshold, or None if never."""
+    hits = np.flatnonzero(np.asarray(accuracy) >= threshold)
+    return int(hits[0]) + 1 if hits.size else None
+
+
+def latency_area(accuracy):
+    """Area between the peak accuracy and accuracy(t), summed over steps.
+
+    `sum_t (max_k acc(k) - acc(t))`, in accuracy x steps. 0 means the first
+    step is already as good as it gets; smaller is better.
+    """
+    accuracy = np.asarray(accuracy, "float64")
+    return float(np.sum(accuracy.max() - accuracy))
+
+
+def power_area(accuracy, synaptic_ops):
+    """Area between the peak accuracy and accuracy over cumulative operations.
+
+    `sum_t (max_k acc(k) - acc(t)) * ops(t)`: the accuracy deficit weighted by
+    the operations spent while it lasted (accuracy x operations per sample).
+    """
+    accuracy = np.asarray(accuracy, "float64")
+    return float(np.sum((accuracy.max() - accuracy) * np.asarray(synaptic_ops, "float64")))
+
+
+def energy(synaptic_ops, input_macs, ann_macs, e_mac=E_MAC, e_ac=E_AC):
+    """Energy estimate per sample (joules): SNN accumulates vs ANN MACs.
+
+    Args:
+        synaptic_ops: total synaptic operations of the run (one accumulate each).
+        input_macs: total MACs of layers fed by analog input over the run.
+        ann_macs: MACs of one ANN forward pass.
+        e_mac, e_ac: energy of one multiply-accumulate and one accumulate.
+
+    Returns:
+        dict with "snn", "ann" (joules) and "ratio" (ann / snn).
+    """
+    snn = float(synaptic_ops) * e_ac + float(input_macs) * e_mac
+    ann = float(ann_macs) * e_mac
+    return {"snn": snn, "ann": ann, "ratio": ann / snn if snn else float("inf")}
+
+
+def combined_sparsity(activation_sparsity, weight_sparsity):
+    """S_c = 1 - (1 - S_a)(1 - S_w) (anytime paper, Table G)."""
+    return 1.0 - (1.0 - activation_sparsity) * (1.0 - weight_sparsity)
+
+
+def labels_to_indices(y, classes=None):
+    """Integer labels from integer or one-hot labels, as a 1-D int array."""
+    y = np.asarray(y)
+    if y.ndim >= 2 and y.shape[-1] > 1 and (classes is None or y.shape[-1] == classes):
+        return y.argmax(-1).reshape(-1)
+    return y.reshape(-1).astype("int64")
+
+
+@keras.saving.register_keras_serializable(package="keras_snn")
+class StepAccuracy(keras.metrics.Metric):
+    """Top-1 accuracy of a SpikingModel's readout after a chosen step.
+
+    `y_pred` is the model output `(batch, T, classes)`; `y_true` integer labels
+    `(batch,)`/`(batch, 1)` or one-hot `(batch, classes)`.
+
+    Args:
+        step: 1-based step to read (negative counts from the end; -1 = final).
+        name: metric name (default "accuracy_at_<step>" or "final_accuracy").
+
+    Example:
+
+    >>> import numpy as np
+    >>> metric = StepAccuracy(step=2)
+    >>> readout = np.array([[[0.0, 1.0], [1.0, 0.0]]], "float32")  # (1, 2, 2)
+    >>> metric.update_state(np.array([0]), readout)
+    >>> float(metric.result())
+    1.0
+    """
+
+    def __init__(self, step=-1, name=None, **kwargs):
+        if not isinstance(step, int) or step == 0:
+            raise ValueError(f"`step` must be a nonzero int (1-based, -1 = last); received {step!r}.")
+        name = name or ("final_accuracy" if step == -1 else f"accuracy_at_{step}")
+        super().__init__(name=name, **kwargs)
+        self.step = step
+        self.correct = self.add_variable(shape=(), initializer="zeros", name="correct")
+        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        index = self.step - 1 if self.step > 0 else self.step
+        logits = y_pred[:, index]
+        y_true = keras.ops.convert_to_tensor(y_true)
+        if len(y_true.shape) == 2 and y_true.shape[-1] == logits.shape[-1] and logits.shape[-1] > 1:
+            y_true = keras.ops.argmax(y_true, axis=-1)
+        y_true = keras.ops.reshape(keras.ops.cast(y_true, "int32"), (-1,))
+        hits = keras.ops.cast(
+            keras.ops.equal(keras.ops.cast(keras.ops.argmax(logits, axis=-1), "int32"), y_true),
+            self.dtype,
+        )
+        weights = keras.ops.ones_like(hits) if sample_weight is None else keras.ops.cast(
+            keras.ops.reshape(sample_weight, (-1,)), self.dtype
+        )
+        self.correct.assign_add(keras.ops.sum(hits * weights))
+        self.count.assign_add(keras.ops.sum(weights))
+
+    def result(self):
+        return keras.ops.divide_no_nan(self.correct, self.count)
+
+    def reset_state(self):
+        self.correct.assign(0.0)
+        self.count.assign(0.0)
+
+    def get_config(self):
+        return {**super().get_config(), "step": self.step}
