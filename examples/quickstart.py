@@ -13,7 +13,6 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
@@ -62,43 +61,24 @@ def main(_):
     ann_accuracy = float((ann.predict(x_test, verbose=0).argmax(-1) == y_test).mean())
 
     snn = keras_snn.convert_model(ann, x_train[:1000], timesteps=FLAGS.timesteps)
-    correct = np.zeros(FLAGS.timesteps)
-    ops = np.zeros(FLAGS.timesteps)
-    for start in range(0, len(x_test), 250):
-        record = snn.run(x_test[start : start + 250])
-        correct += (record["readout"].numpy().argmax(-1) == y_test[start : start + 250, None]).sum(0)
-        ops += record["synaptic_ops"].numpy().sum(0)
-    accuracy, ops = correct / len(x_test), ops / len(x_test)
-    input_macs = float(record["input_macs"])
+    result = keras_snn.simulate(snn, x_test, y_test, verbose=0)
 
     print(f"ANN accuracy: {100 * ann_accuracy:.2f}% on {len(x_test)} {FLAGS.dataset} test items")
-    print(f"first layer (analog input): {input_macs:,.0f} MACs per step")
+    print(f"first layer (analog input): {result.input_macs:,.0f} MACs per step")
     print(f"{'step':>5} {'SNN accuracy':>13} {'synaptic ops':>13} {'cumulative ops':>15}")
-    cumulative = np.cumsum(ops)
     shown = sorted({1, 2, 4, 8, 16, 32, FLAGS.timesteps} & set(range(1, FLAGS.timesteps + 1)))
     for t in shown:
-        print(f"{t:>5} {100 * accuracy[t - 1]:>12.2f}% {ops[t - 1]:>13,.0f} {cumulative[t - 1]:>15,.0f}")
-
+        print(
+            f"{t:>5} {100 * result.accuracy[t - 1]:>12.2f}% {result.synaptic_ops[t - 1]:>13,.0f} "
+            f"{result.cumulative_ops[t - 1]:>15,.0f}"
+        )
+    within_one_point = ann_accuracy - 0.01
+    print(
+        f"reaches ANN - 1 point at step {result.time_to_accuracy(within_one_point)} "
+        f"after {result.ops_to_accuracy(within_one_point) or float('nan'):,.0f} synaptic ops"
+    )
     if FLAGS.plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-        steps = np.arange(1, FLAGS.timesteps + 1)
-        spent = np.where(cumulative > 0, cumulative, np.nan)  # log axis: skip silent steps
-        for axis, x_values, label in ((left, steps, "timestep"), (right, spent, "cumulative synaptic ops")):
-            axis.plot(x_values, 100 * accuracy, label="SNN")
-            axis.axhline(100 * ann_accuracy, color="gray", linestyle="--", label="ANN")
-            axis.set_xlabel(label)
-            axis.set_ylabel("top-1 accuracy (%)")
-            axis.legend()
-        right.set_xscale("log")
-        figure.tight_layout()
-        figure.savefig(FLAGS.plot, dpi=100)
-        print(f"plot written to {FLAGS.plot}")
-
+        print(f"plot written to {result.plot(FLAGS.plot)}")
 
 if __name__ == "__main__":
     app.run(main)
