@@ -37,6 +37,7 @@ from keras_snn.simulation import SpikingModel
 _NORMALIZATIONS = ("auto", "percentile", "max", "none")
 _ENCODINGS = ("analog", "spiking", "poisson")
 _NEURONS = {"if": neurons_lib.IF, "buffered": neurons_lib.BufferedIF, "lif": neurons_lib.LIF}
+_NEURON_CHOICES = ("auto",) + tuple(_NEURONS)
 
 
 def convert_model(
@@ -44,7 +45,7 @@ def convert_model(
     calibration_data=None,
     *,
     timesteps=32,
-    neuron="if",
+    neuron="auto",
     spike_max=1,
     normalization="auto",
     percentile=99.99,
@@ -66,8 +67,8 @@ def convert_model(
     raise `ConversionError` naming the layer.
 
     Normalisation: every spiking layer fires at most `spike_max` per step at
-    its activation ceiling lambda. lambda comes from a ReLU's `max_value`
-    ("auto"), or from the `percentile` of the layer's positive activations
+    its activation ceiling lambda. lambda comes from a QReLU's learned bound
+    or a ReLU's `max_value` ("auto"), or from the `percentile` of the layer's positive activations
     over `calibration_data` ("auto" where no bound is known, "percentile"
     everywhere, "max" = percentile 100); "none" keeps the weights as they are
     (threshold 1).
@@ -79,8 +80,9 @@ def convert_model(
             batches; `(x, y)` elements are fine) used to measure ceilings.
             Needed only where a ceiling must come from data.
         timesteps: default simulation length of the returned model.
-        neuron: "if", "buffered" (negative spikes undo over-fire) or "lif"
-            (leak 1, to be trained).
+        neuron: "if", "buffered" (negative spikes undo over-fire), "lif"
+            (leak 1, to be trained), or "auto": "buffered" for models with
+            QReLU activations (seed 004), "if" otherwise.
         spike_max: largest multi-bit spike per step (1 = binary spikes).
         normalization: "auto", "percentile", "max" or "none".
         percentile: the percentile (0, 100] for data ceilings.
@@ -134,6 +136,9 @@ def convert_model(
     if tail is not None:
         tail = _hand_over_to_head(ops, output_key, tail)
     _check_kinds(ops, graph.input_keys[0], output_key)
+    if options.neuron == "auto":
+        quantized = any(getattr(op, "quantized", False) for op in ops)
+        options.neuron = "buffered" if quantized else "if"
     needs_data = _layers_needing_data(ops, options)
     if needs_data and calibration_data is None:
         raise ConversionError(
@@ -152,8 +157,10 @@ class _Options:
                  per_channel, input_encoding, initial_membrane):
         if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 1:
             raise ConversionError(f"`timesteps` must be an int >= 1; received {timesteps!r}.")
-        if neuron not in _NEURONS:
-            raise ConversionError(f"`neuron` must be one of {sorted(_NEURONS)}; received {neuron!r}.")
+        if neuron not in _NEURON_CHOICES:
+            raise ConversionError(
+                f"`neuron` must be one of {_NEURON_CHOICES}; received {neuron!r}."
+            )
         if normalization not in _NORMALIZATIONS:
             raise ConversionError(
                 f"`normalization` must be one of {_NORMALIZATIONS}; received {normalization!r}."
@@ -165,7 +172,7 @@ class _Options:
         if not 0.0 < float(percentile) <= 100.0:
             raise ConversionError(f"`percentile` must be in (0, 100]; received {percentile!r}.")
         try:  # validate spike_max and initial_membrane once, with the neuron's messages
-            _NEURONS[neuron](spike_max=spike_max, initial_membrane=initial_membrane)
+            neurons_lib.IF(spike_max=spike_max, initial_membrane=initial_membrane)
         except ValueError as error:
             raise ConversionError(str(error)) from None
         self.timesteps = timesteps
@@ -255,6 +262,7 @@ def _fuse_activations(ops, output_key):
             fusable = isinstance(producer, (ir.Linear, ir.Merge)) and not producer.spiking
             if fusable and ir.consumers(ops, producer.key) == [op]:
                 producer.spiking, producer.max_value = True, op.max_value
+                producer.quantized = op.quantized
             elif _nonnegative(producer, by_key) and op.max_value is None:
                 pass  # ReLU of spikes (e.g. after pooling) changes nothing
             else:

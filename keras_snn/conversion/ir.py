@@ -30,11 +30,13 @@ class Linear(Op):
     # follows, and whether a neuron fires at all (False: passes its current).
     spiking: bool = False
     max_value: float = None
+    quantized: bool = False  # the activation was a QReLU
 
 
 @dataclasses.dataclass
 class Relu(Op):
     max_value: float = None
+    quantized: bool = False  # a QReLU: max_value is its learned bound
 
 
 @dataclasses.dataclass
@@ -59,6 +61,7 @@ class Merge(Op):
 
     spiking: bool = False
     max_value: float = None
+    quantized: bool = False
 
 
 @dataclasses.dataclass

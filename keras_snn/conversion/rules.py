@@ -125,6 +125,15 @@ def _relu_rule(layer, key, inputs):
 
 
 register_conversion_rule(keras.layers.ReLU, _relu_rule)
+
+
+def _qrelu_rule(layer, key, inputs):
+    # The learned bound is the activation ceiling (seed 004 Alg. 1).
+    bound = float(keras.ops.convert_to_numpy(layer.bound))
+    return [ir.Relu(key, inputs, layer.name, bound, quantized=True)]
+
+
+register_conversion_rule(snn_layers.QReLU, _qrelu_rule)
 register_conversion_rule(
     keras.layers.Activation,
     lambda layer, key, inputs: _activation_ops(

@@ -12,6 +12,7 @@ from keras_snn.layers.pooling import SpikingAveragePooling1D
 from keras_snn.layers.pooling import SpikingAveragePooling2D
 from keras_snn.layers.pooling import SpikingGlobalAveragePooling1D
 from keras_snn.layers.pooling import SpikingGlobalAveragePooling2D
+from keras_snn.layers.qrelu import QReLU
 from keras_snn.layers.readout import Readout
 from keras_snn.layers.synaptic import SpikingConv1D
 from keras_snn.layers.synaptic import SpikingConv2D
@@ -22,6 +23,7 @@ __all__ = [
     "AnalogInput",
     "EventInput",
     "PoissonInput",
+    "QReLU",
     "Readout",
     "SpikingAdd",
     "SpikingAveragePooling1D",
