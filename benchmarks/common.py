@@ -21,6 +21,22 @@ def train(model, x, y, epochs, batch_size=128, learning_rate=1e-3, seed=0):
     return model
 
 
+def train_or_load(build, x, y, epochs, model_dir=None, name=None):
+    """Train `build()` or, when `model_dir` holds `name`.keras, load that instead.
+
+    Caching lets one run explore conversion settings on the same trained ANN.
+    """
+    path = os.path.join(model_dir, f"{name}.keras") if model_dir and name else None
+    if path and os.path.exists(path):
+        return keras.saving.load_model(path), 0.0
+    with Timer() as timer:
+        model = train(build(), x, y, epochs)
+    if path:
+        os.makedirs(model_dir, exist_ok=True)
+        model.save(path)
+    return model, timer.seconds
+
+
 def ann_accuracy(model, x, y):
     return float((model.predict(x, verbose=0).argmax(-1) == y).mean())
 

@@ -31,6 +31,8 @@ flags.DEFINE_list("timesteps", ["10", "25", "50", "100", "200"], "T values repor
 flags.DEFINE_list("models", ["conv_mnist", "resnet_small"], "Architectures.")
 flags.DEFINE_float("percentile", 99.99, "Normalisation percentile.")
 flags.DEFINE_boolean("per_channel", False, "Per-channel ceilings.")
+flags.DEFINE_float("initial_membrane", 0.0, "Initial membrane (fraction of threshold).")
+flags.DEFINE_string("model_dir", None, "Cache trained ANNs here (reused when present).")
 
 
 def main(_):
@@ -39,16 +41,21 @@ def main(_):
     steps = sorted(int(t) for t in FLAGS.timesteps)
     print(f"machine: {common.machine()}")
     for name in FLAGS.models:
-        model = getattr(applications, name)(input_shape=x_train.shape[1:])
-        with common.Timer() as timer:
-            common.train(model, x_train, y_train, FLAGS.epochs)
+        model, seconds = common.train_or_load(
+            lambda: getattr(applications, name)(input_shape=x_train.shape[1:]),
+            x_train, y_train, FLAGS.epochs, FLAGS.model_dir, f"{FLAGS.dataset}_{name}_relu",
+        )
         ann = common.ann_accuracy(model, x_eval, y_eval)
         snn = keras_snn.convert_model(
             model, x_train[: FLAGS.calibration], normalization="percentile",
             percentile=FLAGS.percentile, per_channel=FLAGS.per_channel,
+            initial_membrane=FLAGS.initial_membrane,
         )
-        accuracy = common.snn_accuracy_per_step(snn, x_eval, y_eval, steps[-1])
-        print(f"\n{name}: {FLAGS.epochs} epochs ({timer.seconds:.0f} s), ANN {100 * ann:.2f}%")
+        accuracy = keras_snn.simulate(snn, x_eval, y_eval, timesteps=steps[-1], verbose=0).accuracy
+        print(
+            f"\n{name}: {FLAGS.epochs} epochs ({seconds:.0f} s training), ANN {100 * ann:.2f}%, "
+            f"per_channel={FLAGS.per_channel}, initial_membrane={FLAGS.initial_membrane}"
+        )
         print("| T | SNN top-1 | ANN top-1 | SNN - ANN |")
         print("|---|---|---|---|")
         for t in steps:

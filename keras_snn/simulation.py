@@ -445,7 +445,7 @@ class SpikingModel(keras.Model):
             "spike_events": per_layer("spike_events", plan.spiking_nodes),
             "spike_counts": per_layer("spike_counts", plan.spiking_nodes),
             "neurons": self.neuron_counts(),
-            "input_macs": self.input_macs(),
+            "input_macs": self._input_macs(),
         }
 
     # -------------------------------------------------------------- costs
@@ -458,12 +458,15 @@ class SpikingModel(keras.Model):
         Direct (analog) input is multiplied, not accumulated as events: each
         input value meets every nonzero outgoing weight once per step.
         """
-        total = 0.0
+        return float(self._input_macs())
+
+    def _input_macs(self):
+        total = tf.constant(0.0)
         for node in self._plan.nodes:
             if node.synaptic:
                 for fanout, kind in zip(node.layer.fanout_maps(), node.input_kinds):
                     if kind == "analog":
-                        total += float(tf.reduce_sum(fanout))
+                        total += tf.reduce_sum(fanout)
         return total
 
     def ann_macs(self):
@@ -476,6 +479,23 @@ class SpikingModel(keras.Model):
     def neuron_counts(self):
         """Dict layer name -> number of spiking neurons, for the recorded layers."""
         return {node.key: self._plan.neurons(node.key) for node in self._plan.spiking_nodes}
+
+    @property
+    def expects_sequence(self):
+        """True when inputs are `(batch, T, *frame)` event streams (EventInput)."""
+        return self._plan.sequence_input
+
+    def export(self, filepath, timesteps=None, verbose=False, **kwargs):
+        """Write a TF SavedModel serving readout and ops (see `keras_snn.export`).
+
+        Unlike `keras.Model.export`, the `serving_default` signature returns a
+        dict with `readout` `(batch, T, classes)` and `synaptic_ops` `(batch, T)`.
+        """
+        if kwargs.get("format", "tf_saved_model") != "tf_saved_model":
+            raise ValueError("SpikingModel.export writes TF SavedModels only (format='tf_saved_model').")
+        from keras_snn.export import export_saved_model
+
+        return export_saved_model(self, filepath, timesteps=timesteps, verbose=verbose)
 
     def reset_state(self):
         """Return a stateful model to rest (membranes at their initial value)."""
