@@ -47,6 +47,105 @@ def multibit_spike_count(n, spike_max):
     return count
 
 
+class Surrogate:
+    """A surrogate derivative of the spike function for training (BPTT).
+
+    The spike count `A(floor(u))` of the normalised potential `u = V'/theta`
+    has zero derivative almost everywhere; training replaces it by
+    `derivative(u)`. Gradients reach the membrane (so the weights and the
+    leak) and the threshold through `u`.
+    """
+
+    def derivative(self, u):
+        raise NotImplementedError
+
+    def get_config(self):
+        return {}
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __hash__(self):
+        return hash((type(self).__name__, tuple(sorted(self.get_config().items()))))
+
+
+class PiecewiseLinear(Surrogate):
+    """DIET-SNN's surrogate: `slope * max(0, 1 - |u - 1| / width)`, peaked at threshold.
+
+    `slope=0` stops every gradient through the spikes.
+    """
+
+    def __init__(self, slope=1.0, width=1.0):
+        if float(slope) < 0 or float(width) <= 0:
+            raise ValueError(
+                f"PiecewiseLinear needs slope >= 0 and width > 0; received {slope!r}, {width!r}."
+            )
+        self.slope, self.width = float(slope), float(width)
+
+    def derivative(self, u):
+        return self.slope * tf.maximum(0.0, 1.0 - tf.abs(u - 1.0) / self.width)
+
+    def get_config(self):
+        return {"slope": self.slope, "width": self.width}
+
+
+class FastSigmoid(Surrogate):
+    """SuperSpike's surrogate: `1 / (1 + slope * |u - 1|)**2`."""
+
+    def __init__(self, slope=10.0):
+        if float(slope) <= 0:
+            raise ValueError(f"FastSigmoid needs slope > 0; received {slope!r}.")
+        self.slope = float(slope)
+
+    def derivative(self, u):
+        return 1.0 / tf.square(1.0 + self.slope * tf.abs(u - 1.0))
+
+    def get_config(self):
+        return {"slope": self.slope}
+
+
+_SURROGATES = {"PiecewiseLinear": PiecewiseLinear, "FastSigmoid": FastSigmoid}
+_SURROGATE_ALIASES = {"piecewise_linear": "PiecewiseLinear", "fast_sigmoid": "FastSigmoid"}
+
+
+def get_surrogate(identifier):
+    """Resolve a surrogate from an instance, an alias, a serialized dict or None."""
+    if identifier is None or isinstance(identifier, Surrogate):
+        return identifier
+    if isinstance(identifier, dict) and identifier.get("class_name") in _SURROGATES:
+        return _SURROGATES[identifier["class_name"]](**identifier.get("config", {}))
+    if isinstance(identifier, str):
+        name = _SURROGATE_ALIASES.get(identifier, identifier)
+        if name in _SURROGATES:
+            return _SURROGATES[name]()
+    raise ValueError(
+        f"Unknown surrogate {identifier!r}: use one of {sorted(_SURROGATE_ALIASES)}, a "
+        "keras_snn.neurons.Surrogate, or None (no gradient through spikes)."
+    )
+
+
+def _serialize_surrogate(surrogate):
+    if surrogate is None:
+        return None
+    return {"class_name": type(surrogate).__name__, "config": surrogate.get_config()}
+
+
+def fire(potential, threshold, spike_max, surrogate=None):
+    """Spike count `A(floor(V'/theta))`, with a surrogate gradient when given."""
+    u = potential / threshold
+    if surrogate is None:
+        return multibit_spike_count(tf.floor(u), spike_max)
+
+    @tf.custom_gradient
+    def spike(u):
+        def grad(upstream):
+            return upstream * surrogate.derivative(u)
+
+        return multibit_spike_count(tf.floor(u), spike_max), grad
+
+    return spike(u)
+
+
 def reset_by_subtraction(membrane, spikes, threshold):
     """Soft reset: remove `threshold` per emitted spike (keeps the residue)."""
     return membrane - threshold * spikes
@@ -61,7 +160,9 @@ def reset_to_zero(membrane, spikes, threshold):
 _RESETS = {"subtract": reset_by_subtraction, "zero": reset_to_zero}
 
 
-def integrate_and_fire(membrane, current, threshold, spike_max=1, reset=reset_by_subtraction):
+def integrate_and_fire(
+    membrane, current, threshold, spike_max=1, reset=reset_by_subtraction, surrogate=None
+):
     """One step of the non-leaky IF neuron (seed 004 eqs. 4-5, 2-3).
 
     Args:
@@ -70,23 +171,24 @@ def integrate_and_fire(membrane, current, threshold, spike_max=1, reset=reset_by
         threshold: firing threshold `theta > 0` (broadcastable).
         spike_max: largest multi-bit spike.
         reset: `reset_by_subtraction` or `reset_to_zero`.
+        surrogate: a `Surrogate` for training, or None.
 
     Returns:
         `(spikes, membrane)`: spikes in {0, 1, 2, 4, ..} and `V(t)`.
     """
     potential = membrane + current
-    spikes = multibit_spike_count(tf.floor(potential / threshold), spike_max)
+    spikes = fire(potential, threshold, spike_max, surrogate)
     return spikes, reset(potential, spikes, threshold)
 
 
 def leaky_integrate_and_fire(
-    membrane, current, threshold, leak, spike_max=1, reset=reset_by_subtraction
+    membrane, current, threshold, leak, spike_max=1, reset=reset_by_subtraction, surrogate=None
 ):
     """One step of the LIF neuron: `V' = leak * V + z`, then as IF (DIET-SNN)."""
-    return integrate_and_fire(leak * membrane, current, threshold, spike_max, reset)
+    return integrate_and_fire(leak * membrane, current, threshold, spike_max, reset, surrogate)
 
 
-def buffered_integrate_and_fire(membrane, buffer, current, threshold, spike_max=1):
+def buffered_integrate_and_fire(membrane, buffer, current, threshold, spike_max=1, surrogate=None):
     """One step of the buffered IF neuron with negative spikes (seed 004 eqs. 12-13).
 
     `buffer` holds the net number of spikes emitted so far (the paper's `V^b`
@@ -100,16 +202,17 @@ def buffered_integrate_and_fire(membrane, buffer, current, threshold, spike_max=
     `-theta < V' < 0` and contradict eq. 13, so the ceiling is used.
     Positive spikes fire at `V' >= theta` as in eq. 5 (eq. 13 writes `>`); with
     `>` a neuron driven at exactly its ceiling would lose a spike, and the
-    over-fire argument (A.3) only needs `V' < 0`.
+    over-fire argument (A.3) only needs `V' < 0`. In training the surrogate
+    gradient passes through the positive spikes only.
 
     Returns:
         `(spikes, (membrane, buffer))` with spikes in {.., -2, -1, 0, 1, 2, ..}.
     """
     potential = membrane + current
-    positive = multibit_spike_count(tf.floor(potential / threshold), spike_max)
+    positive = fire(potential, threshold, spike_max, surrogate)
     # ceil(-V'/theta) >= 1 exactly when V' < 0, so no separate sign test.
     overfired = tf.minimum(tf.math.ceil(-potential / threshold), buffer)
-    negative = multibit_spike_count(overfired, spike_max)
+    negative = tf.stop_gradient(multibit_spike_count(overfired, spike_max))
     spikes = positive - negative
     return spikes, (potential - threshold * spikes, buffer + spikes)
 
@@ -151,14 +254,18 @@ class Neuron:
             spikes, seed 004 eqs. 2-3); 1 is the ordinary binary neuron.
         initial_membrane: initial membrane potential as a fraction of the
             threshold, in [0, 1). 0.5 centres the rounding error.
+        surrogate: surrogate derivative of the spike for training:
+            "piecewise_linear" (default), "fast_sigmoid", a `Surrogate`, or
+            None (no gradient through spikes). Inference is unaffected.
     """
 
     state_names = ("membrane",)
     emits_negative_spikes = False
 
-    def __init__(self, spike_max=1, initial_membrane=0.0):
+    def __init__(self, spike_max=1, initial_membrane=0.0, surrogate="piecewise_linear"):
         self.spike_max = _check_spike_max(spike_max)
         self.initial_membrane = _check_initial_membrane(initial_membrane)
+        self.surrogate = get_surrogate(surrogate)
 
     @property
     def parameters(self):
@@ -178,7 +285,11 @@ class Neuron:
         raise NotImplementedError
 
     def get_config(self):
-        return {"spike_max": self.spike_max, "initial_membrane": self.initial_membrane}
+        return {
+            "spike_max": self.spike_max,
+            "initial_membrane": self.initial_membrane,
+            "surrogate": _serialize_surrogate(self.surrogate),
+        }
 
     @classmethod
     def from_config(cls, config):
@@ -192,7 +303,7 @@ class Neuron:
         return type(self) is type(other) and self.get_config() == other.get_config()
 
     def __hash__(self):
-        return hash((type(self).__name__, tuple(sorted(self.get_config().items()))))
+        return hash((type(self).__name__, repr(sorted(self.get_config().items()))))
 
 
 class IF(Neuron):
@@ -216,14 +327,16 @@ class IF(Neuron):
     (1.0, 0.5)
     """
 
-    def __init__(self, spike_max=1, initial_membrane=0.0, reset="subtract"):
-        super().__init__(spike_max, initial_membrane)
+    def __init__(
+        self, spike_max=1, initial_membrane=0.0, reset="subtract", surrogate="piecewise_linear"
+    ):
+        super().__init__(spike_max, initial_membrane, surrogate)
         self.reset = reset
         self._reset_fn = _resolve_reset(reset)
 
     def step(self, current, state, threshold, **parameters):
         spikes, membrane = integrate_and_fire(
-            state[0], current, threshold, self.spike_max, self._reset_fn
+            state[0], current, threshold, self.spike_max, self._reset_fn, self.surrogate
         )
         return spikes, (membrane,)
 
@@ -240,11 +353,14 @@ class LIF(IF):
 
     Args:
         leak: initial leak factor in (0, 1].
-        spike_max, initial_membrane, reset: as for `IF`.
+        spike_max, initial_membrane, reset, surrogate: as for `IF`.
     """
 
-    def __init__(self, leak=1.0, spike_max=1, initial_membrane=0.0, reset="subtract"):
-        super().__init__(spike_max, initial_membrane, reset)
+    def __init__(
+        self, leak=1.0, spike_max=1, initial_membrane=0.0, reset="subtract",
+        surrogate="piecewise_linear",
+    ):
+        super().__init__(spike_max, initial_membrane, reset, surrogate)
         if not 0.0 < float(leak) <= 1.0:
             raise ValueError(f"`leak` must be in (0, 1]; received {leak!r}.")
         self.leak = float(leak)
@@ -256,7 +372,7 @@ class LIF(IF):
     def step(self, current, state, threshold, leak=None, **parameters):
         leak = self.leak if leak is None else leak
         spikes, membrane = leaky_integrate_and_fire(
-            state[0], current, threshold, leak, self.spike_max, self._reset_fn
+            state[0], current, threshold, leak, self.spike_max, self._reset_fn, self.surrogate
         )
         return spikes, (membrane,)
 
@@ -283,7 +399,7 @@ class BufferedIF(Neuron):
     def step(self, current, state, threshold, **parameters):
         membrane, buffer = state
         spikes, new_state = buffered_integrate_and_fire(
-            membrane, buffer, current, threshold, self.spike_max
+            membrane, buffer, current, threshold, self.spike_max, self.surrogate
         )
         return spikes, new_state
 

@@ -114,9 +114,9 @@ def test_every_layer_config_round_trip(make):
 def test_weight_counts_include_threshold_and_leak():
     layer = layers.SpikingDense(4, neuron="lif")
     layer.build((None, 3))
-    assert len(layer.trainable_weights) == 2  # kernel, bias
-    names = sorted(w.name for w in layer.non_trainable_weights)
-    assert names == ["leak", "threshold"]
+    # DIET-SNN trains a threshold and a leak per layer next to the weights.
+    assert sorted(w.name for w in layer.trainable_weights) == ["bias", "kernel", "leak", "threshold"]
+    assert layer.non_trainable_weights == []
     add = layers.SpikingAdd()
     add.build([(None, 4), (None, 4), (None, 4)])
     assert tuple(add.branch_weights.shape) == (3, 4)

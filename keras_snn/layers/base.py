@@ -77,7 +77,11 @@ class SynapticLayer(SpikingLayer):
         return self.neuron is not None
 
     def _build_neuron(self, input_shape):
-        """Create the threshold and neuron-parameter variables (call from build)."""
+        """Create the threshold and neuron-parameter variables (call from build).
+
+        Both are trainable (DIET-SNN learns a threshold and a leak per layer);
+        they only change when the model is trained with surrogate gradients.
+        """
         # Kept for the state shape and the fan-out maps, which need it per call.
         if _is_shape_list(input_shape):
             input_shape = [tuple(shape) for shape in input_shape]
@@ -87,7 +91,8 @@ class SynapticLayer(SpikingLayer):
         self.threshold = self.add_weight(
             shape=(),
             initializer=keras.initializers.Constant(self.threshold_value),
-            trainable=False,
+            constraint=Clip(1e-3, None),
+            trainable=self.neuron is not None,  # unused by a non-spiking layer
             name="threshold",
         )
         self.neuron_parameters = {}
@@ -95,7 +100,7 @@ class SynapticLayer(SpikingLayer):
             self.neuron_parameters[name] = self.add_weight(
                 shape=(),
                 initializer=keras.initializers.Constant(value),
-                trainable=False,
+                constraint=Clip(1e-3, 1.0),  # a leak stays in (0, 1]
                 name=name,
             )
 
@@ -158,6 +163,24 @@ class SynapticLayer(SpikingLayer):
             "neuron": neurons_lib.serialize(self.neuron),
             "threshold": self.threshold_value,
         }
+
+
+@keras.saving.register_keras_serializable(package="keras_snn")
+class Clip(keras.constraints.Constraint):
+    """Keep a variable within [min_value, max_value] (None: unbounded) after each update."""
+
+    def __init__(self, min_value=None, max_value=None):
+        self.min_value, self.max_value = min_value, max_value
+
+    def __call__(self, w):
+        if self.min_value is not None:
+            w = keras.ops.maximum(w, self.min_value)
+        if self.max_value is not None:
+            w = keras.ops.minimum(w, self.max_value)
+        return w
+
+    def get_config(self):
+        return {"min_value": self.min_value, "max_value": self.max_value}
 
 
 def _is_shape_list(shapes):

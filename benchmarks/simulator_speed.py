@@ -1,0 +1,94 @@
+"""Simulator speed on the anytime paper's Table A protocol: 50 steps over 1000 items.
+
+For each architecture (Dense MNIST, Conv MNIST, Conv CIFAR) the script times,
+in one process on one machine:
+- the floor: 50 plain forward passes of the same Keras ANN over the same items
+  (one compiled forward function called 50 times per batch);
+- the SNN (converted from that ANN) with op counting on and off, with and
+  without XLA, at several batch sizes;
+and prints each time and its ratio to the floor. Speed does not depend on the
+weights (every step is dense tensor work), so the ANNs are untrained and
+calibrated on random inputs; the timed inputs are random images.
+
+    python benchmarks/simulator_speed.py
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import keras_snn  # noqa: E402
+from benchmarks import common  # noqa: E402
+from keras_snn import applications  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("models", ["dense_mnist", "conv_mnist", "conv_cifar"], "Architectures.")
+flags.DEFINE_integer("items", 1000, "Items simulated.")
+flags.DEFINE_integer("timesteps", 50, "Steps per item.")
+flags.DEFINE_list("batch_sizes", ["100", "500"], "Batch sizes.")
+flags.DEFINE_boolean("xla", True, "Also time XLA-compiled loops.")
+flags.DEFINE_integer("repeats", 2, "Timed repeats (the best is reported) after a warm-up.")
+
+SHAPES = {"dense_mnist": (28, 28, 1), "conv_mnist": (28, 28, 1), "conv_cifar": (32, 32, 3)}
+
+
+def best_time(fn):
+    fn()  # warm-up: tracing and compilation are not timed
+    times = []
+    for _ in range(FLAGS.repeats):
+        with common.Timer() as timer:
+            fn()
+        times.append(timer.seconds)
+    return min(times)
+
+
+def main(_):
+    print(f"machine: {common.machine()}")
+    print(f"protocol: {FLAGS.timesteps} steps over {FLAGS.items} items, best of {FLAGS.repeats}\n")
+    print("| model | batch | 50 ANN passes (s) | SNN, ops off (s) | ratio | SNN, ops on (s) | ratio | op counting cost | XLA, ops on (s) | ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    rng = np.random.default_rng(0)
+    for name in FLAGS.models:
+        shape = SHAPES[name]
+        ann = getattr(applications, name)(input_shape=shape)
+        x = rng.random((FLAGS.items, *shape)).astype("float32")
+        snn = keras_snn.convert_model(ann, x[:200], timesteps=FLAGS.timesteps)
+        snn_xla = keras_snn.SpikingModel(snn.network, timesteps=FLAGS.timesteps, xla=True)
+        forward = tf.function(lambda batch: ann(batch, training=False))
+        for batch_size in (int(b) for b in FLAGS.batch_sizes):
+            batches = [tf.constant(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+
+            def ann_passes():
+                for batch in batches:
+                    for _ in range(FLAGS.timesteps):
+                        out = forward(batch)
+                    out.numpy()
+
+            def snn_run(model, ops):
+                def run():
+                    for batch in batches:
+                        out = model(batch, return_ops=ops)
+                        (out[0] if ops else out).numpy()
+                return run
+
+            floor = best_time(ann_passes)
+            off = best_time(snn_run(snn, False))
+            on = best_time(snn_run(snn, True))
+            xla = best_time(snn_run(snn_xla, True)) if FLAGS.xla else float("nan")
+            print(
+                f"| {name} | {batch_size} | {floor:.2f} | {off:.2f} | {off / floor:.2f} | "
+                f"{on:.2f} | {on / floor:.2f} | {100 * (on / off - 1):+.0f}% | "
+                f"{xla:.2f} | {xla / floor:.2f} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    app.run(main)
