@@ -4,6 +4,7 @@ Public API only; see shared/DESIGN.md for the maths and the architecture.
 """
 
 from keras_snn import applications
+from keras_snn import callbacks
 from keras_snn import datasets
 from keras_snn import layers
 from keras_snn import losses
@@ -15,7 +16,9 @@ from keras_snn.conversion import register_conversion_rule
 from keras_snn.evaluation import SimulationResult
 from keras_snn.evaluation import simulate
 from keras_snn.simulation import SpikingModel
+from keras_snn.sparsity import add_sparsity_penalties
 from keras_snn.sparsity import measure_sparsity
+from keras_snn.sparsity import strip_sparsity_penalties
 from keras_snn.version import __version__
 
 __all__ = [
@@ -23,7 +26,9 @@ __all__ = [
     "SimulationResult",
     "SpikingModel",
     "__version__",
+    "add_sparsity_penalties",
     "applications",
+    "callbacks",
     "convert_model",
     "datasets",
     "layers",
@@ -33,4 +38,5 @@ __all__ = [
     "neurons",
     "register_conversion_rule",
     "simulate",
+    "strip_sparsity_penalties",
 ]

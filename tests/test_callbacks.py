@@ -1,0 +1,135 @@
+"""Sparsity fine-tuning: penalties, scheduled magnitude pruning, monitoring, the tf_keras path."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow_model_optimization as tfmot
+
+import keras_snn
+from keras_snn.callbacks import SparsityMonitor
+from keras_snn.callbacks import WeightPruning
+from keras_snn.sparsity import ActivationL1
+from keras_snn.sparsity import WeightL1
+
+RNG = np.random.default_rng(0)
+X = RNG.random((96, 6, 6, 1)).astype("float32")
+Y = (X.mean(axis=(1, 2, 3)) > 0.5).astype("int64")
+
+
+def model():
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([
+        keras.Input((6, 6, 1)),
+        keras.layers.Conv2D(8, 3, padding="same", kernel_regularizer="l2"),
+        keras.layers.ReLU(),
+        keras.layers.Flatten(),
+        keras.layers.Dense(16, activation="relu"),
+        keras.layers.Dense(2),
+    ])
+
+
+def compiled(m):
+    m.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return m
+
+
+def test_penalties_attach_to_a_copy_and_strip_back():
+    original = model()
+    sparse = keras_snn.add_sparsity_penalties(original, activation=0.5, weight=2.0)
+    assert original.layers[1].activity_regularizer is None  # the user's model is unchanged
+    assert isinstance(sparse.layers[1].activity_regularizer, ActivationL1)  # ReLU layer
+    assert isinstance(sparse.layers[3].activity_regularizer, ActivationL1)  # inline relu
+    assert sparse.layers[4].activity_regularizer is None  # logits
+    for a, b in zip(original.get_weights(), sparse.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    sparse(X[:4])
+    assert len(sparse.losses) == 2 + 3  # two activation penalties, three kernels
+    # mean-L1: the activation penalty of the Dense(16) is 0.5 * mean|a| over the batch.
+    hidden = keras.Model(sparse.inputs, sparse.layers[3].output)(X[:4]).numpy()
+    assert 0.5 * np.abs(hidden).mean() == pytest.approx(float(sparse.losses[1]), rel=1e-5)
+    plain = keras_snn.strip_sparsity_penalties(sparse)
+    assert plain.layers[1].activity_regularizer is None
+    assert type(plain.layers[0].kernel_regularizer).__name__ == "L2"  # the user's own stays
+    assert plain.layers[3].kernel_regularizer is None
+
+
+def test_penalised_training_raises_activation_sparsity():
+    base = compiled(model())
+    base.fit(X, Y, epochs=20, verbose=0)
+    sparse = compiled(keras_snn.add_sparsity_penalties(base, activation=5.0))
+    sparse.fit(X, Y, epochs=20, verbose=0)
+    before = keras_snn.measure_sparsity(base, X)["activation"]
+    after = keras_snn.measure_sparsity(sparse, X)["activation"]
+    assert after > before
+
+
+def test_constant_sparsity_pruning_keeps_zeros_through_training_saving_and_conversion(tmp_path):
+    m = compiled(model())
+    pruning = WeightPruning(tfmot.sparsity.keras.ConstantSparsity(0.6, begin_step=0, frequency=1))
+    m.fit(X, Y, epochs=3, batch_size=32, verbose=0, callbacks=[pruning])
+    for layer in (m.layers[0], m.layers[3], m.layers[4]):
+        kernel = layer.kernel.numpy()
+        assert (kernel == 0).mean() == pytest.approx(np.floor(0.6 * kernel.size) / kernel.size)
+        np.testing.assert_array_equal(kernel == 0, pruning.masks[layer.name] == 0)
+    path = str(tmp_path / "pruned.keras")
+    m.save(path)
+    restored = keras.saving.load_model(path)
+    assert (restored.layers[3].kernel.numpy() == 0).mean() == pytest.approx(0.6, abs=0.01)
+    dense = compiled(model())
+    pruned_snn = keras_snn.convert_model(m, X)
+    dense_snn = keras_snn.convert_model(dense, X)
+    # Zero weights leave the fan-out maps, so every layer's MACs drop by ~60%.
+    pruned, full = pruned_snn.ann_macs(), dense_snn.ann_macs()  # same layer order
+    for pruned_macs, full_macs in zip(pruned.values(), full.values()):
+        assert pruned_macs == pytest.approx(0.4 * full_macs, rel=0.05)
+
+
+def test_polynomial_schedule_reaches_final_sparsity():
+    m = compiled(model())
+    schedule = tfmot.sparsity.keras.PolynomialDecay(0.0, 0.8, begin_step=0, end_step=8, frequency=2)
+    pruning = WeightPruning(schedule, layers=[m.layers[3].name])
+    m.fit(X, Y, epochs=4, batch_size=32, verbose=0, callbacks=[pruning])  # 12 steps
+    assert (m.layers[3].kernel.numpy() == 0).mean() == pytest.approx(0.8, abs=0.01)
+    assert (m.layers[0].kernel.numpy() == 0).mean() == 0.0  # not selected
+    with pytest.raises(ValueError, match="nowhere"):
+        compiled(model()).fit(X, Y, verbose=0, callbacks=[WeightPruning(schedule, ["nowhere"])])
+    with pytest.raises(TypeError, match="PruningSchedule"):
+        WeightPruning(0.5)
+
+
+def test_monitor_logs_sparsity_and_snn_ops_in_history():
+    m = compiled(model())
+    history = m.fit(X, Y, epochs=2, verbose=0, callbacks=[SparsityMonitor(X[:32], snn_timesteps=4)])
+    for key in ("S_a", "S_w", "S_c", "snn_ops"):
+        assert len(history.history[key]) == 2
+    s_a, s_w, s_c = (history.history[k][-1] for k in ("S_a", "S_w", "S_c"))
+    assert s_c == pytest.approx(1 - (1 - s_a) * (1 - s_w))
+
+
+def test_tf_keras_pruned_and_stripped_model_converts_with_fewer_ops():
+    tf_keras = pytest.importorskip("tf_keras")
+    tf_keras.utils.set_random_seed(0)
+    k2 = tf_keras.Sequential([
+        tf_keras.layers.InputLayer((6, 6, 1)),
+        tf_keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
+        tf_keras.layers.Flatten(),
+        tf_keras.layers.Dense(2),
+    ])
+    unpruned = keras_snn.convert_model(k2, X, timesteps=8)
+    wrapped = tfmot.sparsity.keras.prune_low_magnitude(
+        k2, pruning_schedule=tfmot.sparsity.keras.ConstantSparsity(0.7, 0, frequency=1)
+    )
+    wrapped.compile("adam", tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    wrapped.fit(X, Y, epochs=2, verbose=0, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+    stripped = tfmot.sparsity.keras.strip_pruning(wrapped)
+    snn = keras_snn.convert_model(stripped, X, timesteps=8)
+    assert sum(snn.ann_macs().values()) < 0.35 * sum(unpruned.ann_macs().values())
+    pruned_ops = keras_snn.simulate(snn, X, verbose=0).cumulative_ops[-1]
+    dense_ops = keras_snn.simulate(unpruned, X, verbose=0).cumulative_ops[-1]
+    assert pruned_ops < dense_ops
+
+
+def test_penalty_arguments_are_checked():
+    with pytest.raises(ValueError, match="strength"):
+        ActivationL1(-1.0)
+    assert WeightL1.from_config(WeightL1(2.0).get_config()).strength == 2.0
