@@ -3,7 +3,8 @@
 Trains the Conv MNIST architecture (Table C) twice on Fashion-MNIST, with
 ReLU and with QReLU(levels=8), and reports SNN accuracy on the first
 `--test_items` test images for: ReLU + percentile normalisation + IF; QReLU +
-IF; QReLU + buffered; QReLU + buffered + spike_max=2.
+IF; QReLU + buffered; QReLU + buffered + spike_max=2; and the QReLU settings
+again with the membrane starting at half the threshold (initial_membrane=0.5).
 
     python benchmarks/low_latency.py --data_dir /usr/share/datasets/fashion-mnist
 """
@@ -61,6 +62,11 @@ def main(_):
         ("QReLU, IF", qrelu, "qrelu", dict(neuron="if")),
         ("QReLU, buffered", qrelu, "qrelu", dict(neuron="buffered")),
         ("QReLU, buffered, spike_max=2", qrelu, "qrelu", dict(neuron="buffered", spike_max=2)),
+        ("QReLU, IF, V0=theta/2", qrelu, "qrelu", dict(neuron="if", initial_membrane=0.5)),
+        ("QReLU, buffered, V0=theta/2", qrelu, "qrelu",
+         dict(neuron="buffered", initial_membrane=0.5)),
+        ("QReLU, buffered, spike_max=2, V0=theta/2", qrelu, "qrelu",
+         dict(neuron="buffered", spike_max=2, initial_membrane=0.5)),
     ]
     print("\n| setting | ANN | " + " | ".join(f"T={t}" for t in STEPS) + " |")
     print("|---|---|" + "---|" * len(STEPS))
