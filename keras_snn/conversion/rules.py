@@ -13,6 +13,7 @@ import numpy as np
 from keras_snn import layers as snn_layers
 from keras_snn.conversion import ir
 from keras_snn.conversion.errors import ConversionError
+from keras_snn.layers.passthrough import passthrough_layer_classes
 
 _RULES = {}
 _REFUSALS = {}
@@ -215,18 +216,11 @@ def _shape_rule(layer, key, inputs):
     return [ir.Shape(key, inputs, layer.name, clone)]
 
 
-for _cls in (
-    keras.layers.Flatten,
-    keras.layers.Reshape,
-    keras.layers.ZeroPadding1D,
-    keras.layers.ZeroPadding2D,
-    keras.layers.Cropping1D,
-    keras.layers.Cropping2D,
-    keras.layers.UpSampling1D,
-    keras.layers.UpSampling2D,
-    keras.layers.Concatenate,
-):
-    register_conversion_rule(_cls, _shape_rule)
+# The simulator's pass-through layers are exactly the shape layers the
+# converter keeps (Identity among them is dropped above as a no-op).
+for _cls in passthrough_layer_classes():
+    if _cls not in _RULES:
+        register_conversion_rule(_cls, _shape_rule)
 
 
 # ----------------------------------------------------------------- pooling

@@ -20,8 +20,20 @@ from keras_snn import neurons as neurons_lib
 from keras_snn.layers.base import SpikingLayer
 
 
+class _Encoder(SpikingLayer, keras.layers.Layer):
+    """Shared by the encoders: same shape out as in; by default the input itself."""
+
+    is_encoder = True
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def step(self, inputs, states, timestep):
+        return inputs, ()
+
+
 @keras.saving.register_keras_serializable(package="keras_snn")
-class AnalogInput(SpikingLayer, keras.layers.Layer):
+class AnalogInput(_Encoder):
     """Direct (analog) input: the same real-valued input at every step.
 
     The following synaptic layer receives the input as a current each step;
@@ -35,19 +47,12 @@ class AnalogInput(SpikingLayer, keras.layers.Layer):
     (2, 3)
     """
 
-    is_encoder = True
     emits_spikes = False
     time_invariant = True
 
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape)
-
-    def step(self, inputs, states, timestep):
-        return inputs, ()
-
 
 @keras.saving.register_keras_serializable(package="keras_snn")
-class SpikingInput(SpikingLayer, keras.layers.Layer):
+class SpikingInput(_Encoder):
     """Spiking input layer: IF neurons driven by the input (anytime paper, B).
 
     Each neuron adds its input value to its membrane every step and fires like
@@ -64,7 +69,6 @@ class SpikingInput(SpikingLayer, keras.layers.Layer):
     (1, 3)
     """
 
-    is_encoder = True
     def __init__(self, threshold=1.0, neuron="if", **kwargs):
         super().__init__(**kwargs)
         self.threshold = float(threshold)
@@ -82,9 +86,6 @@ class SpikingInput(SpikingLayer, keras.layers.Layer):
     def build(self, input_shape):
         self.encoded_shape = tuple(input_shape)
 
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape)
-
     def initial_state(self, batch_size):
         shape = [batch_size] + list(self.encoded_shape[1:])
         return self.neuron.initial_state(shape, self.threshold, self.compute_dtype)
@@ -101,7 +102,7 @@ class SpikingInput(SpikingLayer, keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_snn")
-class PoissonInput(SpikingLayer, keras.layers.Layer):
+class PoissonInput(_Encoder):
     """Seeded Bernoulli ("Poisson") rate coding.
 
     At step t each input element spikes with probability
@@ -122,16 +123,12 @@ class PoissonInput(SpikingLayer, keras.layers.Layer):
     (1, 3)
     """
 
-    is_encoder = True
     def __init__(self, gain=1.0, seed=None, **kwargs):
         super().__init__(**kwargs)
         self.gain = float(gain)
         if not self.gain > 0.0:
             raise ValueError(f"Layer '{self.name}': `gain` must be > 0; received {gain!r}.")
         self.seed = int(np.random.randint(0, 2**31 - 1) if seed is None else seed)
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape)
 
     def step(self, inputs, states, timestep):
         probability = tf.clip_by_value(inputs * self.gain, 0.0, 1.0)
@@ -144,7 +141,7 @@ class PoissonInput(SpikingLayer, keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_snn")
-class EventInput(SpikingLayer, keras.layers.Layer):
+class EventInput(_Encoder):
     """Event-frame input: one frame of a `(batch, T, ...)` stream per step.
 
     Build the network on the shape of one frame; call the `SpikingModel` with
@@ -159,11 +156,4 @@ class EventInput(SpikingLayer, keras.layers.Layer):
     (1, 4)
     """
 
-    is_encoder = True
     consumes_sequence = True
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape)
-
-    def step(self, inputs, states, timestep):
-        return inputs, ()

@@ -44,6 +44,11 @@ def is_passthrough(layer):
     return isinstance(layer, tuple(_PASSTHROUGH))
 
 
+def passthrough_layer_classes():
+    """The registered pass-through layer classes (the converter maps them too)."""
+    return tuple(_PASSTHROUGH)
+
+
 def passthrough_layer_names():
     """Names of the registered pass-through layer classes (for error messages)."""
     return sorted(cls.__name__ for cls in _PASSTHROUGH)
