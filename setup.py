@@ -26,9 +26,10 @@ setuptools.setup(
         "absl-py",
     ],
     extras_require={
-        "test": ["pytest", "hypothesis", "scikit-learn", "tf-keras", "matplotlib", "tensorboard"],
+        "test": ["pytest", "hypothesis", "scikit-learn", "tf-keras", "matplotlib", "tensorboard", "nir"],
         "examples": ["scikit-learn", "matplotlib"],
         "tensorboard": ["tensorboard"],
+        "nir": ["nir"],
     },
     license="Apache-2.0",
 )

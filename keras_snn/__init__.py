@@ -13,6 +13,8 @@ from keras_snn import neurons
 from keras_snn.conversion import ConversionError
 from keras_snn.conversion import convert_model
 from keras_snn.conversion import register_conversion_rule
+from keras_snn.export import NIRExportError
+from keras_snn.export import export_nir
 from keras_snn.evaluation import SimulationResult
 from keras_snn.evaluation import simulate
 from keras_snn.simulation import SpikingModel
@@ -23,6 +25,7 @@ from keras_snn.version import __version__
 
 __all__ = [
     "ConversionError",
+    "NIRExportError",
     "SimulationResult",
     "SpikingModel",
     "__version__",
@@ -31,6 +34,7 @@ __all__ = [
     "callbacks",
     "convert_model",
     "datasets",
+    "export_nir",
     "layers",
     "losses",
     "measure_sparsity",

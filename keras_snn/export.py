@@ -1,4 +1,4 @@
-"""Export a SpikingModel as a TensorFlow SavedModel for serving.
+"""Export a SpikingModel: a TensorFlow SavedModel for serving, or a NIR graph.
 
 The SavedModel holds the whole compiled time loop and the weights. It loads
 with `tf.saved_model.load` in a process that imports only TensorFlow (no
@@ -9,6 +9,7 @@ any size, and returns `readout` `(batch, T, classes)` and `synaptic_ops`
 """
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 
@@ -57,3 +58,259 @@ def export_saved_model(snn, filepath, timesteps=None, verbose=False):
     )
     archive.write_out(filepath, verbose=verbose)
     return filepath
+
+
+# --------------------------------------------------------------------- NIR
+class NIRExportError(ValueError):
+    """A SpikingModel (or a layer of it) that NIR cannot represent as it runs here."""
+
+
+def export_nir(snn, filepath, approximate=False):
+    """Write `snn` as a Neuromorphic Intermediate Representation (NIR) graph.
+
+    Nodes: `Input`, `Affine` (Dense), `Conv1d`/`Conv2d` (depthwise as grouped),
+    `AvgPool2d`, `Flatten`, `Scale` (the branch factors of a weighted add, whose
+    branches NIR sums at the neuron), `IF`/`LIF` neurons (thresholds and leaks
+    after normalisation, one value per neuron) and `Output` (the readout's
+    input: NIR has no time average, so a NIR simulator reports the per-step
+    current that keras_snn averages). Weights and shapes are channels-first, as
+    NIR expects; a Dense after Flatten gets its inputs reordered to match.
+
+    NIR's IF/LIF neurons reset to a fixed value and emit binary spikes, so a
+    model is exported exactly only when every neuron is
+    `IF(reset="zero", spike_max=1)` or `LIF(reset="zero", spike_max=1)` with
+    initial membrane 0 (make one with
+    `convert_model(..., neuron=keras_snn.neurons.IF(reset="zero"))`). Other
+    models are refused, or, with `approximate=True`, exported with their
+    reset-by-subtraction / multi-bit / buffered neurons written as the nearest
+    NIR neuron (the file then behaves differently; the metadata says how).
+    LIF leak alpha is written as `tau = 1 / (1 - alpha)`, `r = tau`,
+    `v_leak = 0` (forward Euler with dt = 1 gives `v <- alpha v + z`); a leak
+    of 1 is written as IF. keras_snn fires at `v >= threshold`, NIR at
+    `v > threshold`: they differ only when a membrane lands exactly on it.
+    A depthwise convolution is written as a grouped `Conv2d`, which nir 1.0's
+    type checker mis-reads: read such files with `nir.read(path, type_check=False)`.
+
+    Args:
+        snn: a `keras_snn.SpikingModel` with analog, spiking or event input.
+        filepath: the .nir file to write.
+        approximate: export inexact neurons anyway (see above).
+
+    Returns:
+        the `nir.NIRGraph` written.
+
+    Raises:
+        NIRExportError: naming the layer that NIR cannot hold and why.
+        ImportError: when the `nir` package is missing (`pip install keras_snn[nir]`).
+    """
+    try:
+        import nir
+    except ImportError:
+        raise ImportError("export_nir needs the nir package: pip install nir") from None
+    builder = _NIRBuilder(snn, nir, approximate)
+    graph = builder.build()
+    nir.write(filepath, graph)
+    return graph
+
+
+def _channels_first(shape):
+    shape = tuple(int(d) for d in shape)
+    return shape if len(shape) < 2 else (shape[-1],) + shape[:-1]
+
+
+class _NIRBuilder:
+    def __init__(self, snn, nir, approximate):
+        from keras_snn import layers as snn_layers
+        from keras_snn import neurons as neurons_lib
+        from keras_snn.graph import layer_graph
+
+        self.snn, self.nir, self.approximate = snn, nir, approximate
+        self.layers, self.neurons = snn_layers, neurons_lib
+        self.graph = layer_graph(snn.network)
+        self.shapes = snn._plan.output_shapes
+        self.nodes, self.edges, self.notes = {}, [], []
+        self.tails = {}  # graph key -> NIR node names whose outputs carry that value
+
+    def build(self):
+        input_key = self.graph.input_keys[0]
+        shape = _channels_first(self.shapes[input_key][1:])
+        self.nodes["input"] = self.nir.Input(input_type={"input": np.array(shape)})
+        self.tails[input_key] = ["input"]
+        for node in self.graph.nodes:
+            self._add(node)
+        output_key = self.graph.output_keys[0]
+        out_shape = _channels_first(self.shapes[output_key][1:])
+        self.nodes["output"] = self.nir.Output(output_type={"output": np.array(out_shape)})
+        self._connect(self.tails[output_key], "output")
+        metadata = {"producer": "keras_snn", "dt": 1.0}
+        if self.notes:
+            metadata["approximations"] = "; ".join(self.notes)
+        # nir 1.0's type inference reads a grouped convolution's input channels
+        # from weight.shape[1] alone (ignoring `groups`), so it would reject a
+        # correct depthwise layer; such graphs are written unchecked and must be
+        # read with `nir.read(path, type_check=False)` (said in the docstring).
+        grouped = any(getattr(node, "groups", 1) > 1 for node in self.nodes.values())
+        return self.nir.NIRGraph(
+            nodes=self.nodes, edges=self.edges, metadata=metadata, type_check=not grouped
+        )
+
+    def _connect(self, sources, target):
+        self.edges.extend((source, target) for source in sources)
+
+    def _refuse(self, layer, why):
+        raise NIRExportError(f"Layer '{layer.name}' ({type(layer).__name__}): {why}")
+
+    def _add(self, node):
+        layer, key = node.layer, node.key
+        L = self.layers
+        sources = [name for k in node.input_keys for name in self.tails[k]]
+        if isinstance(layer, L.Readout):
+            self.tails[key] = sources
+        elif isinstance(layer, (L.AnalogInput, L.EventInput)):
+            self.tails[key] = sources
+        elif isinstance(layer, L.SpikingInput):
+            self.tails[key] = [self._neuron(layer, layer.neuron, layer.threshold, key, sources)]
+        elif isinstance(layer, L.PoissonInput):
+            self._refuse(layer, "random rate coding has no NIR node; use AnalogInput or SpikingInput.")
+        elif isinstance(layer, L.SynapticLayer):
+            synapse = self._synapse(node, sources)
+            if layer.neuron is None:
+                self.tails[key] = synapse
+            else:
+                threshold = float(np.asarray(layer.threshold))
+                params = {k: float(np.asarray(v)) for k, v in layer.neuron_parameters.items()}
+                self.tails[key] = [
+                    self._neuron(layer, layer.neuron, threshold, key, synapse, **params)
+                ]
+        elif isinstance(layer, keras.layers.Flatten):
+            shape = _channels_first(self.shapes[node.input_keys[0]][1:])
+            name = self._name(key)
+            self.nodes[name] = self.nir.Flatten(
+                input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1
+            )
+            self._connect(sources, name)
+            self.tails[key] = [name]
+        else:
+            self._refuse(layer, "has no NIR node (NIR holds Affine, Conv, AvgPool, Flatten, "
+                         "Scale, IF and LIF).")
+
+    def _name(self, key):
+        return key.replace("/", "_")
+
+    def _synapse(self, node, sources):
+        layer, key, L, nir = node.layer, node.key, self.layers, self.nir
+        name = self._name(key)
+        if isinstance(layer, L.SpikingAdd):
+            names = []
+            weights = np.asarray(layer.branch_weights)
+            for index, input_key in enumerate(node.input_keys):
+                scale_name = f"{name}_scale{index}"
+                shape = _channels_first(self.shapes[input_key][1:])
+                factor = np.broadcast_to(
+                    weights[index].reshape((-1,) + (1,) * (len(shape) - 1)), shape
+                )
+                self.nodes[scale_name] = nir.Scale(scale=np.array(factor, "float32"))
+                self._connect(self.tails[input_key], scale_name)
+                names.append(scale_name)
+            return names  # NIR sums every edge into the neuron
+        if isinstance(layer, L.SpikingDense):
+            kernel = np.asarray(layer.kernel)
+            in_shape = self.shapes[node.input_keys[0]][1:]
+            if len(in_shape) != 1:
+                self._refuse(layer, "Dense on a non-flat input has no NIR Affine form.")
+            kernel = self._after_flatten(node, kernel)
+            self.nodes[name] = nir.Affine(weight=kernel.T.copy(), bias=np.asarray(layer.bias))
+        elif isinstance(layer, (L.SpikingConv2D, L.SpikingConv1D, L.SpikingDepthwiseConv2D)):
+            self.nodes[name] = self._conv(node, layer)
+        elif isinstance(layer, L.SpikingAveragePooling2D):
+            if layer.padding != "valid":
+                self._refuse(layer, "NIR AvgPool2d pads with zeros that count in the mean; "
+                             "only padding='valid' exports exactly.")
+            self.nodes[name] = nir.AvgPool2d(
+                kernel_size=np.array(layer.pool_size), stride=np.array(layer.strides),
+                padding=np.array([0, 0]),
+            )
+        else:
+            self._refuse(layer, "has no NIR synapse node.")
+        self._connect(sources, name)
+        return [name]
+
+    def _after_flatten(self, node, kernel):
+        """Reorder Dense rows from Keras's (H, W, C) flattening to NIR's (C, H, W)."""
+        producer = next((n for n in self.graph.nodes if n.key == node.input_keys[0]), None)
+        if producer is None or not isinstance(producer.layer, keras.layers.Flatten):
+            return kernel
+        shape = tuple(int(d) for d in self.shapes[producer.input_keys[0]][1:])
+        if len(shape) < 2:
+            return kernel
+        order = (len(shape) - 1,) + tuple(range(len(shape) - 1))
+        return kernel.reshape(shape + (-1,)).transpose(order + (len(shape),)).reshape(
+            kernel.shape
+        )
+
+    def _conv(self, node, layer):
+        L, nir = self.layers, self.nir
+        in_shape = tuple(int(d) for d in self.shapes[node.input_keys[0]][1:])
+        spatial = in_shape[:-1]
+        kernel = np.asarray(layer.kernel)
+        if isinstance(layer, L.SpikingDepthwiseConv2D):
+            kh, kw, channels, multiplier = kernel.shape
+            weight = kernel.reshape(kh, kw, channels * multiplier)[:, :, :, None]
+            weight = weight.transpose(2, 3, 0, 1)  # (C*M, 1, kh, kw)
+            groups = channels
+        else:
+            groups = getattr(layer, "groups", 1)
+            rank = kernel.ndim - 2
+            weight = kernel.transpose((rank + 1, rank) + tuple(range(rank)))  # (out, in, k..)
+        if layer.padding == "causal":
+            self._refuse(layer, "causal padding has no NIR form.")
+        padding = []
+        for size, k, stride, dilation in zip(
+            spatial, weight.shape[2:], layer.strides, layer.dilation_rate
+        ):
+            if layer.padding == "valid":
+                padding.append(0)
+                continue
+            extent = (k - 1) * dilation + 1
+            out = -(-size // stride)
+            total = max((out - 1) * stride + extent - size, 0)
+            if total % 2:
+                self._refuse(layer, "'same' padding here is asymmetric (TensorFlow pads one more "
+                             "at the end); NIR convolutions pad symmetrically.")
+            padding.append(total // 2)
+        common = dict(weight=np.ascontiguousarray(weight), stride=tuple(layer.strides),
+                      padding=tuple(padding), dilation=tuple(layer.dilation_rate), groups=groups,
+                      bias=np.asarray(layer.bias))
+        if len(spatial) == 2:
+            return nir.Conv2d(input_shape=spatial, **common)
+        return nir.Conv1d(
+            input_shape=spatial[0], **{k: (v[0] if isinstance(v, tuple) else v) for k, v in common.items()}
+        )
+
+    def _neuron(self, layer, neuron, threshold, key, sources, leak=None):
+        n = self.neurons
+        exact = (
+            isinstance(neuron, n.IF) and neuron.reset == "zero" and neuron.spike_max == 1
+            and neuron.initial_membrane == 0.0
+        )
+        if not exact:
+            why = (
+                f"its neuron {neuron!r} is not NIR-exact (NIR neurons reset to zero, emit binary, "
+                "non-negative spikes and start at rest)"
+            )
+            if not self.approximate:
+                self._refuse(layer, why + "; convert with neuron=keras_snn.neurons.IF(reset='zero') "
+                             "or pass approximate=True.")
+            self.notes.append(f"{layer.name}: {why}")
+        shape = _channels_first(self.shapes[key][1:])
+        ones = np.ones(shape, "float32")
+        name = f"{self._name(key)}_neuron"
+        if leak is not None and leak < 1.0:
+            tau = 1.0 / (1.0 - leak)
+            self.nodes[name] = self.nir.LIF(
+                tau=ones * tau, r=ones * tau, v_leak=ones * 0.0, v_threshold=ones * threshold
+            )
+        else:
+            self.nodes[name] = self.nir.IF(r=ones, v_threshold=ones * threshold)
+        self._connect(sources, name)
+        return name

@@ -307,10 +307,11 @@ class SpikingModel(keras.Model):
                 values[plan.input_key] = inputs[:, step]
             new_states, ops, events, counts = [], [], [], []
             for node, state in zip(plan.dynamic, states):
-                node_inputs = node.gather(values) if node.key not in currents else None
-                if node.key in currents:
+                if node.key in currents:  # time-invariant current: only the neuron runs
+                    node_inputs = None
                     output, state = node.layer.fire(currents[node.key], state)
                 else:
+                    node_inputs = node.gather(values)
                     output, state = _run_layer(node, node_inputs, state, timestep)
                 values[node.key] = output
                 new_states.append(tuple(state))

@@ -13,7 +13,7 @@ PACKAGE = pathlib.Path(keras_snn.__file__).parent
 
 def test_public_names_are_pinned():
     assert sorted(keras_snn.__all__) == sorted([
-        "ConversionError", "SimulationResult", "SpikingModel", "__version__",
+        "ConversionError", "NIRExportError", "export_nir", "SimulationResult", "SpikingModel", "__version__",
         "add_sparsity_penalties", "applications", "callbacks", "strip_sparsity_penalties",
         "convert_model", "datasets", "layers", "losses", "measure_sparsity", "metrics", "neurons",
         "register_conversion_rule", "simulate",

@@ -81,8 +81,10 @@ def convert_model(
             Needed only where a ceiling must come from data.
         timesteps: default simulation length of the returned model.
         neuron: "if", "buffered" (negative spikes undo over-fire), "lif"
-            (leak 1, to be trained), or "auto": "buffered" for models with
-            QReLU activations (seed 004), "if" otherwise.
+            (leak 1, to be trained), "auto" ("buffered" for models with QReLU
+            activations (seed 004), "if" otherwise), or a
+            `keras_snn.neurons.Neuron` used as the template for every layer
+            (e.g. `IF(reset="zero")` for a NIR-exact model).
         spike_max: largest multi-bit spike per step (1 = binary spikes).
         normalization: "auto", "percentile", "max" or "none".
         percentile: the percentile (0, 100] for data ceilings.
@@ -136,7 +138,7 @@ def convert_model(
     if tail is not None:
         tail = _hand_over_to_head(ops, output_key, tail)
     _check_kinds(ops, graph.input_keys[0], output_key)
-    if options.neuron == "auto":
+    if isinstance(options.neuron, str) and options.neuron == "auto":
         quantized = any(getattr(op, "quantized", False) for op in ops)
         options.neuron = "buffered" if quantized else "if"
     needs_data = _layers_needing_data(ops, options)
@@ -157,9 +159,16 @@ class _Options:
                  per_channel, input_encoding, initial_membrane):
         if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 1:
             raise ConversionError(f"`timesteps` must be an int >= 1; received {timesteps!r}.")
-        if neuron not in _NEURON_CHOICES:
+        if isinstance(neuron, neurons_lib.Neuron):
+            if spike_max != 1 or initial_membrane != 0.0:
+                raise ConversionError(
+                    "With a Neuron instance as `neuron`, set spike_max and initial_membrane "
+                    "on the instance, not as convert_model arguments."
+                )
+        elif neuron not in _NEURON_CHOICES:
             raise ConversionError(
-                f"`neuron` must be one of {_NEURON_CHOICES}; received {neuron!r}."
+                f"`neuron` must be one of {_NEURON_CHOICES} or a keras_snn.neurons.Neuron; "
+                f"received {neuron!r}."
             )
         if normalization not in _NORMALIZATIONS:
             raise ConversionError(
@@ -177,14 +186,23 @@ class _Options:
             raise ConversionError(str(error)) from None
         self.timesteps = timesteps
         self.neuron = neuron
-        self.spike_max = spike_max
+        self.spike_max = neuron.spike_max if isinstance(neuron, neurons_lib.Neuron) else spike_max
         self.normalization = normalization
         self.percentile = 100.0 if normalization == "max" else float(percentile)
         self.per_channel = bool(per_channel)
         self.input_encoding = input_encoding
         self.initial_membrane = float(initial_membrane)
 
+    def make_input_neuron(self):
+        """Binary IF for a spiking input layer, sharing the layers' reset and start."""
+        template = self.neuron if isinstance(self.neuron, neurons_lib.IF) else None
+        if template is None:
+            return neurons_lib.IF(initial_membrane=self.initial_membrane)
+        return neurons_lib.IF(initial_membrane=template.initial_membrane, reset=template.reset)
+
     def make_neuron(self):
+        if isinstance(self.neuron, neurons_lib.Neuron):  # a template: one copy per layer
+            return neurons_lib.deserialize(neurons_lib.serialize(self.neuron))
         return _NEURONS[self.neuron](
             spike_max=self.spike_max, initial_membrane=self.initial_membrane
         )
@@ -395,7 +413,7 @@ class _NetworkBuilder:
         encoder = {
             "analog": lambda: snn_layers.AnalogInput(name=self._name("analog_input")),
             "spiking": lambda: snn_layers.SpikingInput(
-                neuron=neurons_lib.IF(initial_membrane=options.initial_membrane),
+                neuron=options.make_input_neuron(),
                 name=self._name("spiking_input"),
             ),
             "poisson": lambda: snn_layers.PoissonInput(seed=0, name=self._name("poisson_input")),

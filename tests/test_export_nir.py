@@ -1,0 +1,102 @@
+"""NIR export: read the file back and check every node against the model."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_snn
+from keras_snn import neurons
+
+nir = pytest.importorskip("nir")
+
+RNG = np.random.default_rng(0)
+IMAGES = RNG.random((32, 8, 8, 2)).astype("float32")
+
+
+def conv_ann():
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([
+        keras.Input((8, 8, 2)),
+        keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv"),
+        keras.layers.DepthwiseConv2D(3, activation="relu", name="depthwise"),
+        keras.layers.AveragePooling2D(2, name="pool"),
+        keras.layers.Flatten(name="flatten"),
+        keras.layers.Dense(5, activation="relu", name="hidden"),
+        keras.layers.Dense(3, name="logits"),
+    ])
+
+
+def exported(snn, tmp_path, **kwargs):
+    path = str(tmp_path / "model.nir")
+    keras_snn.export_nir(snn, path, **kwargs)
+    return nir.read(path, type_check=False)  # grouped convs confuse nir's checker
+
+
+def test_nir_exact_model_round_trips_every_parameter(tmp_path):
+    snn = keras_snn.convert_model(conv_ann(), IMAGES, neuron=neurons.IF(reset="zero"))
+    graph = exported(snn, tmp_path)
+    network = snn.network
+    conv = network.get_layer("conv")
+    np.testing.assert_allclose(graph.nodes["conv"].weight, np.asarray(conv.kernel).transpose(3, 2, 0, 1))
+    np.testing.assert_allclose(graph.nodes["conv"].bias, np.asarray(conv.bias))
+    assert tuple(graph.nodes["conv"].padding) == (1, 1)
+    depthwise = graph.nodes["depthwise"]
+    assert depthwise.groups == 4 and depthwise.weight.shape == (4, 1, 3, 3)
+    for name in ("conv", "depthwise", "pool", "hidden"):
+        neuron = graph.nodes[f"{name}_neuron"]
+        assert isinstance(neuron, nir.IF)
+        threshold = float(np.asarray(network.get_layer(name).threshold))
+        np.testing.assert_allclose(neuron.v_threshold, threshold)
+        np.testing.assert_allclose(neuron.v_reset, 0.0)
+    assert graph.nodes["conv_neuron"].v_threshold.shape == (4, 8, 8)  # channels-first
+    assert ("hidden_neuron", "logits") in graph.edges and ("logits", "output") in graph.edges
+    # The Dense after Flatten reads channels-first inputs: same outputs from the same values.
+    pooled = RNG.random((3, 3, 4)).astype("float32")  # (H, W, C) as Keras holds it
+    hidden = network.get_layer("hidden")
+    keras_out = pooled.reshape(-1) @ np.asarray(hidden.kernel)
+    nir_out = graph.nodes["hidden"].weight @ pooled.transpose(2, 0, 1).reshape(-1)
+    np.testing.assert_allclose(nir_out, keras_out, rtol=1e-5)
+
+
+def test_inexact_neurons_are_refused_or_flagged(tmp_path):
+    snn = keras_snn.convert_model(conv_ann(), IMAGES)  # IF with reset by subtraction
+    with pytest.raises(keras_snn.NIRExportError, match="'conv'.*NIR-exact"):
+        exported(snn, tmp_path)
+    graph = exported(snn, tmp_path, approximate=True)
+    assert "reset" in graph.metadata["approximations"]
+
+
+def test_residual_add_becomes_scales_into_one_neuron_and_lif_keeps_its_leak(tmp_path):
+    inputs = keras.Input((6,))
+    a = keras.layers.Dense(4, activation="relu", name="a")(inputs)
+    b = keras.layers.Dense(4, name="b")(a)
+    x = keras.layers.ReLU()(keras.layers.Add(name="add")([a, b]))
+    outputs = keras.layers.Dense(2, name="out")(x)
+    ann = keras.Model(inputs, outputs)
+    x = RNG.random((16, 6)).astype("float32")
+    snn = keras_snn.convert_model(ann, x, neuron=neurons.LIF(reset="zero"))
+    snn.network.get_layer("a").neuron_parameters["leak"].assign(0.8)
+    graph = exported(snn, tmp_path)
+    assert ("add_scale0", "add_neuron") in graph.edges and ("add_scale1", "add_neuron") in graph.edges
+    weights = np.asarray(snn.network.get_layer("add").branch_weights)
+    np.testing.assert_allclose(graph.nodes["add_scale0"].scale, weights[0])
+    lif = graph.nodes["a_neuron"]
+    assert isinstance(lif, nir.LIF)
+    np.testing.assert_allclose(lif.tau, 1.0 / (1.0 - 0.8), rtol=1e-5)
+    assert isinstance(graph.nodes["add_neuron"], nir.IF)  # leak 1 is IF
+
+
+def test_layers_without_nir_form_are_refused(tmp_path):
+    ann = keras.Sequential([
+        keras.Input((6, 6, 1)), keras.layers.ZeroPadding2D(1, name="pad"),
+        keras.layers.Conv2D(2, 3, activation="relu"), keras.layers.Flatten(),
+        keras.layers.Dense(2),
+    ])
+    x = RNG.random((8, 6, 6, 1)).astype("float32")
+    snn = keras_snn.convert_model(ann, x, neuron=neurons.IF(reset="zero"))
+    with pytest.raises(keras_snn.NIRExportError, match="'pad'.*no NIR node"):
+        exported(snn, tmp_path)
+    poisson = keras_snn.convert_model(conv_ann(), IMAGES, input_encoding="poisson",
+                                      neuron=neurons.IF(reset="zero"))
+    with pytest.raises(keras_snn.NIRExportError, match="random rate coding"):
+        exported(poisson, tmp_path)
