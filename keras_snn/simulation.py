@@ -212,6 +212,9 @@ class SpikingModel(keras.Model):
         head: optional Keras model applied to the readout after every step
             (hybrid inference, seed 004 C: the part of a network without a
             spiking form runs as an ANN on the spiking part's estimate).
+        dropout: in training only, drop this fraction of every spiking
+            layer's neurons, with one mask per sample held fixed over all
+            timesteps (DIET-SNN; it uses a smaller rate than the ANN did).
         **kwargs: `keras.Model` arguments such as `name`.
 
     Call arguments:
@@ -244,6 +247,7 @@ class SpikingModel(keras.Model):
         batch_size=None,
         xla=False,
         head=None,
+        dropout=0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -260,6 +264,9 @@ class SpikingModel(keras.Model):
         if head is not None and not isinstance(head, keras.Model):
             raise TypeError(f"`head` must be a keras.Model or None; received {type(head).__name__}.")
         self.head = head
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"`dropout` must be in [0, 1); received {dropout!r}.")
+        self.dropout = float(dropout)
         self._plan = _Plan(network)
         self._loop = tf.function(self._simulate, jit_compile=self.xla)
         self._state = None
@@ -283,7 +290,18 @@ class SpikingModel(keras.Model):
             for node in self._plan.dynamic
         )
 
-    def _simulate(self, inputs, timesteps, record, states, first_step):
+    def _dropout_masks(self, batch_size):
+        """One inverted-dropout mask per spiking layer and sample, for every step."""
+        keep = 1.0 - self.dropout
+        masks = {}
+        for node in self._plan.nodes:
+            if node.synaptic and node.kind == "spikes":
+                shape = tf.concat([[batch_size], self._plan.output_shapes[node.key][1:]], 0)
+                draw = tf.random.uniform(shape, dtype=self.compute_dtype)
+                masks[node.key] = tf.cast(draw < keep, self.compute_dtype) / keep
+        return masks
+
+    def _simulate(self, inputs, timesteps, record, states, first_step, masks):
         """The compiled time loop. Returns a dict of per-step tensors."""
         plan = self._plan
         batch_size = tf.shape(inputs)[0]
@@ -313,6 +331,8 @@ class SpikingModel(keras.Model):
                 else:
                     node_inputs = node.gather(values)
                     output, state = _run_layer(node, node_inputs, state, timestep)
+                if node.key in masks:
+                    output = output * masks[node.key]
                 values[node.key] = output
                 new_states.append(tuple(state))
                 if record and node.counts_ops:
@@ -371,7 +391,7 @@ class SpikingModel(keras.Model):
             )
         return frames if timesteps is None else timesteps
 
-    def _execute(self, inputs, timesteps, record):
+    def _execute(self, inputs, timesteps, record, training=False):
         inputs = tf.convert_to_tensor(inputs, dtype=self.compute_dtype)
         expected = 1 + len(self._plan.frame_shape) + int(self._plan.sequence_input)
         if inputs.shape.rank != expected:
@@ -396,7 +416,10 @@ class SpikingModel(keras.Model):
         else:
             states = self._initial_states(tf.shape(inputs)[0])
             first_step = tf.constant(0)
-        result = self._loop(inputs, timesteps, record, states, first_step)
+        masks = {}
+        if training and self.dropout:
+            masks = self._dropout_masks(tf.shape(inputs)[0])
+        result = self._loop(inputs, timesteps, record, states, first_step, masks)
         if self.stateful:
             self._state.write(result["states"], first_step + timesteps)
         if self.head is not None:
@@ -411,7 +434,7 @@ class SpikingModel(keras.Model):
         return tf.reshape(out, tf.concat([shape[:2], tf.shape(out)[1:]], axis=0))
 
     def call(self, inputs, timesteps=None, return_ops=False, training=None):
-        result = self._execute(inputs, timesteps, record=bool(return_ops))
+        result = self._execute(inputs, timesteps, record=bool(return_ops), training=bool(training))
         if return_ops:
             return result["readout"], tf.reduce_sum(result["layer_ops"], axis=-1)
         return result["readout"]
@@ -520,6 +543,7 @@ class SpikingModel(keras.Model):
             "batch_size": self.batch_size,
             "xla": self.xla,
             "head": None if self.head is None else keras.saving.serialize_keras_object(self.head),
+            "dropout": self.dropout,
         }
 
     @classmethod

@@ -262,7 +262,7 @@ def test_static_current_is_computed_once_outside_the_loop():
     snn = SpikingModel(small_network(), timesteps=4)
     x = tf.constant(np.random.rand(2, 4).astype("float32"))
     states = snn._initial_states(2)
-    graph = snn._loop.get_concrete_function(x, 4, False, states, tf.constant(0)).graph
+    graph = snn._loop.get_concrete_function(x, 4, False, states, tf.constant(0), {}).graph
     body = [f for f in graph.as_graph_def().library.function if "body" in f.signature.name]
     matmuls = sum(node.op in ("MatMul", "BatchMatMulV2") for f in body for node in f.node_def)
     outer = sum(node.op in ("MatMul", "BatchMatMulV2") for node in graph.as_graph_def().node)

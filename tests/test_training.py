@@ -93,3 +93,27 @@ def test_surrogate_errors_and_serialisation():
     neuron = neurons.LIF(surrogate=neurons.FastSigmoid(5.0))
     assert neurons.deserialize(neurons.serialize(neuron)) == neuron
     assert neurons.IF(surrogate=None).surrogate is None
+
+
+def test_dropout_mask_is_fixed_over_time_and_off_at_inference():
+    # A spiking layer copying its input (identity weights, threshold 1) read by
+    # an identity readout: each readout entry is that neuron's spike rate.
+    inputs = keras.Input((64,))
+    x = layers.AnalogInput()(inputs)
+    x = layers.SpikingDense(64, name="copy")(x)
+    x = layers.SpikingDense(64, neuron=None, name="out")(x)
+    network = keras.Model(inputs, layers.Readout()(x))
+    eye = np.eye(64, dtype="float32")
+    network.get_layer("copy").set_weights([eye, np.zeros(64, "float32"), np.float32(1.0)])
+    network.get_layer("out").set_weights([eye, np.zeros(64, "float32"), np.float32(1.0)])
+    snn = SpikingModel(network, timesteps=6, dropout=0.5)
+    ones = np.ones((3, 64), "float32")
+    trained = snn(ones, training=True).numpy()
+    # Every step: a kept neuron contributes 1/(1-0.5) = 2, a dropped one 0, always the same.
+    assert set(np.unique(trained)) <= {0.0, 2.0}
+    assert np.all(trained == trained[:, :1])
+    assert 0.3 < (trained[:, 0] == 0).mean() < 0.7
+    np.testing.assert_array_equal(snn(ones), np.ones((3, 6, 64)))  # inference: no dropout
+    assert SpikingModel.from_config(snn.get_config()).dropout == 0.5
+    with pytest.raises(ValueError, match="dropout"):
+        SpikingModel(network, dropout=1.0)
