@@ -73,7 +73,10 @@ def main(_):
     sparse = keras_snn.add_sparsity_penalties(ann, activation=FLAGS.lambda_a, weight=FLAGS.lambda_w)
     compile_model(sparse, 3e-4)
     steps = FLAGS.finetune_epochs * -(-len(x_train) // 64)
-    schedule = tfmot.sparsity.keras.PolynomialDecay(0.0, FLAGS.final_sparsity, 0, int(0.7 * steps))
+    end = int(0.7 * steps)  # prune gradually over 70% of fine-tuning, then recover
+    schedule = tfmot.sparsity.keras.PolynomialDecay(
+        0.0, FLAGS.final_sparsity, 0, end, frequency=max(1, end // 20)
+    )
     history = sparse.fit(x_train, y_train, epochs=FLAGS.finetune_epochs, batch_size=64, verbose=0,
                          callbacks=[WeightPruning(schedule), SparsityMonitor(x_test[:200])])
     sparse = compile_model(keras_snn.strip_sparsity_penalties(sparse), 3e-4)

@@ -148,7 +148,7 @@ def convert_model(
             f"{', '.join(needs_data)} (normalization='{options.normalization}'). Pass a few "
             "hundred to a few thousand training inputs, or normalization='none'."
         )
-    builder = _NetworkBuilder(ops, graph.input_keys[0], output_key, keras_model, options, tail)
+    builder = _NetworkBuilder(ops, graph.input_keys[0], output_key, keras_model, options)
     builder.build()
     builder.normalize(calibration_data)
     return SpikingModel(builder.network, timesteps=options.timesteps, head=tail)
@@ -377,26 +377,27 @@ def _refuse_current(op, by_key):
     )
 
 
-def _layers_needing_data(ops, options):
+def _ceiling_from_data(op, options):
+    """Whether a spiking op's ceiling must be measured (no usable known bound)."""
+    if not (isinstance(op, (ir.Linear, ir.Merge)) and op.spiking):
+        return False
     if options.normalization == "none":
-        return []
-    return [
-        f"'{op.source}'"
-        for op in ops
-        if isinstance(op, (ir.Linear, ir.Merge)) and op.spiking
-        and (options.normalization != "auto" or op.max_value is None)
-    ]
+        return False
+    return options.normalization != "auto" or op.max_value is None
+
+
+def _layers_needing_data(ops, options):
+    return [f"'{op.source}'" for op in ops if _ceiling_from_data(op, options)]
 
 
 # ----------------------------------------------------------------- network
 class _NetworkBuilder:
     """Builds the spiking network from the fused ops, then normalises it."""
 
-    def __init__(self, ops, input_key, output_key, keras_model, options, tail):
+    def __init__(self, ops, input_key, output_key, keras_model, options):
         self.ops, self.input_key, self.output_key = ops, input_key, output_key
         self.options = options
         self.frame_shape = tuple(keras_model.inputs[0].shape[1:])
-        self.tail = tail
         self.layers = {}  # op key -> spiking layer
         self.names = set()
 
@@ -459,7 +460,7 @@ class _NetworkBuilder:
             op.key: op.max_value for op in self.ops if isinstance(op, (ir.Linear, ir.Merge))
         }
         keys = {op.key: self._graph_key(op.key, graph) for op in self.ops}
-        data_keys = [op.key for op in self.ops if self._ceiling_from_data(op)]
+        data_keys = [op.key for op in self.ops if _ceiling_from_data(op, options)]
         input_ceiling = 1.0
         encoded = options.input_encoding != "analog"
         estimator = CeilingEstimator(options.percentile, options.per_channel)
@@ -484,13 +485,6 @@ class _NetworkBuilder:
     def _graph_key(self, op_key, graph):
         name = self.layers[op_key].name
         return next(node.key for node in graph.nodes if node.layer.name == name)
-
-    def _ceiling_from_data(self, op):
-        if not (isinstance(op, (ir.Linear, ir.Merge)) and op.spiking):
-            return False
-        if self.options.normalization == "none":
-            return False
-        return self.options.normalization != "auto" or op.max_value is None
 
     def _own_ceiling(self, op, measured):
         """lambda of a spiking op: measured, or its ReLU bound, or 1 (none)."""
