@@ -23,6 +23,7 @@ import tensorflow as tf
 from keras_snn.graph import layer_graph
 from keras_snn.layers.base import SpikingLayer
 from keras_snn.layers.base import SynapticLayer
+from keras_snn.layers.encoders import PoissonInput
 from keras_snn.layers.passthrough import is_passthrough
 from keras_snn.layers.passthrough import passthrough_layer_names
 from keras_snn.layers.readout import Readout
@@ -37,7 +38,7 @@ class _PlanNode:
     already counted where the spikes arrived).
     """
 
-    def __init__(self, node, input_kinds, kind, static, static_current):
+    def __init__(self, node, input_kinds, kind, static, static_current, binary=False):
         self.key = node.key
         self.layer = node.layer
         self.input_keys = node.input_keys
@@ -47,6 +48,10 @@ class _PlanNode:
         self.static_current = static_current  # the linear current is time-invariant
         self.synaptic = isinstance(node.layer, SynapticLayer)
         self.counts_ops = self.synaptic and "spikes" in input_kinds
+        # Spikes known to be 0 or 1: they are their own event mask, which
+        # saves a comparison and a cast per element and step.
+        self.binary = binary
+        self.input_binary = []
 
     def gather(self, values):
         inputs = [values[key] for key in self.input_keys]
@@ -144,6 +149,7 @@ class _Plan:
                 )
 
     def _classify(self, graph):
+        binary = {self.input_key: False}  # event frames may hold counts
         kinds = {self.input_key: "spikes" if self.sequence_input else "analog"}
         static = {self.input_key: not self.sequence_input}
         plan = []
@@ -166,7 +172,19 @@ class _Plan:
                 kind = in_kinds[0] if len(set(in_kinds)) == 1 else "current"
                 out_static, current_static = in_static, False
             kinds[node.key], static[node.key] = kind, out_static
-            plan.append(_PlanNode(node, in_kinds, kind, out_static, current_static))
+            if isinstance(layer, SpikingLayer):
+                neuron = getattr(layer, "neuron", None)
+                is_binary = kind == "spikes" and (
+                    isinstance(layer, PoissonInput)
+                    or (neuron is not None and neuron.spike_max == 1
+                        and not neuron.emits_negative_spikes)
+                )
+            else:
+                is_binary = all(binary[key] for key in node.input_keys)
+            binary[node.key] = is_binary
+            plan_node = _PlanNode(node, in_kinds, kind, out_static, current_static, is_binary)
+            plan_node.input_binary = [binary[key] for key in node.input_keys]
+            plan.append(plan_node)
         return plan
 
 
@@ -180,13 +198,22 @@ def _per_sample_sum(x):
     return tf.reduce_sum(tf.reshape(x, [tf.shape(x)[0], -1]), axis=1)
 
 
+def _event_mask(x, binary):
+    """1 where a spike event happened; binary spikes are their own mask."""
+    return x if binary else tf.cast(tf.not_equal(x, 0), x.dtype)
+
+
 def _synaptic_ops(node, inputs, fanouts):
-    """Events times fan-out, summed per sample, over the spike inputs."""
+    """Events times fan-out, summed per sample, over the spike inputs.
+
+    One matrix-vector product per input: `(batch, N) @ (N,)`.
+    """
     inputs = inputs if isinstance(inputs, list) else [inputs]
     total = 0.0
-    for x, fanout, kind in zip(inputs, fanouts, node.input_kinds):
+    for x, fanout, kind, binary in zip(inputs, fanouts, node.input_kinds, node.input_binary):
         if kind == "spikes":
-            total += _per_sample_sum(tf.cast(tf.not_equal(x, 0), fanout.dtype) * fanout)
+            events = tf.reshape(_event_mask(x, binary), [tf.shape(x)[0], -1])
+            total += tf.linalg.matvec(events, tf.reshape(fanout, [-1]))
     return total
 
 
@@ -340,8 +367,8 @@ class SpikingModel(keras.Model):
             if record:
                 for node in plan.spiking_nodes:
                     spikes = values[node.key]
-                    events.append(_per_sample_sum(tf.cast(tf.not_equal(spikes, 0), spikes.dtype)))
-                    counts.append(_per_sample_sum(tf.abs(spikes)))
+                    events.append(_per_sample_sum(_event_mask(spikes, node.binary)))
+                    counts.append(events[-1] if node.binary else _per_sample_sum(tf.abs(spikes)))
                 ops_ta = ops_ta.write(step, _stack(ops, batch_size))
                 events_ta = events_ta.write(step, _stack(events, batch_size))
                 counts_ta = counts_ta.write(step, _stack(counts, batch_size))
