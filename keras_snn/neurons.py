@@ -130,20 +130,35 @@ def _serialize_surrogate(surrogate):
     return {"class_name": type(surrogate).__name__, "config": surrogate.get_config()}
 
 
+def _spike_count(potential, threshold, spike_max):
+    if spike_max == 1:
+        # V' >= theta exactly when floor(V'/theta) >= 1 (IEEE division is
+        # monotonic), without the division and the floor.
+        return tf.cast(potential >= threshold, potential.dtype)
+    return multibit_spike_count(tf.floor(potential / threshold), spike_max)
+
+
 def fire(potential, threshold, spike_max, surrogate=None):
-    """Spike count `A(floor(V'/theta))`, with a surrogate gradient when given."""
-    u = potential / threshold
+    """Spike count `A(floor(V'/theta))`, with a surrogate gradient when given.
+
+    With a surrogate, the gradient is `surrogate.derivative(u)` with respect
+    to `u = V'/theta`, passed on to the membrane (`1/theta`) and to the scalar
+    threshold (`-u/theta`, summed); `u` is only computed in the backward pass.
+    """
     if surrogate is None:
-        return multibit_spike_count(tf.floor(u), spike_max)
+        return _spike_count(potential, threshold, spike_max)
+    threshold = tf.convert_to_tensor(threshold, potential.dtype)
 
     @tf.custom_gradient
-    def spike(u):
+    def spike(potential, threshold):
         def grad(upstream):
-            return upstream * surrogate.derivative(u)
+            u = potential / threshold
+            d_u = upstream * surrogate.derivative(u)
+            return d_u / threshold, tf.reduce_sum(-d_u * u / threshold)
 
-        return multibit_spike_count(tf.floor(u), spike_max), grad
+        return _spike_count(potential, threshold, spike_max), grad
 
-    return spike(u)
+    return spike(potential, threshold)
 
 
 def reset_by_subtraction(membrane, spikes, threshold):
