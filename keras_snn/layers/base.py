@@ -105,7 +105,7 @@ class SynapticLayer(SpikingLayer):
             )
 
     def _output_shape_for_state(self, batch_size):
-        shape = self.compute_output_shape(self._input_shape_for_fanout())
+        shape = self.compute_output_shape(self.synaptic_input_shape)
         return [batch_size] + list(shape[1:])
 
     def initial_state(self, batch_size):
@@ -132,10 +132,6 @@ class SynapticLayer(SpikingLayer):
     def connectivity(self, inputs):
         raise NotImplementedError
 
-    def _input_shape_for_fanout(self):
-        """The build input shape (a shape, or a list of shapes for multi-input)."""
-        return self.synaptic_input_shape
-
     def fanout_maps(self):
         """Per input: how many nonzero synapses leave each input position.
 
@@ -147,7 +143,7 @@ class SynapticLayer(SpikingLayer):
         Returns:
             A list with one tensor per input, each shaped `(1, *input_shape[1:])`.
         """
-        shapes = self._input_shape_for_fanout()
+        shapes = self.synaptic_input_shape
         multi = _is_shape_list(shapes)
         probes = [
             tf.zeros([1] + list(shape[1:]), self.compute_dtype)
