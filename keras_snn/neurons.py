@@ -73,6 +73,12 @@ class PiecewiseLinear(Surrogate):
     """DIET-SNN's surrogate: `slope * max(0, 1 - |u - 1| / width)`, peaked at threshold.
 
     `slope=0` stops every gradient through the spikes.
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> [float(v) for v in PiecewiseLinear(slope=0.5).derivative(tf.constant([0.5, 1.0, 3.0]))]
+    [0.25, 0.5, 0.0]
     """
 
     def __init__(self, slope=1.0, width=1.0):
@@ -369,6 +375,16 @@ class LIF(IF):
     Args:
         leak: initial leak factor in (0, 1].
         spike_max, initial_membrane, reset, surrogate: as for `IF`.
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> neuron = LIF(leak=0.5)
+    >>> state = neuron.initial_state((1,), threshold=1.0)
+    >>> _, state = neuron.step(tf.constant([0.8]), state, threshold=1.0, leak=0.5)
+    >>> _, state = neuron.step(tf.constant([0.0]), state, threshold=1.0, leak=0.5)
+    >>> round(float(state[0][0]), 3)  # 0.8, then 0.5 * 0.8
+    0.4
     """
 
     def __init__(
@@ -406,6 +422,19 @@ class BufferedIF(Neuron):
     Args:
         spike_max: largest multi-bit spike, positive or negative.
         initial_membrane: initial membrane as a fraction of the threshold.
+        surrogate: as for `IF` (through the positive spikes).
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> neuron = BufferedIF()
+    >>> state = neuron.initial_state((1,), threshold=1.0)
+    >>> spikes = []
+    >>> for current in (1.0, -0.5):  # fires, then the input turns out smaller
+    ...     s, state = neuron.step(tf.constant([current]), state, threshold=1.0)
+    ...     spikes.append(float(s[0]))
+    >>> spikes
+    [1.0, -1.0]
     """
 
     state_names = ("membrane", "buffer")

@@ -162,7 +162,18 @@ def add_sparsity_penalties(model, activation=0.0, weight=0.0):
 
 
 def strip_sparsity_penalties(model):
-    """A copy of `model` without keras_snn's sparsity penalties (a plain Keras model)."""
+    """A copy of `model` without keras_snn's sparsity penalties (a plain Keras model).
+
+    A regulariser the model had before `add_sparsity_penalties` is kept.
+
+    Example:
+
+    >>> import keras
+    >>> ann = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu")])
+    >>> plain = strip_sparsity_penalties(add_sparsity_penalties(ann, activation=0.5))
+    >>> plain.layers[0].activity_regularizer is None
+    True
+    """
 
     def clone(layer):
         config = layer.get_config()

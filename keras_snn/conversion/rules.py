@@ -24,7 +24,16 @@ def register_conversion_rule(layer_class, rule):
 
     Args:
         layer_class: a `keras.layers.Layer` subclass (subclasses match too).
-        rule: callable `(layer, key, inputs) -> list of keras_snn.conversion.ir ops`.
+        rule: callable `(layer, key, inputs) -> list of keras_snn.conversion.ir ops`;
+            an empty list drops the layer (an inference no-op).
+
+    Example (treat a custom inference-only layer as a no-op):
+
+    >>> import keras
+    >>> class Tap(keras.layers.Layer):
+    ...     def call(self, x):
+    ...         return x
+    >>> _ = register_conversion_rule(Tap, lambda layer, key, inputs: [])
     """
     if not (isinstance(layer_class, type) and issubclass(layer_class, keras.layers.Layer)):
         raise TypeError(f"Expected a keras.layers.Layer subclass; received {layer_class!r}.")
