@@ -126,3 +126,60 @@ class StepAccuracy(keras.metrics.Metric):
 
     def get_config(self):
         return {**super().get_config(), "step": self.step}
+
+
+@keras.saving.register_keras_serializable(package="keras_snn")
+class SynapticOps(keras.metrics.Metric):
+    """Mean synaptic operations per sample, for `SpikingModel.compile(metrics=[...])`.
+
+    Keras metrics see only `(y_true, y_pred)`, and the readout carries no
+    operation counts, so this metric is fed by the model: a `SpikingModel`
+    compiled with it counts operations in `evaluate` (and `fit`'s validation)
+    and updates it with the per-sample, per-step counts.
+
+    Args:
+        step: 1-based step whose operations are reported (negative counts from
+            the end), or None for the total over all steps (cumulative ops).
+        name: metric name (default "synaptic_ops" or "synaptic_ops_at_<step>").
+
+    Example:
+
+    >>> import numpy as np
+    >>> metric = SynapticOps()
+    >>> metric.update_ops(np.array([[1.0, 2.0], [3.0, 4.0]], "float32"))  # (batch, T)
+    >>> float(metric.result())  # mean over samples of the total over steps
+    5.0
+    """
+
+    def __init__(self, step=None, name=None, **kwargs):
+        if step is not None and (not isinstance(step, int) or step == 0):
+            raise ValueError(f"`step` must be None or a nonzero int; received {step!r}.")
+        name = name or ("synaptic_ops" if step is None else f"synaptic_ops_at_{step}")
+        super().__init__(name=name, **kwargs)
+        self.step = step
+        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
+        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+
+    def update_ops(self, ops):
+        """Add a batch of operation counts, shape `(batch, T)`."""
+        ops = keras.ops.convert_to_tensor(ops, self.dtype)
+        if self.step is None:
+            per_sample = keras.ops.sum(ops, axis=1)
+        else:
+            per_sample = ops[:, self.step - 1 if self.step > 0 else self.step]
+        self.total.assign_add(keras.ops.sum(per_sample))
+        self.count.assign_add(keras.ops.cast(keras.ops.shape(ops)[0], self.dtype))
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        # Fed by the SpikingModel through update_ops; the readout has no counts.
+        return None
+
+    def result(self):
+        return keras.ops.divide_no_nan(self.total, self.count)
+
+    def reset_state(self):
+        self.total.assign(0.0)
+        self.count.assign(0.0)
+
+    def get_config(self):
+        return {**super().get_config(), "step": self.step}

@@ -460,10 +460,29 @@ class SpikingModel(keras.Model):
         out = self.head(flat)
         return tf.reshape(out, tf.concat([shape[:2], tf.shape(out)[1:]], axis=0))
 
+    def compile(self, *args, metrics=None, **kwargs):
+        """`keras.Model.compile`; `keras_snn.metrics.SynapticOps` may be among `metrics`.
+
+        Operation metrics are fed by the model itself (the readout carries no
+        counts): when any is compiled, inference calls count operations.
+        """
+        from keras_snn.metrics import SynapticOps
+
+        if isinstance(metrics, (list, tuple)):
+            self.ops_metrics = [m for m in metrics if isinstance(m, SynapticOps)]
+            metrics = [m for m in metrics if not isinstance(m, SynapticOps)] or None
+        super().compile(*args, metrics=metrics, **kwargs)
+
     def call(self, inputs, timesteps=None, return_ops=False, training=None):
-        result = self._execute(inputs, timesteps, record=bool(return_ops), training=bool(training))
+        ops_metrics = getattr(self, "ops_metrics", None) if not training else None
+        record = bool(return_ops or ops_metrics)
+        result = self._execute(inputs, timesteps, record=record, training=bool(training))
+        if record:
+            ops = tf.reduce_sum(result["layer_ops"], axis=-1)
+            for metric in ops_metrics or ():
+                metric.update_ops(ops)
         if return_ops:
-            return result["readout"], tf.reduce_sum(result["layer_ops"], axis=-1)
+            return result["readout"], ops
         return result["readout"]
 
     def run(self, inputs, timesteps=None):

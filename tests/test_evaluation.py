@@ -189,3 +189,19 @@ def test_readout_crossentropy_final_step_and_all_steps():
     assert float(average) == pytest.approx((np.log(2) + expected_final) / 2, rel=1e-5)
     with pytest.raises(ValueError, match="step"):
         keras_snn.losses.ReadoutCrossentropy(step=0)
+
+
+def test_synaptic_ops_metric_in_evaluate_matches_simulate():
+    snn = tiny_snn()
+    snn.compile(
+        loss=keras_snn.losses.ReadoutCrossentropy(),
+        metrics=[keras_snn.metrics.StepAccuracy(), keras_snn.metrics.SynapticOps(),
+                 keras_snn.metrics.SynapticOps(step=2)],
+    )
+    scores = snn.evaluate(FRAMES, LABELS, batch_size=1, verbose=0, return_dict=True)
+    result = keras_snn.simulate(snn, FRAMES, LABELS, verbose=0)
+    assert scores["synaptic_ops"] == pytest.approx(result.cumulative_ops[-1])
+    assert scores["synaptic_ops_at_2"] == pytest.approx(result.synaptic_ops[1])
+    assert scores["final_accuracy"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="step"):
+        keras_snn.metrics.SynapticOps(step=0)
