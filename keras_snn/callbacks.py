@@ -14,19 +14,8 @@ import keras
 import numpy as np
 
 from keras_snn.graph import layer_graph
+from keras_snn.sparsity import WEIGHTED_LAYERS
 from keras_snn.sparsity import measure_sparsity
-
-_PRUNABLE = (
-    keras.layers.Dense,
-    keras.layers.Conv1D,
-    keras.layers.Conv2D,
-    keras.layers.DepthwiseConv2D,
-)
-
-
-def _kernel(layer):
-    return layer.depthwise_kernel if hasattr(layer, "depthwise_kernel") else layer.kernel
-
 
 class WeightPruning(keras.callbacks.Callback):
     """Magnitude pruning of Dense/Conv kernels driven by a tfmot schedule.
@@ -65,7 +54,11 @@ class WeightPruning(keras.callbacks.Callback):
 
     def _layers(self):
         graph = layer_graph(self.model, flatten=True)
-        chosen = list({id(n.layer): n.layer for n in graph.nodes if isinstance(n.layer, _PRUNABLE)}.values())
+        # A layer called twice appears once.
+        chosen = list({
+            id(node.layer): node.layer
+            for node in graph.nodes if isinstance(node.layer, WEIGHTED_LAYERS)
+        }.values())
         if self.layer_names is not None:
             by_name = {layer.name: layer for layer in chosen}
             missing = [name for name in self.layer_names if name not in by_name]
@@ -78,7 +71,7 @@ class WeightPruning(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         for layer in self._layers():
-            kernel = _kernel(layer).numpy()
+            kernel = layer.kernel.numpy()
             self.masks.setdefault(layer.name, (kernel != 0).astype(kernel.dtype))
 
     def on_train_batch_end(self, batch, logs=None):
@@ -86,14 +79,14 @@ class WeightPruning(keras.callbacks.Callback):
         layers = self._layers()
         if bool(should_prune):
             for layer in layers:
-                self.masks[layer.name] = _magnitude_mask(_kernel(layer).numpy(), float(sparsity))
+                self.masks[layer.name] = _magnitude_mask(layer.kernel.numpy(), float(sparsity))
         self.apply_masks(layers)
 
     def apply_masks(self, layers=None):
         """Zero the pruned weights of every masked kernel."""
         for layer in layers or self._layers():
             if layer.name in self.masks:
-                kernel = _kernel(layer)
+                kernel = layer.kernel
                 kernel.assign(kernel.numpy() * self.masks[layer.name])
 
 

@@ -207,11 +207,8 @@ def simulate(snn, x, y=None, *, timesteps=None, batch_size=256, verbose="auto"):
             "spikes": {k: tf.reduce_sum(tf.cast(v, tf.float64)) for k, v in record["spike_counts"].items()},
         }
         if has_labels:
-            labels = tf.cast(labels, tf.int64)
-            predictions = tf.argmax(record["readout"], axis=-1)  # (batch, T)
-            if labels.shape.rank == 2 and labels.shape[-1] == record["readout"].shape[-1] and labels.shape[-1] > 1:
-                labels = tf.argmax(labels, axis=-1)
-            labels = tf.reshape(labels, [-1, 1])
+            predictions = tf.argmax(record["readout"], axis=-1, output_type=tf.int32)  # (batch, T)
+            labels = tf.reshape(metrics.sparse_labels(labels, record["readout"].shape[-1]), [-1, 1])
             sums["correct"] = tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.float64), 0)
         return sums
 

@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_snn.metrics import sparse_labels
+
 
 @keras.saving.register_keras_serializable(package="keras_snn")
 class ReadoutCrossentropy(keras.losses.Loss):
@@ -35,11 +37,8 @@ class ReadoutCrossentropy(keras.losses.Loss):
         self.step = step
 
     def call(self, y_true, y_pred):
-        y_true = ops.convert_to_tensor(y_true)
         classes = y_pred.shape[-1]
-        if len(y_true.shape) >= 2 and y_true.shape[-1] == classes and classes > 1:
-            y_true = ops.argmax(y_true, axis=-1)
-        y_true = ops.reshape(ops.cast(y_true, "int32"), (-1,))
+        y_true = sparse_labels(y_true, classes)
         if self.step == "all":
             steps = ops.shape(y_pred)[1]
             labels = ops.reshape(ops.repeat(ops.expand_dims(y_true, 1), steps, axis=1), (-1,))

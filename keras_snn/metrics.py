@@ -62,12 +62,16 @@ def combined_sparsity(activation_sparsity, weight_sparsity):
     return 1.0 - (1.0 - activation_sparsity) * (1.0 - weight_sparsity)
 
 
-def labels_to_indices(y, classes=None):
-    """Integer labels from integer or one-hot labels, as a 1-D int array."""
-    y = np.asarray(y)
-    if y.ndim >= 2 and y.shape[-1] > 1 and (classes is None or y.shape[-1] == classes):
-        return y.argmax(-1).reshape(-1)
-    return y.reshape(-1).astype("int64")
+def sparse_labels(y_true, classes):
+    """Integer labels `(batch,)` (int32) from integer `(batch,)`/`(batch, 1)` or one-hot labels.
+
+    `classes` is the readout's last dimension: a `(batch, classes)` label
+    tensor with more than one class is one-hot and is reduced by argmax.
+    """
+    y_true = keras.ops.convert_to_tensor(y_true)
+    if len(y_true.shape) >= 2 and y_true.shape[-1] == classes and classes > 1:
+        y_true = keras.ops.argmax(y_true, axis=-1)
+    return keras.ops.reshape(keras.ops.cast(y_true, "int32"), (-1,))
 
 
 @keras.saving.register_keras_serializable(package="keras_snn")
@@ -103,10 +107,7 @@ class StepAccuracy(keras.metrics.Metric):
     def update_state(self, y_true, y_pred, sample_weight=None):
         index = self.step - 1 if self.step > 0 else self.step
         logits = y_pred[:, index]
-        y_true = keras.ops.convert_to_tensor(y_true)
-        if len(y_true.shape) == 2 and y_true.shape[-1] == logits.shape[-1] and logits.shape[-1] > 1:
-            y_true = keras.ops.argmax(y_true, axis=-1)
-        y_true = keras.ops.reshape(keras.ops.cast(y_true, "int32"), (-1,))
+        y_true = sparse_labels(y_true, logits.shape[-1])
         hits = keras.ops.cast(
             keras.ops.equal(keras.ops.cast(keras.ops.argmax(logits, axis=-1), "int32"), y_true),
             self.dtype,

@@ -38,7 +38,7 @@ class _PlanNode:
     already counted where the spikes arrived).
     """
 
-    def __init__(self, node, input_kinds, kind, static, static_current, binary=False):
+    def __init__(self, node, input_kinds, kind, static, static_current, binary, input_binary):
         self.key = node.key
         self.layer = node.layer
         self.input_keys = node.input_keys
@@ -51,7 +51,7 @@ class _PlanNode:
         # Spikes known to be 0 or 1: they are their own event mask, which
         # saves a comparison and a cast per element and step.
         self.binary = binary
-        self.input_binary = []
+        self.input_binary = input_binary
 
     def gather(self, values):
         inputs = [values[key] for key in self.input_keys]
@@ -182,9 +182,10 @@ class _Plan:
             else:
                 is_binary = all(binary[key] for key in node.input_keys)
             binary[node.key] = is_binary
-            plan_node = _PlanNode(node, in_kinds, kind, out_static, current_static, is_binary)
-            plan_node.input_binary = [binary[key] for key in node.input_keys]
-            plan.append(plan_node)
+            in_binary = [binary[key] for key in node.input_keys]
+            plan.append(
+                _PlanNode(node, in_kinds, kind, out_static, current_static, is_binary, in_binary)
+            )
         return plan
 
 
@@ -391,6 +392,7 @@ class SpikingModel(keras.Model):
                 layer_ops=_batch_major(ops_ta.stack()),
                 spike_events=_batch_major(events_ta.stack()),
                 spike_counts=_batch_major(counts_ta.stack()),
+                input_macs=self._input_macs(fanouts),
             )
         return result
 
@@ -515,7 +517,7 @@ class SpikingModel(keras.Model):
             "spike_events": per_layer("spike_events", plan.spiking_nodes),
             "spike_counts": per_layer("spike_counts", plan.spiking_nodes),
             "neurons": self.neuron_counts(),
-            "input_macs": self._input_macs(),
+            "input_macs": result["input_macs"],
         }
 
     # -------------------------------------------------------------- costs
@@ -528,15 +530,14 @@ class SpikingModel(keras.Model):
         Direct (analog) input is multiplied, not accumulated as events: each
         input value meets every nonzero outgoing weight once per step.
         """
-        return float(self._input_macs())
+        return float(self._input_macs(self._fanout_maps()))
 
-    def _input_macs(self):
+    def _input_macs(self, fanouts):
         total = tf.constant(0.0)
         for node in self._plan.nodes:
-            if node.synaptic:
-                for fanout, kind in zip(node.layer.fanout_maps(), node.input_kinds):
-                    if kind == "analog":
-                        total += tf.reduce_sum(fanout)
+            for fanout, kind in zip(fanouts.get(node.key, ()), node.input_kinds):
+                if kind == "analog":
+                    total += tf.reduce_sum(fanout)
         return total
 
     def ann_macs(self):

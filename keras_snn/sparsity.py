@@ -113,7 +113,13 @@ class WeightL1(keras.regularizers.Regularizer):
         return {"strength": self.strength}
 
 
-_WEIGHTED = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D)
+# The Keras layers whose kernels are penalised and pruned.
+WEIGHTED_LAYERS = (
+    keras.layers.Dense,
+    keras.layers.Conv1D,
+    keras.layers.Conv2D,
+    keras.layers.DepthwiseConv2D,
+)
 
 
 def _relu_output(layer):
@@ -152,9 +158,9 @@ def add_sparsity_penalties(model, activation=0.0, weight=0.0):
             config["activity_regularizer"] = keras.saving.serialize_keras_object(
                 _combine(layer.activity_regularizer, ActivationL1(activation))
             )
-        if weight and isinstance(layer, _WEIGHTED + (keras.layers.DepthwiseConv2D,)):
+        if weight and isinstance(layer, WEIGHTED_LAYERS):
             key = "depthwise_regularizer" if "depthwise_regularizer" in config else "kernel_regularizer"
-            current = getattr(layer, key.replace("_regularizer", "") + "_regularizer", None)
+            current = getattr(layer, key, None)
             config[key] = keras.saving.serialize_keras_object(_combine(current, WeightL1(weight)))
         return layer.__class__.from_config(config)
 

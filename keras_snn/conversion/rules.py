@@ -59,10 +59,6 @@ def _describe(layer):
     return f"Layer '{layer.name}' ({type(layer).__name__})"
 
 
-def supported_layer_names():
-    return sorted(cls.__name__ for cls in _RULES)
-
-
 # ------------------------------------------------------------- activations
 def _activation_ops(layer, name, key, inputs):
     """Ops for an activation given by name (inline or an Activation layer)."""
