@@ -459,7 +459,8 @@ class _NetworkBuilder:
         max_values = {
             op.key: op.max_value for op in self.ops if isinstance(op, (ir.Linear, ir.Merge))
         }
-        keys = {op.key: self._graph_key(op.key, graph) for op in self.ops}
+        # Each spiking layer is called once, so its graph key is its name.
+        keys = {op.key: self.layers[op.key].name for op in self.ops}
         data_keys = [op.key for op in self.ops if _ceiling_from_data(op, options)]
         input_ceiling = 1.0
         encoded = options.input_encoding != "analog"
@@ -481,10 +482,6 @@ class _NetworkBuilder:
             key: estimator.ceiling(key) if key in data_keys else None for key in keys
         }
         self._rescale(ceilings, input_ceiling)
-
-    def _graph_key(self, op_key, graph):
-        name = self.layers[op_key].name
-        return next(node.key for node in graph.nodes if node.layer.name == name)
 
     def _own_ceiling(self, op, measured):
         """lambda of a spiking op: measured, or its ReLU bound, or 1 (none)."""
@@ -508,7 +505,7 @@ class _NetworkBuilder:
                     if isinstance(producer, ir.Linear) and not producer.spiking:
                         branch_scale[key] = self._own_ceiling(op, ceilings[op.key]) / spike_max
         # Per-sample maps of the value one spike stands for (lambda / S_max).
-        input_scale = input_ceiling if options.input_encoding != "analog" else 1.0
+        input_scale = input_ceiling  # 1 for analog input: the current is the input itself
         scales = {self.input_key: np.full(self.frame_shape, input_scale, "float32")}
         if options.input_encoding == "spiking":
             self.encoder.threshold = input_scale
