@@ -12,6 +12,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_snn import layers as snn_layers
+from keras_snn import neurons as neurons_lib
+from keras_snn.graph import layer_graph
+
 
 def export_saved_model(snn, filepath, timesteps=None, verbose=False):
     """Write `snn` as a SavedModel with a serving signature.
@@ -120,12 +124,7 @@ def _channels_first(shape):
 
 class _NIRBuilder:
     def __init__(self, snn, nir, approximate):
-        from keras_snn import layers as snn_layers
-        from keras_snn import neurons as neurons_lib
-        from keras_snn.graph import layer_graph
-
         self.snn, self.nir, self.approximate = snn, nir, approximate
-        self.layers, self.neurons = snn_layers, neurons_lib
         self.graph = layer_graph(snn.network)
         self.shapes = snn._plan.output_shapes
         self.nodes, self.edges, self.notes = {}, [], []
@@ -162,17 +161,14 @@ class _NIRBuilder:
 
     def _add(self, node):
         layer, key = node.layer, node.key
-        L = self.layers
         sources = [name for k in node.input_keys for name in self.tails[k]]
-        if isinstance(layer, L.Readout):
-            self.tails[key] = sources
-        elif isinstance(layer, (L.AnalogInput, L.EventInput)):
-            self.tails[key] = sources
-        elif isinstance(layer, L.SpikingInput):
+        if isinstance(layer, (snn_layers.Readout, snn_layers.AnalogInput, snn_layers.EventInput)):
+            self.tails[key] = sources  # no node: the values pass straight through
+        elif isinstance(layer, snn_layers.SpikingInput):
             self.tails[key] = [self._neuron(layer, layer.neuron, layer.threshold, key, sources)]
-        elif isinstance(layer, L.PoissonInput):
+        elif isinstance(layer, snn_layers.PoissonInput):
             self._refuse(layer, "random rate coding has no NIR node; use AnalogInput or SpikingInput.")
-        elif isinstance(layer, L.SynapticLayer):
+        elif isinstance(layer, snn_layers.SynapticLayer):
             synapse = self._synapse(node, sources)
             if layer.neuron is None:
                 self.tails[key] = synapse
@@ -198,9 +194,9 @@ class _NIRBuilder:
         return key.replace("/", "_")
 
     def _synapse(self, node, sources):
-        layer, key, L, nir = node.layer, node.key, self.layers, self.nir
+        layer, key, nir = node.layer, node.key, self.nir
         name = self._name(key)
-        if isinstance(layer, L.SpikingAdd):
+        if isinstance(layer, snn_layers.SpikingAdd):
             names = []
             weights = np.asarray(layer.branch_weights)
             for index, input_key in enumerate(node.input_keys):
@@ -213,16 +209,16 @@ class _NIRBuilder:
                 self._connect(self.tails[input_key], scale_name)
                 names.append(scale_name)
             return names  # NIR sums every edge into the neuron
-        if isinstance(layer, L.SpikingDense):
+        if isinstance(layer, snn_layers.SpikingDense):
             kernel = np.asarray(layer.kernel)
             in_shape = self.shapes[node.input_keys[0]][1:]
             if len(in_shape) != 1:
                 self._refuse(layer, "Dense on a non-flat input has no NIR Affine form.")
             kernel = self._after_flatten(node, kernel)
             self.nodes[name] = nir.Affine(weight=kernel.T.copy(), bias=np.asarray(layer.bias))
-        elif isinstance(layer, (L.SpikingConv2D, L.SpikingConv1D, L.SpikingDepthwiseConv2D)):
+        elif isinstance(layer, (snn_layers.SpikingConv2D, snn_layers.SpikingConv1D, snn_layers.SpikingDepthwiseConv2D)):
             self.nodes[name] = self._conv(node, layer)
-        elif isinstance(layer, L.SpikingAveragePooling2D):
+        elif isinstance(layer, snn_layers.SpikingAveragePooling2D):
             if layer.padding != "valid":
                 self._refuse(layer, "NIR AvgPool2d pads with zeros that count in the mean; "
                              "only padding='valid' exports exactly.")
@@ -249,11 +245,11 @@ class _NIRBuilder:
         )
 
     def _conv(self, node, layer):
-        L, nir = self.layers, self.nir
+        nir = self.nir
         in_shape = tuple(int(d) for d in self.shapes[node.input_keys[0]][1:])
         spatial = in_shape[:-1]
         kernel = np.asarray(layer.kernel)
-        if isinstance(layer, L.SpikingDepthwiseConv2D):
+        if isinstance(layer, snn_layers.SpikingDepthwiseConv2D):
             kh, kw, channels, multiplier = kernel.shape
             weight = kernel.reshape(kh, kw, channels * multiplier)[:, :, :, None]
             weight = weight.transpose(2, 3, 0, 1)  # (C*M, 1, kh, kw)
@@ -288,9 +284,8 @@ class _NIRBuilder:
         )
 
     def _neuron(self, layer, neuron, threshold, key, sources, leak=None):
-        n = self.neurons
         exact = (
-            isinstance(neuron, n.IF) and neuron.reset == "zero" and neuron.spike_max == 1
+            isinstance(neuron, neurons_lib.IF) and neuron.reset == "zero" and neuron.spike_max == 1
             and neuron.initial_membrane == 0.0
         )
         if not exact:
