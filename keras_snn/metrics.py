@@ -67,6 +67,14 @@ def sparse_labels(y_true, classes):
 
     `classes` is the readout's last dimension: a `(batch, classes)` label
     tensor with more than one class is one-hot and is reduced by argmax.
+
+    Example:
+
+    >>> import numpy as np
+    >>> np.asarray(sparse_labels(np.array([[0, 1], [1, 0]]), classes=2)).tolist()
+    [1, 0]
+    >>> np.asarray(sparse_labels(np.array([[3], [4]]), classes=10)).tolist()
+    [3, 4]
     """
     y_true = keras.ops.convert_to_tensor(y_true)
     if len(y_true.shape) >= 2 and y_true.shape[-1] == classes and classes > 1:
