@@ -5,7 +5,9 @@ in one process on one machine:
 - the floor: 50 plain forward passes of the same Keras ANN over the same items
   (one compiled forward function called 50 times per batch);
 - the SNN (converted from that ANN) with op counting on and off, with and
-  without XLA, at several batch sizes;
+  without XLA, with bfloat16 synapses (`synapse_dtype="bfloat16"`), at
+  several batch sizes;
+- for reference, 50 passes of the ANN under Keras's mixed_bfloat16 policy;
 and prints each time and its ratio to the floor. Speed does not depend on the
 weights (every step is dense tensor work), so the ANNs are untrained and
 calibrated on random inputs; the timed inputs are random images.
@@ -21,6 +23,7 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -34,6 +37,9 @@ flags.DEFINE_integer("items", 1000, "Items simulated.")
 flags.DEFINE_integer("timesteps", 50, "Steps per item.")
 flags.DEFINE_list("batch_sizes", ["100", "500"], "Batch sizes.")
 flags.DEFINE_boolean("xla", True, "Also time XLA-compiled loops.")
+flags.DEFINE_boolean(
+    "bfloat16", True, "Also time bfloat16 synapses and the ANN under mixed_bfloat16."
+)
 flags.DEFINE_integer("repeats", 2, "Timed repeats (the best is reported) after a warm-up.")
 
 SHAPES = {"dense_mnist": (28, 28, 1), "conv_mnist": (28, 28, 1), "conv_cifar": (32, 32, 3)}
@@ -49,11 +55,28 @@ def best_time(fn):
     return min(times)
 
 
+def bfloat16_copy(model):
+    """The same ANN under Keras's mixed_bfloat16 policy (a bfloat16 floor)."""
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        copy = keras.models.clone_model(model)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def main(_):
     print(f"machine: {common.machine()}")
     print(f"protocol: {FLAGS.timesteps} steps over {FLAGS.items} items, best of {FLAGS.repeats}\n")
-    print("| model | batch | 50 ANN passes (s) | SNN, ops off (s) | ratio | SNN, ops on (s) | ratio | op counting cost | XLA, ops on (s) | ratio |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    columns = [
+        "model", "batch", "50 ANN passes (s)", "SNN, ops off (s)", "ratio", "SNN, ops on (s)",
+        "ratio", "op counting cost", "XLA, ops on (s)", "ratio",
+        "bf16 synapses, ops on (s)", "ratio", "50 ANN passes, mixed_bfloat16 (s)",
+    ]
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
     rng = np.random.default_rng(0)
     for name in FLAGS.models:
         shape = SHAPES[name]
@@ -61,15 +84,22 @@ def main(_):
         x = rng.random((FLAGS.items, *shape)).astype("float32")
         snn = keras_snn.convert_model(ann, x[:200], timesteps=FLAGS.timesteps)
         snn_xla = keras_snn.SpikingModel(snn.network, timesteps=FLAGS.timesteps, xla=True)
+        snn_bf16 = keras_snn.SpikingModel(
+            snn.network, timesteps=FLAGS.timesteps, synapse_dtype="bfloat16"
+        )
         forward = tf.function(lambda batch: ann(batch, training=False))
+        ann_bf16 = bfloat16_copy(ann)
+        forward_bf16 = tf.function(lambda batch: ann_bf16(batch, training=False))
         for batch_size in (int(b) for b in FLAGS.batch_sizes):
             batches = [tf.constant(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
 
-            def ann_passes():
-                for batch in batches:
-                    for _ in range(FLAGS.timesteps):
-                        out = forward(batch)
-                    out.numpy()
+            def ann_passes(fn):
+                def run():
+                    for batch in batches:
+                        for _ in range(FLAGS.timesteps):
+                            out = fn(batch)
+                        out.numpy()
+                return run
 
             def snn_run(model, ops):
                 def run():
@@ -78,17 +108,19 @@ def main(_):
                         (out[0] if ops else out).numpy()
                 return run
 
-            floor = best_time(ann_passes)
+            floor = best_time(ann_passes(forward))
             off = best_time(snn_run(snn, False))
             on = best_time(snn_run(snn, True))
             xla = best_time(snn_run(snn_xla, True)) if FLAGS.xla else float("nan")
+            bf16 = best_time(snn_run(snn_bf16, True)) if FLAGS.bfloat16 else float("nan")
+            floor_bf16 = best_time(ann_passes(forward_bf16)) if FLAGS.bfloat16 else float("nan")
             print(
                 f"| {name} | {batch_size} | {floor:.2f} | {off:.2f} | {off / floor:.2f} | "
                 f"{on:.2f} | {on / floor:.2f} | {100 * (on / off - 1):+.0f}% | "
-                f"{xla:.2f} | {xla / floor:.2f} |",
+                f"{xla:.2f} | {xla / floor:.2f} | {bf16:.2f} | {bf16 / floor:.2f} | "
+                f"{floor_bf16:.2f} |",
                 flush=True,
             )
-
 
 if __name__ == "__main__":
     app.run(main)

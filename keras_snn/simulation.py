@@ -48,6 +48,8 @@ class _PlanNode:
         self.static_current = static_current  # the linear current is time-invariant
         self.synaptic = isinstance(node.layer, SynapticLayer)
         self.counts_ops = self.synaptic and "spikes" in input_kinds
+        # Weight products on spikes only: these may run in a narrow dtype.
+        self.spike_products = self.synaptic and set(input_kinds) == {"spikes"}
         # Spikes known to be 0 or 1: they are their own event mask, which
         # saves a comparison and a cast per element and step.
         self.binary = binary
@@ -189,7 +191,10 @@ class _Plan:
         return plan
 
 
-def _run_layer(node, inputs, states, timestep):
+def _run_layer(node, inputs, states, timestep, synapse_dtype=None):
+    if synapse_dtype is not None and node.spike_products:
+        current = node.layer.reduced_precision_current(inputs, synapse_dtype)
+        return node.layer.fire(current, states)
     if isinstance(node.layer, SpikingLayer):
         return node.layer.step(inputs, states, timestep)
     return node.layer(inputs), ()
@@ -237,6 +242,17 @@ class SpikingModel(keras.Model):
             `reset_state()`; needs `batch_size`.
         batch_size: fixed batch size of a stateful model.
         xla: compile the time loop with XLA (`jit_compile`).
+        synapse_dtype: None (default: the products run in the model's dtype)
+            or a narrower float type such as "bfloat16" for the weight
+            products of layers that receive spikes. Spikes (and event frames
+            of small integer counts) are exact in bfloat16 and the products
+            accumulate in float32, so the only rounding is the kernel's (8
+            significant bits) and the current's;
+            membranes, thresholds, the first layer's analog current and the
+            operation counts stay in full precision. Faster where the hardware
+            has bfloat16 units (recent x86 CPUs with AVX512-BF16 or AMX, TPUs,
+            GPUs from Ampere on); measure the accuracy at your T (see
+            benchmarks/RESULTS.md).
         head: optional Keras model applied to the readout after every step
             (hybrid inference, seed 004 C: the part of a network without a
             spiking form runs as an ANN on the spiking part's estimate).
@@ -276,6 +292,7 @@ class SpikingModel(keras.Model):
         xla=False,
         head=None,
         dropout=0.0,
+        synapse_dtype=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -295,6 +312,7 @@ class SpikingModel(keras.Model):
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"`dropout` must be in [0, 1); received {dropout!r}.")
         self.dropout = float(dropout)
+        self.synapse_dtype = _check_synapse_dtype(synapse_dtype)
         self._plan = _Plan(network)
         self._loop = tf.function(self._simulate, jit_compile=self.xla)
         self._state = None
@@ -358,7 +376,9 @@ class SpikingModel(keras.Model):
                     output, state = node.layer.fire(currents[node.key], state)
                 else:
                     node_inputs = node.gather(values)
-                    output, state = _run_layer(node, node_inputs, state, timestep)
+                    output, state = _run_layer(
+                        node, node_inputs, state, timestep, self.synapse_dtype
+                    )
                 if node.key in masks:
                     output = output * masks[node.key]
                 values[node.key] = output
@@ -591,6 +611,7 @@ class SpikingModel(keras.Model):
             "xla": self.xla,
             "head": None if self.head is None else keras.saving.serialize_keras_object(self.head),
             "dropout": self.dropout,
+            "synapse_dtype": self.synapse_dtype,
         }
 
     @classmethod
@@ -638,6 +659,21 @@ def _batch_major(stacked):
     """(T, batch, ...) -> (batch, T, ...)."""
     rank = stacked.shape.rank
     return tf.transpose(stacked, [1, 0] + list(range(2, rank)))
+
+
+def _check_synapse_dtype(value):
+    if value is None:
+        return None
+    try:
+        dtype = tf.as_dtype(value)
+    except TypeError:
+        dtype = None
+    if dtype is None or not dtype.is_floating:
+        raise ValueError(
+            "`synapse_dtype` must be None or a float type name such as 'bfloat16' or "
+            f"'float16'; received {value!r}."
+        )
+    return dtype.name
 
 
 def _check_timesteps(value, name):

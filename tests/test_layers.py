@@ -170,3 +170,43 @@ def test_non_spiking_layer_passes_current():
 def test_bad_arguments_raise(make, error, message):
     with pytest.raises(error, match=message):
         make()
+
+
+# ------------------------------------------------ reduced-precision synapses
+@pytest.mark.parametrize("make", NETWORKS, ids=lambda f: f.__name__)
+def test_bfloat16_synapses_are_exact_when_the_weights_are(make):
+    # Spikes are small integers and weights on a 1/4 grid below 1 in
+    # magnitude are bfloat16 numbers; every partial sum here stays below 64,
+    # where bfloat16 still resolves quarters, so nothing may round.
+    network, shape = make()
+    rng = np.random.default_rng(3)
+    for layer in network.layers:
+        layer.set_weights([
+            (rng.integers(-4, 5, size=w.shape) / 4).astype("float32") if w.ndim
+            else np.float32(rng.choice([0.5, 0.75, 1.0]))
+            for w in layer.get_weights()
+        ])
+    x = (rng.integers(0, 3, size=shape) / 2).astype("float32")  # event frames too
+    full = SpikingModel(network, timesteps=6).run(x)
+    narrow_model = SpikingModel(network, timesteps=6, synapse_dtype="bfloat16")
+    narrow = narrow_model.run(x)
+    np.testing.assert_array_equal(narrow["readout"], full["readout"])
+    np.testing.assert_array_equal(narrow["synaptic_ops"], full["synaptic_ops"])
+    restored = SpikingModel.from_config(narrow_model.get_config())
+    assert restored.synapse_dtype == "bfloat16"
+
+
+def test_bfloat16_current_error_is_bounded_by_weight_rounding():
+    # Rounding each weight and the result to 8 significant bits moves the
+    # current by at most 2^-8 * (|s| @ |W|) plus 2^-8 of itself.
+    rng = np.random.default_rng(4)
+    layer = layers.SpikingDense(32)
+    layer.build((None, 200))
+    kernel = rng.normal(size=(200, 32)).astype("float32")
+    layer.set_weights([kernel, rng.normal(size=32).astype("float32"), np.float32(1)])
+    spikes = (rng.random((16, 200)) < 0.3).astype("float32")
+    exact = spikes @ kernel
+    narrow = layer.reduced_precision_current(spikes, "bfloat16").numpy() - layer.bias.numpy()
+    bound = 2.0**-8 * (spikes @ np.abs(kernel) + np.abs(exact)) + 1e-5
+    assert np.all(np.abs(narrow - exact) <= bound)
+    assert np.any(narrow != exact)  # it did run in bfloat16

@@ -288,6 +288,9 @@ def test_call_and_constructor_errors():
     network = small_network()
     with pytest.raises(ValueError, match="timesteps"):
         SpikingModel(network, timesteps=0)
+    for dtype in ("int8", "spikes"):
+        with pytest.raises(ValueError, match="synapse_dtype"):
+            SpikingModel(network, synapse_dtype=dtype)
     with pytest.raises(ValueError, match="batch_size"):
         SpikingModel(network, stateful=True)
     snn = SpikingModel(network)

@@ -129,6 +129,18 @@ class SynapticLayer(SpikingLayer):
     def compute_current(self, inputs):
         raise NotImplementedError
 
+    def reduced_precision_current(self, inputs, dtype):
+        """`compute_current` with the weight products computed in `dtype`.
+
+        For spike inputs a narrow type such as bfloat16 is exact on the
+        spikes and halves the cost of the products on hardware with bfloat16
+        units; the current comes back in the layer's compute dtype. Layers
+        whose map has no weight products (pooling, addition) gain nothing
+        from it and compute in full precision, which is this default.
+        """
+        del dtype
+        return self.compute_current(inputs)
+
     def connectivity(self, inputs):
         raise NotImplementedError
 

@@ -43,6 +43,28 @@ class _KerasSynapticLayer(SynapticLayer):
         # The wrapped Keras layer's own forward pass: W.x + b (activation None).
         return super(SpikingLayer, self).call(inputs)
 
+    def _linear(self, inputs, kernel):
+        """The layer's linear map on `kernel`, without bias."""
+        raise NotImplementedError
+
+    def connectivity(self, inputs):
+        return self._linear(inputs, nonzero_mask(self.kernel))
+
+    def reduced_precision_current(self, inputs, dtype):
+        # Spikes are small integers, exact in bfloat16; the kernel is rounded
+        # to the narrower type, and the products accumulate inside the kernel
+        # library (oneDNN and cuDNN accumulate bfloat16 in float32). The sum
+        # returns to the compute dtype before the bias, so membranes never
+        # hold a narrow type.
+        products = self._linear(ops.cast(inputs, dtype), ops.cast(self.kernel, dtype))
+        current = ops.cast(products, self.compute_dtype)
+        if not self.use_bias:
+            return current
+        bias = self.bias
+        if getattr(self, "data_format", "channels_last") == "channels_first":
+            bias = ops.reshape(bias, (1, -1) + (1,) * (len(current.shape) - 2))
+        return current + bias
+
     # Keras's weighted layers save only their own (possibly quantized) kernel
     # and bias; the generic Layer scheme saves every variable, threshold and
     # neuron parameters included.
@@ -88,13 +110,13 @@ class SpikingDense(_KerasSynapticLayer, keras.layers.Dense):
         super().__init__(units, activation=None, **kwargs)
         self._init_neuron(neuron, threshold)
 
-    def connectivity(self, inputs):
-        return ops.matmul(inputs, nonzero_mask(self.kernel))
+    def _linear(self, inputs, kernel):
+        return ops.matmul(inputs, kernel)
 
 
 class _SpikingConv(_KerasSynapticLayer):
-    def connectivity(self, inputs):
-        return self.convolution_op(inputs, nonzero_mask(self.kernel))
+    def _linear(self, inputs, kernel):
+        return self.convolution_op(inputs, kernel)
 
 
 @keras.saving.register_keras_serializable(package="keras_snn")
@@ -152,13 +174,13 @@ class SpikingConv1D(_SpikingConv, keras.layers.Conv1D):
         super().__init__(filters, kernel_size, activation=None, **kwargs)
         self._init_neuron(neuron, threshold)
 
-    def connectivity(self, inputs):
+    def _linear(self, inputs, kernel):
         if self.padding != "causal":
-            return super().connectivity(inputs)
+            return super()._linear(inputs, kernel)
         # Keras pads causal convolutions itself, then runs a valid convolution.
         return ops.conv(
             ops.pad(inputs, self._compute_causal_padding()),
-            nonzero_mask(self.kernel),
+            kernel,
             strides=list(self.strides),
             padding="valid",
             dilation_rate=self.dilation_rate,
@@ -195,10 +217,10 @@ class SpikingDepthwiseConv2D(_KerasSynapticLayer, keras.layers.DepthwiseConv2D):
         super().__init__(kernel_size, activation=None, **kwargs)
         self._init_neuron(neuron, threshold)
 
-    def connectivity(self, inputs):
+    def _linear(self, inputs, kernel):
         return ops.depthwise_conv(
             inputs,
-            nonzero_mask(self.kernel),
+            kernel,
             strides=self.strides,
             padding=self.padding,
             dilation_rate=self.dilation_rate,
