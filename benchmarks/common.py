@@ -57,6 +57,44 @@ def machine():
     )
 
 
+def forward_passes(forward, timesteps):
+    """`run(batches)`: `timesteps` plain forward passes per batch, the speed floor.
+
+    `forward` is one compiled forward function; the last output of each batch
+    is read back so the work is not left queued.
+    """
+    def run(batches):
+        for batch in batches:
+            for _ in range(timesteps):
+                out = forward(batch)
+            out.numpy()
+    return run
+
+
+def best_time(fn, repeats, warm_up=None):
+    """Best of `repeats` timed calls of `fn()` after one untimed `warm_up()`.
+
+    The warm-up (by default `fn` itself) pays for tracing and compilation;
+    the best time is the least disturbed by other work on a shared machine.
+    """
+    (warm_up or fn)()
+    times = []
+    for _ in range(repeats):
+        with Timer() as timer:
+            fn()
+        times.append(timer.seconds)
+    return min(times)
+
+
+def best_time_over(fn, batches, repeats):
+    """`best_time` of `fn(batches)`, warmed up on the first batch only.
+
+    The batches share one shape, so one batch traces and compiles all there
+    is, and a long run is not paid twice.
+    """
+    return best_time(lambda: fn(batches), repeats, warm_up=lambda: fn(batches[:1]))
+
+
 class Timer:
     def __enter__(self):
         self.start = time.perf_counter()

@@ -45,16 +45,6 @@ flags.DEFINE_integer("repeats", 2, "Timed repeats (the best is reported) after a
 SHAPES = {"dense_mnist": (28, 28, 1), "conv_mnist": (28, 28, 1), "conv_cifar": (32, 32, 3)}
 
 
-def best_time(fn):
-    fn()  # warm-up: tracing and compilation are not timed
-    times = []
-    for _ in range(FLAGS.repeats):
-        with common.Timer() as timer:
-            fn()
-        times.append(timer.seconds)
-    return min(times)
-
-
 def bfloat16_copy(model):
     """The same ANN under Keras's mixed_bfloat16 policy (a bfloat16 floor)."""
     policy = keras.mixed_precision.global_policy()
@@ -93,27 +83,24 @@ def main(_):
         for batch_size in (int(b) for b in FLAGS.batch_sizes):
             batches = [tf.constant(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
 
-            def ann_passes(fn):
-                def run():
-                    for batch in batches:
-                        for _ in range(FLAGS.timesteps):
-                            out = fn(batch)
-                        out.numpy()
-                return run
-
             def snn_run(model, ops):
-                def run():
+                def run(batches):
                     for batch in batches:
                         out = model(batch, return_ops=ops)
                         (out[0] if ops else out).numpy()
                 return run
 
-            floor = best_time(ann_passes(forward))
-            off = best_time(snn_run(snn, False))
-            on = best_time(snn_run(snn, True))
-            xla = best_time(snn_run(snn_xla, True)) if FLAGS.xla else float("nan")
-            bf16 = best_time(snn_run(snn_bf16, True)) if FLAGS.bfloat16 else float("nan")
-            floor_bf16 = best_time(ann_passes(forward_bf16)) if FLAGS.bfloat16 else float("nan")
+            def timed(fn, wanted=True):
+                return common.best_time_over(fn, batches, FLAGS.repeats) if wanted else float("nan")
+
+            floor = timed(common.forward_passes(forward, FLAGS.timesteps))
+            off = timed(snn_run(snn, False))
+            on = timed(snn_run(snn, True))
+            xla = timed(snn_run(snn_xla, True), FLAGS.xla)
+            bf16 = timed(snn_run(snn_bf16, True), FLAGS.bfloat16)
+            floor_bf16 = timed(
+                common.forward_passes(forward_bf16, FLAGS.timesteps), FLAGS.bfloat16
+            )
             print(
                 f"| {name} | {batch_size} | {floor:.2f} | {off:.2f} | {off / floor:.2f} | "
                 f"{on:.2f} | {on / floor:.2f} | {100 * (on / off - 1):+.0f}% | "
@@ -121,6 +108,7 @@ def main(_):
                 f"{floor_bf16:.2f} |",
                 flush=True,
             )
+
 
 if __name__ == "__main__":
     app.run(main)
