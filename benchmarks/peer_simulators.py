@@ -12,7 +12,19 @@ accuracy after T steps.
 
 Peers run in their own Python environments (they pin other framework
 versions), each as a subprocess given by a flag; a peer whose flag is empty
-is skipped:
+is skipped. Environments that work on Python 3.11 (see each runner's
+docstring for why the versions are pinned):
+
+    python3 -m venv /tmp/venv-sj
+    /tmp/venv-sj/bin/pip install torch==2.13.0
+    /tmp/venv-sj/bin/pip install --no-deps spikingjelly==2.0.0
+    /tmp/venv-sj/bin/pip install numpy tqdm loguru requests
+    python3 -m venv /tmp/venv-snntb
+    /tmp/venv-snntb/bin/pip install tensorflow-cpu==2.15.1 numpy==1.23.5
+    /tmp/venv-snntb/bin/pip install --no-deps snntoolbox==0.6.0
+
+(`--no-deps` keeps spikingjelly from pulling a CUDA torch and snntoolbox from
+asking for the `tensorflow` distribution next to `tensorflow-cpu`.) Then:
 
     python benchmarks/peer_simulators.py --data_dir /usr/share/datasets/fashion-mnist \\
         --model_dir /tmp/ksnn_models \\
@@ -115,12 +127,11 @@ def keras_snn_rows(model, x_train, x_test, y_test):
     return floor, rows
 
 
-def peer_row(python, runner, exchange_path):
+def peer_row(python, runner, arguments, exchange_path):
     """Run one peer in its own environment; returns its JSON report."""
     command = [
         python, os.path.join(PEERS_DIR, runner), "--exchange", exchange_path,
-        "--timesteps", str(FLAGS.timesteps), "--batch_size", str(FLAGS.batch_size),
-        "--repeats", str(FLAGS.repeats),
+        "--timesteps", str(FLAGS.timesteps), "--batch_size", str(FLAGS.batch_size), *arguments,
     ]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -133,9 +144,10 @@ def main(_):
     x_test, y_test = x_test[: FLAGS.items], y_test[: FLAGS.items]
     exchange_dir = FLAGS.exchange_dir or tempfile.mkdtemp(prefix="ksnn_peers_")
     os.makedirs(exchange_dir, exist_ok=True)
-    peers = [
-        (FLAGS.spikingjelly_python, "spikingjelly_run.py"),
-        (FLAGS.snntoolbox_python, "snntoolbox_run.py"),
+    peers = [  # (python, runner, runner-specific arguments)
+        (FLAGS.spikingjelly_python, "spikingjelly_run.py", ["--repeats", str(FLAGS.repeats)]),
+        (FLAGS.snntoolbox_python, "snntoolbox_run.py",
+         ["--workdir", os.path.join(exchange_dir, "snntoolbox")]),
     ]
     print(f"machine: {common.machine()}")
     print(f"protocol: {FLAGS.timesteps} steps over {len(x_test)} {FLAGS.dataset} test items, "
@@ -149,10 +161,10 @@ def main(_):
         write_exchange_file(exchange_path, model, x_test, y_test, x_train[: FLAGS.calibration])
         floor, rows = keras_snn_rows(model, x_train, x_test, y_test)
         notes = []
-        for python, runner in peers:
+        for python, runner, arguments in peers:
             if not python:
                 continue
-            report = peer_row(python, runner, exchange_path)
+            report = peer_row(python, runner, arguments, exchange_path)
             rows.append((report["simulator"], report["seconds"], report["accuracy"]))
             extra = {k: v for k, v in report.items() if k not in ("simulator", "seconds", "accuracy")}
             notes.append(f"{report['simulator']}: {json.dumps(extra)}")
