@@ -33,6 +33,7 @@ flags.DEFINE_float("percentile", 99.99, "Normalisation percentile.")
 flags.DEFINE_boolean("per_channel", False, "Per-channel ceilings.")
 flags.DEFINE_float("initial_membrane", 0.0, "Initial membrane (fraction of threshold).")
 flags.DEFINE_string("model_dir", None, "Cache trained ANNs here (reused when present).")
+flags.DEFINE_string("synapse_dtype", None, "SpikingModel synapse_dtype, e.g. bfloat16.")
 
 
 def main(_):
@@ -40,6 +41,7 @@ def main(_):
     x_eval, y_eval = x_test[: FLAGS.test_items], y_test[: FLAGS.test_items]
     steps = sorted(int(t) for t in FLAGS.timesteps)
     print(f"machine: {common.machine()}")
+    print(f"synapse_dtype: {FLAGS.synapse_dtype or 'float32 (default)'}")
     for name in FLAGS.models:
         model, seconds = common.train_or_load(
             lambda: getattr(applications, name)(input_shape=x_train.shape[1:]),
@@ -51,6 +53,7 @@ def main(_):
             percentile=FLAGS.percentile, per_channel=FLAGS.per_channel,
             initial_membrane=FLAGS.initial_membrane,
         )
+        snn = snn.with_options(synapse_dtype=FLAGS.synapse_dtype)
         accuracy = keras_snn.simulate(snn, x_eval, y_eval, timesteps=steps[-1], verbose=0).accuracy
         print(
             f"\n{name}: {FLAGS.epochs} epochs ({seconds:.0f} s training), ANN {100 * ann:.2f}%, "

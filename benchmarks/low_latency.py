@@ -31,6 +31,7 @@ flags.DEFINE_integer("levels", 8, "QReLU quantisation levels.")
 flags.DEFINE_integer("test_items", 1000, "Test images evaluated.")
 flags.DEFINE_integer("calibration", 2000, "Training images for percentile normalisation.")
 flags.DEFINE_string("model_dir", None, "Cache trained ANNs here (reused when present).")
+flags.DEFINE_string("synapse_dtype", None, "SpikingModel synapse_dtype, e.g. bfloat16.")
 
 STEPS = (1, 2, 4, 8, 16, 32, 64)
 
@@ -40,6 +41,7 @@ def main(_):
     x_eval, y_eval = x_test[: FLAGS.test_items], y_test[: FLAGS.test_items]
     shape = x_train.shape[1:]
     print(f"machine: {common.machine()}")
+    print(f"synapse_dtype: {FLAGS.synapse_dtype or 'float32 (default)'}")
     relu, _ = common.train_or_load(
         lambda: applications.conv_mnist(input_shape=shape), x_train, y_train, FLAGS.epochs,
         FLAGS.model_dir, f"{FLAGS.dataset}_conv_mnist_relu",
@@ -72,6 +74,7 @@ def main(_):
     print("|---|---|" + "---|" * len(STEPS))
     for label, model, kind, options in settings:
         snn = keras_snn.convert_model(model, **options)
+        snn = snn.with_options(synapse_dtype=FLAGS.synapse_dtype)
         accuracy = keras_snn.simulate(snn, x_eval, y_eval, timesteps=STEPS[-1], verbose=0).accuracy
         cells = " | ".join(f"{100 * accuracy[t - 1]:.2f}" for t in STEPS)
         print(f"| {label} | {100 * ann[kind]:.2f} | {cells} |")

@@ -112,7 +112,7 @@ def keras_snn_rows(model, x_train, x_test, y_test):
         per_channel=FLAGS.per_channel, initial_membrane=FLAGS.initial_membrane,
     )
     for label, dtype in (("keras_snn", None), ("keras_snn, bfloat16 synapses", "bfloat16")):
-        variant = keras_snn.SpikingModel(snn.network, timesteps=steps, synapse_dtype=dtype)
+        variant = snn.with_options(synapse_dtype=dtype)
         readouts = []
 
         def simulate(batches):

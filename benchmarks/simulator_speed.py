@@ -73,10 +73,8 @@ def main(_):
         ann = getattr(applications, name)(input_shape=shape)
         x = rng.random((FLAGS.items, *shape)).astype("float32")
         snn = keras_snn.convert_model(ann, x[:200], timesteps=FLAGS.timesteps)
-        snn_xla = keras_snn.SpikingModel(snn.network, timesteps=FLAGS.timesteps, xla=True)
-        snn_bf16 = keras_snn.SpikingModel(
-            snn.network, timesteps=FLAGS.timesteps, synapse_dtype="bfloat16"
-        )
+        snn_xla = snn.with_options(xla=True)
+        snn_bf16 = snn.with_options(synapse_dtype="bfloat16")
         forward = tf.function(lambda batch: ann(batch, training=False))
         ann_bf16 = bfloat16_copy(ann)
         forward_bf16 = tf.function(lambda batch: ann_bf16(batch, training=False))

@@ -42,7 +42,7 @@ def export_saved_model(snn, filepath, timesteps=None, verbose=False):
     if snn.stateful:
         raise ValueError(
             "A stateful SpikingModel keeps its state outside the graph and cannot be "
-            "served; export a stateful=False copy: SpikingModel(snn.network, ...)."
+            "served; export a stateful=False copy: snn.with_options(stateful=False)."
         )
     per_call_steps = None if timesteps is None else int(timesteps)
     shape = snn.network.inputs[0].shape[1:]

@@ -247,12 +247,11 @@ class SpikingModel(keras.Model):
             products of layers that receive spikes. Spikes (and event frames
             of small integer counts) are exact in bfloat16 and the products
             accumulate in float32, so the only rounding is the kernel's (8
-            significant bits) and the current's;
-            membranes, thresholds, the first layer's analog current and the
-            operation counts stay in full precision. Faster where the hardware
-            has bfloat16 units (recent x86 CPUs with AVX512-BF16 or AMX, TPUs,
-            GPUs from Ampere on); measure the accuracy at your T (see
-            benchmarks/RESULTS.md).
+            significant bits) and the current's; membranes, thresholds, the
+            first layer's analog current and the operation counts stay in
+            full precision. Faster where the hardware has bfloat16 units
+            (recent x86 CPUs with AVX512-BF16 or AMX, TPUs, GPUs from Ampere
+            on); measure the accuracy at your T (see benchmarks/RESULTS.md).
         head: optional Keras model applied to the readout after every step
             (hybrid inference, seed 004 C: the part of a network without a
             spiking form runs as an ANN on the spiking part's estimate).
@@ -588,6 +587,33 @@ class SpikingModel(keras.Model):
 
         return export_saved_model(self, filepath, timesteps=timesteps, verbose=verbose)
 
+    def with_options(self, **options):
+        """A SpikingModel on the same network with some simulation options changed.
+
+        The network (layers and weights) and the head are shared, not copied:
+        training one trains the other. Options are the constructor's:
+        `timesteps`, `stateful`, `batch_size`, `xla`, `head`, `dropout`,
+        `synapse_dtype`. A stateful model's stream state is not carried over.
+
+        Example:
+
+        >>> import keras, numpy as np
+        >>> from keras_snn import layers
+        >>> inputs = keras.Input((4,))
+        >>> x = layers.SpikingDense(3, neuron=None)(layers.AnalogInput()(inputs))
+        >>> snn = SpikingModel(keras.Model(inputs, layers.Readout()(x)), timesteps=10)
+        >>> fast = snn.with_options(synapse_dtype="bfloat16", timesteps=5)
+        >>> fast.network is snn.network, fast.timesteps, fast.synapse_dtype
+        (True, 5, 'bfloat16')
+        """
+        current = self._options()
+        unknown = sorted(set(options) - set(current))
+        if unknown:
+            raise TypeError(
+                f"with_options() got unknown option(s) {unknown}; options are {sorted(current)}."
+            )
+        return type(self)(self.network, **{**current, **options})
+
     def reset_state(self):
         """Return a stateful model to rest (membranes at their initial value)."""
         if self._state is not None:
@@ -605,11 +631,18 @@ class SpikingModel(keras.Model):
         return {
             "name": self.name,
             "network": keras.saving.serialize_keras_object(self.network),
+            **self._options(),
+            "head": None if self.head is None else keras.saving.serialize_keras_object(self.head),
+        }
+
+    def _options(self):
+        """The constructor's simulation options, as set."""
+        return {
             "timesteps": self.timesteps,
             "stateful": self.stateful,
             "batch_size": self.batch_size,
             "xla": self.xla,
-            "head": None if self.head is None else keras.saving.serialize_keras_object(self.head),
+            "head": self.head,
             "dropout": self.dropout,
             "synapse_dtype": self.synapse_dtype,
         }

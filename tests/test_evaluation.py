@@ -106,7 +106,7 @@ def test_bad_input_errors():
         keras_snn.simulate(snn, np.zeros((3, 3, 2), "float32"), LABELS, verbose=0)
     with pytest.raises(ValueError, match="rank 3"):
         keras_snn.simulate(snn, np.zeros((2, 2), "float32"), verbose=0)
-    stateful = SpikingModel(snn.network, stateful=True, batch_size=2)
+    stateful = snn.with_options(stateful=True, batch_size=2)
     with pytest.raises(ValueError, match="stateful"):
         keras_snn.simulate(stateful, FRAMES, verbose=0)
 

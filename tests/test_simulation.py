@@ -269,6 +269,22 @@ def test_static_current_is_computed_once_outside_the_loop():
     assert matmuls == 1 and outer == 1
 
 
+def test_with_options_shares_the_network_and_changes_only_what_is_asked():
+    snn = SpikingModel(small_network(), timesteps=6, dropout=0.1)
+    x = np.random.default_rng(0).random((2, 4)).astype("float32")
+    copy = snn.with_options(timesteps=3)
+    assert copy.network is snn.network and copy.dropout == 0.1 and copy.timesteps == 3
+    before = copy(x)
+    np.testing.assert_array_equal(before, snn(x)[:, :3])
+    layer = snn.network.layers[2]
+    layer.kernel.assign(layer.kernel * 2.0)  # shared weights: the copy sees it
+    after = copy(x)
+    assert not np.array_equal(after, before)
+    np.testing.assert_array_equal(after, snn(x)[:, :3])
+    with pytest.raises(TypeError, match="'timestep'.*options are"):
+        snn.with_options(timestep=3)
+
+
 # ------------------------------------------------------------------ errors
 def test_network_errors_name_the_layer():
     inputs = keras.Input((4,))
