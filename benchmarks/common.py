@@ -86,13 +86,23 @@ def best_time(fn, repeats, warm_up=None):
     return min(times)
 
 
-def best_time_over(fn, batches, repeats):
-    """`best_time` of `fn(batches)`, warmed up on the first batch only.
+def best_times_interleaved(fns, batches, repeats):
+    """Best time of each `fn(batches)`, the functions taking turns in every round.
 
-    The batches share one shape, so one batch traces and compiles all there
-    is, and a long run is not paid twice.
+    Each function is warmed up on the first batch; then every round times
+    each function once. Taking turns spreads slow drifts in machine load
+    (other processes, clock changes) over all the functions instead of
+    charging them to whichever ran during the slow spell.
     """
-    return best_time(lambda: fn(batches), repeats, warm_up=lambda: fn(batches[:1]))
+    for fn in fns:
+        fn(batches[:1])
+    best = [float("inf")] * len(fns)
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            with Timer() as timer:
+                fn(batches)
+            best[i] = min(best[i], timer.seconds)
+    return best
 
 
 class Timer:

@@ -104,26 +104,28 @@ def keras_snn_rows(model, x_train, x_test, y_test):
     batches = [tf.constant(x_test[i : i + batch_size]) for i in range(0, len(x_test), batch_size)]
     forward = tf.function(lambda batch: model(batch, training=False))
 
-    floor = common.best_time_over(common.forward_passes(forward, steps), batches, FLAGS.repeats)
-    ann_accuracy = common.ann_accuracy(model, x_test, y_test)
-    rows = [(f"Keras ANN, {steps} forward passes (the floor)", floor, ann_accuracy)]
     snn = keras_snn.convert_model(
         model, x_train[: FLAGS.calibration], timesteps=steps, normalization="percentile",
         per_channel=FLAGS.per_channel, initial_membrane=FLAGS.initial_membrane,
     )
-    for label, dtype in (("keras_snn", None), ("keras_snn, bfloat16 synapses", "bfloat16")):
-        variant = snn.with_options(synapse_dtype=dtype)
-        readouts = []
 
-        def simulate(batches):
-            readouts.clear()
-            for batch in batches:
-                readout, _ = variant(batch, return_ops=True)
-                readouts.append(readout[:, -1].numpy())
+    def simulator(variant):
+        """`run(batches)` that keeps the last step's readout of its latest run."""
+        def run(batches):
+            run.readouts = [variant(batch, return_ops=True)[0][:, -1].numpy() for batch in batches]
+        return run
 
-        seconds = common.best_time_over(simulate, batches, FLAGS.repeats)
-        accuracy = float((np.concatenate(readouts).argmax(-1) == y_test).mean())
-        rows.append((f"{label} (ops counted)", seconds, accuracy))
+    labels = ["keras_snn (ops counted)", "keras_snn, bfloat16 synapses (ops counted)"]
+    runs = [simulator(snn), simulator(snn.with_options(synapse_dtype="bfloat16"))]
+    floor, *seconds = common.best_times_interleaved(
+        [common.forward_passes(forward, steps), *runs], batches, FLAGS.repeats
+    )
+    rows = [(f"Keras ANN, {steps} forward passes (the floor)", floor,
+             common.ann_accuracy(model, x_test, y_test))]
+    for label, run, taken in zip(labels, runs, seconds):
+        # The last timed run covered every batch.
+        accuracy = float((np.concatenate(run.readouts).argmax(-1) == y_test).mean())
+        rows.append((label, taken, accuracy))
     return floor, rows
 
 

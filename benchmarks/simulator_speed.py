@@ -88,17 +88,23 @@ def main(_):
                         (out[0] if ops else out).numpy()
                 return run
 
-            def timed(fn, wanted=True):
-                return common.best_time_over(fn, batches, FLAGS.repeats) if wanted else float("nan")
-
-            floor = timed(common.forward_passes(forward, FLAGS.timesteps))
-            off = timed(snn_run(snn, False))
-            on = timed(snn_run(snn, True))
-            xla = timed(snn_run(snn_xla, True), FLAGS.xla)
-            bf16 = timed(snn_run(snn_bf16, True), FLAGS.bfloat16)
-            floor_bf16 = timed(
-                common.forward_passes(forward_bf16, FLAGS.timesteps), FLAGS.bfloat16
-            )
+            variants = {
+                "floor": common.forward_passes(forward, FLAGS.timesteps),
+                "off": snn_run(snn, False),
+                "on": snn_run(snn, True),
+            }
+            if FLAGS.xla:
+                variants["xla"] = snn_run(snn_xla, True)
+            if FLAGS.bfloat16:
+                variants["bf16"] = snn_run(snn_bf16, True)
+                variants["floor_bf16"] = common.forward_passes(forward_bf16, FLAGS.timesteps)
+            seconds = dict(zip(variants, common.best_times_interleaved(
+                list(variants.values()), batches, FLAGS.repeats
+            )))
+            floor, off, on = seconds["floor"], seconds["off"], seconds["on"]
+            nan = float("nan")
+            xla, bf16 = seconds.get("xla", nan), seconds.get("bf16", nan)
+            floor_bf16 = seconds.get("floor_bf16", nan)
             print(
                 f"| {name} | {batch_size} | {floor:.2f} | {off:.2f} | {off / floor:.2f} | "
                 f"{on:.2f} | {on / floor:.2f} | {100 * (on / off - 1):+.0f}% | "
