@@ -269,6 +269,19 @@ def test_static_current_is_computed_once_outside_the_loop():
     assert matmuls == 1 and outer == 1
 
 
+def test_synapse_dtype_rounds_only_the_spike_fed_products():
+    # The hidden layer reads analog input (full precision, so identical
+    # spikes); only the output layer's products on those spikes are rounded.
+    snn = SpikingModel(small_network(), timesteps=8)
+    narrow = snn.with_options(synapse_dtype="bfloat16")
+    x = np.random.default_rng(1).random((4, 4)).astype("float32")
+    full_run, narrow_run = snn.run(x), narrow.run(x)
+    for layer, events in full_run["spike_events"].items():
+        np.testing.assert_array_equal(narrow_run["spike_events"][layer], events)
+    assert not np.array_equal(narrow_run["readout"], full_run["readout"])
+    np.testing.assert_allclose(narrow_run["readout"], full_run["readout"], atol=0.05)
+
+
 def test_with_options_shares_the_network_and_changes_only_what_is_asked():
     snn = SpikingModel(small_network(), timesteps=6, dropout=0.1)
     x = np.random.default_rng(0).random((2, 4)).astype("float32")
