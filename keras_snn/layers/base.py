@@ -137,6 +137,16 @@ class SynapticLayer(SpikingLayer):
         units; the current comes back in the layer's compute dtype. Layers
         whose map has no weight products (pooling, addition) gain nothing
         from it and compute in full precision, which is this default.
+
+        Example:
+
+        >>> import numpy as np
+        >>> from keras_snn.layers import SpikingDense
+        >>> layer = SpikingDense(2, kernel_initializer="ones")
+        >>> layer.build((None, 3))
+        >>> spikes = np.array([[1.0, 0.0, 1.0]], "float32")
+        >>> np.asarray(layer.reduced_precision_current(spikes, "bfloat16")).tolist()
+        [[2.0, 2.0]]
         """
         del dtype
         return self.compute_current(inputs)
