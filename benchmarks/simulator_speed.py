@@ -46,13 +46,17 @@ SHAPES = {"dense_mnist": (28, 28, 1), "conv_mnist": (28, 28, 1), "conv_cifar": (
 
 
 def bfloat16_copy(model):
-    """The same ANN under Keras's mixed_bfloat16 policy (a bfloat16 floor)."""
-    policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
-        copy = keras.models.clone_model(model)
-    finally:
-        keras.mixed_precision.set_global_policy(policy)
+    """The same ANN with every layer under Keras's mixed_bfloat16 policy.
+
+    Layer configs carry their own dtype policy, so the global policy would
+    not reach a clone; each layer is rebuilt from its config with the policy.
+    """
+    copy = keras.models.clone_model(
+        model,
+        clone_function=lambda layer: type(layer).from_config(
+            {**layer.get_config(), "dtype": "mixed_bfloat16"}
+        ),
+    )
     copy.set_weights(model.get_weights())
     return copy
 

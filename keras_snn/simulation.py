@@ -242,16 +242,19 @@ class SpikingModel(keras.Model):
             `reset_state()`; needs `batch_size`.
         batch_size: fixed batch size of a stateful model.
         xla: compile the time loop with XLA (`jit_compile`).
-        synapse_dtype: None (default: the products run in the model's dtype)
-            or a narrower float type such as "bfloat16" for the weight
-            products of layers that receive spikes. Spikes (and event frames
-            of small integer counts) are exact in bfloat16 and the products
-            accumulate in float32, so the only rounding is the kernel's (8
-            significant bits) and the current's; membranes, thresholds, the
-            first layer's analog current and the operation counts stay in
-            full precision. Faster where the hardware has bfloat16 units
-            (recent x86 CPUs with AVX512-BF16 or AMX, TPUs, GPUs from Ampere
-            on); measure the accuracy at your T (see benchmarks/RESULTS.md).
+        synapse_dtype: None (default: the products run in the model's dtype),
+            "bfloat16" or "float16": the type of the weight products of
+            layers that receive spikes. Binary, multi-bit and negative spikes
+            (and event frames of small integer counts) are exact in these
+            types; the kernel is rounded (8 significant bits in bfloat16) and
+            so is each product sum, which oneDNN and cuDNN accumulate in
+            float32. Membranes, thresholds, the first layer's analog current
+            and the operation counts stay in full precision. Also rounded:
+            event frames that are not small integers, and in training with
+            `dropout` the spikes scaled by 1/(1 - dropout). Faster where the
+            hardware has bfloat16 units (recent x86 CPUs with AVX512-BF16 or
+            AMX, TPUs, GPUs from Ampere on); measure the accuracy at your T
+            (see benchmarks/RESULTS.md).
         head: optional Keras model applied to the readout after every step
             (hybrid inference, seed 004 C: the part of a network without a
             spiking form runs as an ANN on the spiking part's estimate).
@@ -593,7 +596,9 @@ class SpikingModel(keras.Model):
         The network (layers and weights) and the head are shared, not copied:
         training one trains the other. Options are the constructor's:
         `timesteps`, `stateful`, `batch_size`, `xla`, `head`, `dropout`,
-        `synapse_dtype`. A stateful model's stream state is not carried over.
+        `synapse_dtype`. Not carried over: a stateful model's stream state,
+        the model's `name` and its `compile()` state (compile the new model
+        to train or evaluate it).
 
         Example:
 
@@ -694,19 +699,20 @@ def _batch_major(stacked):
     return tf.transpose(stacked, [1, 0] + list(range(2, rank)))
 
 
+_SYNAPSE_DTYPES = ("bfloat16", "float16")
+
+
 def _check_synapse_dtype(value):
-    if value is None:
+    """None, or the name of a narrow float type the products may run in."""
+    if value is None or value == "float32":  # float32 is the default itself
         return None
-    try:
-        dtype = tf.as_dtype(value)
-    except TypeError:
-        dtype = None
-    if dtype is None or not dtype.is_floating:
+    name = getattr(value, "name", value)
+    if name not in _SYNAPSE_DTYPES:
         raise ValueError(
-            "`synapse_dtype` must be None or a float type name such as 'bfloat16' or "
-            f"'float16'; received {value!r}."
+            f"`synapse_dtype` must be None, {' or '.join(repr(d) for d in _SYNAPSE_DTYPES)}; "
+            f"received {value!r}."
         )
-    return dtype.name
+    return name
 
 
 def _check_timesteps(value, name):

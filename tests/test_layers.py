@@ -173,11 +173,24 @@ def test_bad_arguments_raise(make, error, message):
 
 
 # ------------------------------------------------ reduced-precision synapses
+def spy_on_reduced_precision(network):
+    """Record the names of the layers whose reduced-precision current runs."""
+    called = set()
+    for layer in network.layers:
+        if isinstance(layer, layers.SynapticLayer):
+            def spy(inputs, dtype, layer=layer, original=layer.reduced_precision_current):
+                called.add(layer.name)
+                return original(inputs, dtype)
+            layer.reduced_precision_current = spy
+    return called
+
+
 @pytest.mark.parametrize("make", NETWORKS, ids=lambda f: f.__name__)
 def test_bfloat16_synapses_are_exact_when_the_weights_are(make):
-    # Spikes are small integers and weights on a 1/4 grid below 1 in
-    # magnitude are bfloat16 numbers; every partial sum here stays below 64,
-    # where bfloat16 still resolves quarters, so nothing may round.
+    # Spikes are small integers (event frames here are halves) and weights
+    # on a 1/4 grid below 1 in magnitude are bfloat16 numbers, so products
+    # are multiples of 1/8; every partial sum here stays below 32, where
+    # bfloat16 still resolves eighths, so nothing may round.
     network, shape = make()
     rng = np.random.default_rng(3)
     for layer in network.layers:
@@ -188,12 +201,44 @@ def test_bfloat16_synapses_are_exact_when_the_weights_are(make):
         ])
     x = (rng.integers(0, 3, size=shape) / 2).astype("float32")  # event frames too
     full = SpikingModel(network, timesteps=6).run(x)
+    called = spy_on_reduced_precision(network)
     narrow_model = SpikingModel(network, timesteps=6, synapse_dtype="bfloat16")
     narrow = narrow_model.run(x)
     np.testing.assert_array_equal(narrow["readout"], full["readout"])
     np.testing.assert_array_equal(narrow["synaptic_ops"], full["synaptic_ops"])
+    # Every synaptic layer took the narrow path, except those reading analog
+    # input (their current is computed once, in full precision).
+    analog = [layer.output for layer in network.layers if isinstance(layer, layers.AnalogInput)]
+    expected = {
+        layer.name for layer in network.layers
+        if isinstance(layer, layers.SynapticLayer) and not any(layer.input is a for a in analog)
+    }
+    assert called == expected
     restored = SpikingModel.from_config(narrow_model.get_config())
     assert restored.synapse_dtype == "bfloat16"
+
+
+@pytest.mark.parametrize("layer_class, kwargs", [
+    (layers.SpikingConv2D, {"filters": 3, "kernel_size": 3, "padding": "same"}),
+    (layers.SpikingDepthwiseConv2D, {"kernel_size": 3, "padding": "same", "depth_multiplier": 2}),
+])
+def test_bfloat16_current_puts_the_bias_on_the_channel_axis(layer_class, kwargs):
+    # Grid weights make both layouts exact, so they must agree to the bit.
+    rng = np.random.default_rng(5)
+    spikes = (rng.random((2, 6, 6, 2)) < 0.5).astype("float32")
+    currents = {}
+    for data_format in ("channels_last", "channels_first"):
+        layer = layer_class(data_format=data_format, **kwargs)
+        shape = spikes.shape if data_format == "channels_last" else (2, 2, 6, 6)
+        layer.build((None,) + shape[1:])
+        if not currents:
+            weights = [(rng.integers(-4, 5, size=w.shape) / 4).astype("float32") for w in layer.get_weights()[:2]]
+            weights[1] = weights[1] + 10.0  # a bias on the wrong axis would show
+        layer.set_weights(weights + [np.float32(1)])
+        x = spikes if data_format == "channels_last" else spikes.transpose(0, 3, 1, 2)
+        current = np.asarray(layer.reduced_precision_current(x, "bfloat16"))
+        currents[data_format] = current if data_format == "channels_last" else current.transpose(0, 2, 3, 1)
+    np.testing.assert_array_equal(currents["channels_first"], currents["channels_last"])
 
 
 def test_bfloat16_current_error_is_bounded_by_weight_rounding():
@@ -209,4 +254,5 @@ def test_bfloat16_current_error_is_bounded_by_weight_rounding():
     narrow = layer.reduced_precision_current(spikes, "bfloat16").numpy() - layer.bias.numpy()
     bound = 2.0**-8 * (spikes @ np.abs(kernel) + np.abs(exact)) + 1e-5
     assert np.all(np.abs(narrow - exact) <= bound)
-    assert np.any(narrow != exact)  # it did run in bfloat16
+    # It did run in bfloat16: float32 would be within ~1e-5.
+    assert np.abs(narrow - exact).max() > 1e-3

@@ -269,7 +269,7 @@ def test_static_current_is_computed_once_outside_the_loop():
     assert matmuls == 1 and outer == 1
 
 
-def test_synapse_dtype_rounds_only_the_spike_fed_products():
+def test_bfloat16_output_current_differs_from_float32_by_rounding_only():
     # The hidden layer reads analog input (full precision, so identical
     # spikes); only the output layer's products on those spikes are rounded.
     snn = SpikingModel(small_network(), timesteps=8)
@@ -317,7 +317,7 @@ def test_call_and_constructor_errors():
     network = small_network()
     with pytest.raises(ValueError, match="timesteps"):
         SpikingModel(network, timesteps=0)
-    for dtype in ("int8", "spikes"):
+    for dtype in ("int8", "spikes", "float64", "float8_e4m3fn"):
         with pytest.raises(ValueError, match="synapse_dtype"):
             SpikingModel(network, synapse_dtype=dtype)
     with pytest.raises(ValueError, match="batch_size"):
