@@ -185,12 +185,13 @@ def spy_on_reduced_precision(network):
     return called
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 @pytest.mark.parametrize("make", NETWORKS, ids=lambda f: f.__name__)
-def test_bfloat16_synapses_are_exact_when_the_weights_are(make):
+def test_narrow_synapses_are_exact_when_the_weights_are(make, dtype):
     # Spikes are small integers (event frames here are halves) and weights
     # on a 1/4 grid below 1 in magnitude are bfloat16 numbers, so products
     # are multiples of 1/8; every partial sum here stays below 32, where
-    # bfloat16 still resolves eighths, so nothing may round.
+    # bfloat16 (and float16, finer) still resolves eighths, so nothing may round.
     network, shape = make()
     rng = np.random.default_rng(3)
     for layer in network.layers:
@@ -202,7 +203,7 @@ def test_bfloat16_synapses_are_exact_when_the_weights_are(make):
     x = (rng.integers(0, 3, size=shape) / 2).astype("float32")  # event frames too
     full = SpikingModel(network, timesteps=6).run(x)
     called = spy_on_reduced_precision(network)
-    narrow_model = SpikingModel(network, timesteps=6, synapse_dtype="bfloat16")
+    narrow_model = SpikingModel(network, timesteps=6, synapse_dtype=dtype)
     narrow = narrow_model.run(x)
     np.testing.assert_array_equal(narrow["readout"], full["readout"])
     np.testing.assert_array_equal(narrow["synaptic_ops"], full["synaptic_ops"])
@@ -215,7 +216,7 @@ def test_bfloat16_synapses_are_exact_when_the_weights_are(make):
     }
     assert called == expected
     restored = SpikingModel.from_config(narrow_model.get_config())
-    assert restored.synapse_dtype == "bfloat16"
+    assert restored.synapse_dtype == dtype
 
 
 @pytest.mark.parametrize("layer_class, kwargs", [
