@@ -233,12 +233,17 @@ def test_bfloat16_current_puts_the_bias_on_the_channel_axis(layer_class, kwargs)
         shape = spikes.shape if data_format == "channels_last" else (2, 2, 6, 6)
         layer.build((None,) + shape[1:])
         if not currents:
-            weights = [(rng.integers(-4, 5, size=w.shape) / 4).astype("float32") for w in layer.get_weights()[:2]]
+            weights = [
+                (rng.integers(-4, 5, size=w.shape) / 4).astype("float32")
+                for w in layer.get_weights()[:2]
+            ]
             weights[1] = weights[1] + 10.0  # a bias on the wrong axis would show
         layer.set_weights(weights + [np.float32(1)])
         x = spikes if data_format == "channels_last" else spikes.transpose(0, 3, 1, 2)
         current = np.asarray(layer.reduced_precision_current(x, "bfloat16"))
-        currents[data_format] = current if data_format == "channels_last" else current.transpose(0, 2, 3, 1)
+        if data_format == "channels_first":
+            current = current.transpose(0, 2, 3, 1)
+        currents[data_format] = current
     np.testing.assert_array_equal(currents["channels_first"], currents["channels_last"])
 
 
