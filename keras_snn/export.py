@@ -205,11 +205,11 @@ class _NIRBuilder:
         elif isinstance(layer, snn_layers.SpikingInput):
             self._follow_layout(node, sources)
             self.tails[key] = [self._neuron(layer, layer.neuron, layer.threshold, key, sources)]
+        elif isinstance(layer, snn_layers.PoissonInput):
+            self._refuse(layer, "random rate coding has no NIR node; use AnalogInput or SpikingInput.")
         elif any(k in self.native for k in node.input_keys) and len(self.shapes[key]) > 2:
             self._refuse(layer, "reads channels_first values that the network did not move "
                          "channels-last; NIR export expects channels-last Keras layers.")
-        elif isinstance(layer, snn_layers.PoissonInput):
-            self._refuse(layer, "random rate coding has no NIR node; use AnalogInput or SpikingInput.")
         elif isinstance(layer, snn_layers.SynapticLayer):
             synapse = self._synapse(node, sources)
             if layer.neuron is None:

@@ -223,8 +223,12 @@ def test_feature_map_output_and_head_come_back_channels_first():
     # A head after a channels_first map receives it channels_first.
     pooled = keras.layers.GlobalAveragePooling2D(data_format=FIRST, name="gap")(ann.output)
     with_head = keras.Model(ann.inputs, keras.layers.Dense(2, name="out")(pooled))
-    hybrid = keras_snn.convert_model(with_head, x_first, head="gap", normalization="max")
-    assert hybrid(x_first[:4], timesteps=8).shape == (4, 8, 2)
+    hybrid = keras_snn.convert_model(with_head, x_first, head="gap", normalization="max",
+                                     initial_membrane=0.5)
+    got = hybrid(x_first[:16], timesteps=256).numpy()
+    expected = tf.function(with_head, jit_compile=True)(x_first[:16]).numpy()
+    assert got.shape == (16, 256, 2)
+    assert np.abs(got[:, -1] - expected).mean() < 0.02 * np.abs(expected).max()
 
 
 def test_converted_channels_first_model_saves_and_reloads(tmp_path):

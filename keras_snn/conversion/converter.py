@@ -9,6 +9,7 @@ The pipeline (DESIGN.md section 4), each step on a copy, never the user's model:
 3. fold BatchNormalization / Rescaling / Normalization into weights (`folding.py`);
 4. fuse each weighted layer (or residual Add) with the ReLU after it into a
    spiking layer; the last weighted layer becomes the non-spiking readout;
+   a channels_first model is rewritten to run channels-last (`layout.py`);
 5. build the spiking network with the folded weights, measure each layer's
    activation ceiling lambda (a known bound, or a percentile of calibration
    activations), and rescale: `W <- W * lambda_in / lambda_out`,
@@ -30,7 +31,7 @@ from keras_snn.conversion.calibration import analog_forward
 from keras_snn.conversion.calibration import calibration_batches
 from keras_snn.conversion.errors import ConversionError
 from keras_snn.conversion.folding import fold_affines
-from keras_snn.conversion.layout import to_channels_last
+from keras_snn.conversion.layout import rewrite_to_channels_last
 from keras_snn.conversion.rules import find_rule
 from keras_snn.graph import layer_graph
 from keras_snn.simulation import SpikingModel
@@ -66,6 +67,11 @@ def convert_model(
     (a weighted spiking add), a final softmax (dropped: argmax is unchanged),
     and nested models. MaxPooling, LeakyReLU, sigmoid/tanh and anything else
     raise `ConversionError` naming the layer.
+
+    channels_first models convert too: the spiking network runs channels-last
+    (rewritten once here, see `keras_snn.conversion.layout`, so it needs no
+    NCHW kernels) and still takes channels_first input; a feature-map output
+    is returned channels_first.
 
     Normalisation: every spiking layer fires at most `spike_max` per step at
     its activation ceiling lambda. lambda comes from a QReLU's learned bound
@@ -139,7 +145,7 @@ def convert_model(
     if tail is not None:
         tail = _hand_over_to_head(ops, output_key, tail)
     _check_kinds(ops, graph.input_keys[0], output_key)
-    layout = to_channels_last(
+    layout = rewrite_to_channels_last(
         ops, graph.input_keys[0], tuple(keras_model.inputs[0].shape[1:]), output_key
     )
     if isinstance(options.neuron, str) and options.neuron == "auto":
@@ -425,7 +431,8 @@ class _NetworkBuilder:
             "poisson": lambda: snn_layers.PoissonInput(seed=0, name=self._name("poisson_input")),
         }[options.input_encoding]()
         self.encoder = encoder
-        tensors = {self.input_key: self._change_layout(encoder(inputs), "input_dims", "to_channels_last")}
+        encoded = self._change_layout(encoder(inputs), "input_dims", "to_channels_last")
+        tensors = {self.input_key: encoded}
         self.held_frame_shape = tuple(tensors[self.input_key].shape[1:])
         spikes = {self.input_key: options.input_encoding != "analog"}
         for op in self.ops:

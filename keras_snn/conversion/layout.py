@@ -49,7 +49,7 @@ class ChannelsLastPlan:
     output_dims: tuple = None  # before the readout: back to channels_first
 
 
-def to_channels_last(ops, input_key, input_shape, output_key):
+def rewrite_to_channels_last(ops, input_key, input_shape, output_key):
     """Rewrite `ops` (in place) of a channels_first model to run channels-last.
 
     Args:
@@ -100,10 +100,10 @@ def _to_first_dims(rank):
 
 
 def _data_format(op):
-    return (getattr(op, "config", None) or {}).get("data_format") or (
-        getattr(getattr(op, "layer", None), "data_format", None)
-        if isinstance(op, ir.Shape) and _is_spatial(op.layer) else None
-    )
+    """The data_format an op declares (convolution, pooling, spatial shape layer), or None."""
+    if isinstance(op, ir.Shape):
+        return op.layer.data_format if _is_spatial(op.layer) else None
+    return (getattr(op, "config", None) or {}).get("data_format")
 
 
 def _is_spatial(layer):

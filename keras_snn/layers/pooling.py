@@ -15,8 +15,8 @@ import keras
 from keras import ops
 
 from keras_snn.layers.base import SynapticLayer
-from keras_snn.layers.synaptic import to_channels_first
-from keras_snn.layers.synaptic import to_channels_last
+from keras_snn.layers.synaptic import transpose_to_channels_first
+from keras_snn.layers.synaptic import transpose_to_channels_last
 
 
 class _Layout:
@@ -48,8 +48,8 @@ class _Layout:
         """`function` (a channels-last map) applied in this layer's layout."""
         if self.data_format != "channels_first":
             return function(inputs)
-        outputs = function(to_channels_last(inputs))
-        return to_channels_first(outputs) if len(outputs.shape) > 2 else outputs
+        outputs = function(transpose_to_channels_last(inputs))
+        return transpose_to_channels_first(outputs) if len(outputs.shape) > 2 else outputs
 
 
 class _SpikingAveragePooling(_Layout, SynapticLayer, keras.layers.Layer):

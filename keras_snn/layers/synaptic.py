@@ -138,7 +138,8 @@ class _ChannelsLastConvolution(_KerasSynapticLayer):
     def _linear(self, inputs, kernel):
         if self.data_format != "channels_first":
             return self._convolve(inputs, kernel)
-        return to_channels_first(self._convolve(to_channels_last(inputs), kernel))
+        outputs = self._convolve(transpose_to_channels_last(inputs), kernel)
+        return transpose_to_channels_first(outputs)
 
     def compute_current(self, inputs):
         if self.data_format != "channels_first":
@@ -271,13 +272,13 @@ class SpikingDepthwiseConv2D(_ChannelsLastConvolution, keras.layers.DepthwiseCon
         )
 
 
-def to_channels_last(x):
+def transpose_to_channels_last(x):
     """`(batch, channels, *spatial)` -> `(batch, *spatial, channels)`."""
     rank = len(x.shape)
     return ops.transpose(x, (0, *range(2, rank), 1))
 
 
-def to_channels_first(x):
+def transpose_to_channels_first(x):
     """`(batch, *spatial, channels)` -> `(batch, channels, *spatial)`."""
     rank = len(x.shape)
     return ops.transpose(x, (0, rank - 1, *range(1, rank - 1)))
