@@ -238,6 +238,10 @@ class _NIRBuilder:
     def _synapse(self, node, sources):
         layer, key, nir = node.layer, node.key, self.nir
         name = self._name(key)
+        if getattr(layer, "data_format", "channels_last") == "channels_first":
+            self._refuse(layer, "NIR export reads channels_last layers; convert the model with "
+                         "keras_snn.convert_model, which builds channels_last layers from a "
+                         "channels_first model.")
         if isinstance(layer, snn_layers.SpikingAdd):
             names = []
             weights = np.asarray(layer.branch_weights)

@@ -8,6 +8,7 @@ logits come from the twin, and once from the channels_first ANN itself under
 XLA (which has its own NCHW convolutions on the CPU).
 """
 
+import importlib.util
 import os
 
 import keras
@@ -207,6 +208,29 @@ def test_one_transpose_after_the_encoder_and_spiking_input_works_too():
     assert poisson(channels_first(data[:2]), timesteps=4).shape == (2, 4, 4)
 
 
+def transposes_per_step(snn, x):
+    """Transpose ops inside the compiled time loop's body, from the traced graph."""
+    traced = tf.function(lambda inputs: snn(inputs, timesteps=4)).get_concrete_function(
+        tf.TensorSpec((None,) + x.shape[1:], tf.float32)
+    )
+    bodies = [
+        function for function in traced.graph.as_graph_def().library.function
+        if "while_body" in function.signature.name
+    ]
+    assert bodies, "no time loop found in the traced graph"
+    return sum(node.op == "Transpose" for body in bodies for node in body.node_def)
+
+
+def test_analog_input_is_transposed_outside_the_time_loop():
+    # The default analog input does not change over time: its one transpose
+    # runs before the loop, so each step does exactly the twin's work.
+    first, last, data = twins(conv_net)
+    snn_first = keras_snn.convert_model(first, channels_first(data))
+    snn_last = keras_snn.convert_model(last, data)
+    assert transposes_per_step(snn_first, channels_first(data[:2])) == 0
+    assert transposes_per_step(snn_last, data[:2]) == 0
+
+
 def test_feature_map_output_and_head_come_back_channels_first():
     inputs = keras.Input((2, 8, 8))
     x = keras.layers.Conv2D(4, 3, activation="relu", data_format=FIRST, name="conv")(inputs)
@@ -324,3 +348,7 @@ def test_hand_built_channels_first_network_runs_on_any_cpu():
     snn = keras_snn.SpikingModel(keras.Model(inputs, snn_layers.Readout()(x)), timesteps=4)
     out = snn.run(channels_first(IMAGES[:2]))
     assert out["readout"].shape == (2, 4, 3) and np.all(np.isfinite(out["readout"]))
+    # NIR export reads channels-last layers only, and says so.
+    if importlib.util.find_spec("nir") is not None:
+        with pytest.raises(keras_snn.NIRExportError, match="channels_last"):
+            keras_snn.export_nir(snn, "unused.nir", approximate=True)
