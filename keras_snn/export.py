@@ -78,7 +78,10 @@ def export_nir(snn, filepath, approximate=False):
     after normalisation, one value per neuron) and `Output` (the readout's
     input: NIR has no time average, so a NIR simulator reports the per-step
     current that keras_snn averages). Weights and shapes are channels-first, as
-    NIR expects; a Dense after Flatten gets its inputs reordered to match.
+    NIR expects; a Dense after Flatten gets its inputs reordered to match. A
+    converted channels_first model (its network moves the channels last right
+    after the encoder, and back before a feature-map readout) is written with
+    its own channels_first input: those two `Permute`s are no NIR node.
 
     NIR's IF/LIF neurons reset to a fixed value and emit binary spikes, so a
     model is exported exactly only when every neuron is
@@ -122,6 +125,18 @@ def _channels_first(shape):
     return shape if len(shape) < 2 else (shape[-1],) + shape[:-1]
 
 
+def _layout_permute(layer):
+    """"to_last"/"to_first" for a Permute that only moves the channel axis, else None."""
+    if not isinstance(layer, keras.layers.Permute) or len(layer.dims) < 2:
+        return None
+    rank = len(layer.dims)
+    if tuple(layer.dims) == tuple(range(2, rank + 1)) + (1,):
+        return "to_last"
+    if tuple(layer.dims) == (rank,) + tuple(range(1, rank)):
+        return "to_first"
+    return None
+
+
 class _NIRBuilder:
     def __init__(self, snn, nir, approximate):
         self.snn, self.nir, self.approximate = snn, nir, approximate
@@ -129,16 +144,21 @@ class _NIRBuilder:
         self.shapes = snn._plan.output_shapes
         self.nodes, self.edges, self.notes = {}, [], []
         self.tails = {}  # graph key -> NIR node names whose outputs carry that value
+        # Keys whose values Keras already holds channels-first (NIR's order):
+        # the input of a converted channels_first model, up to its Permute.
+        self.native = set()
 
     def build(self):
         input_key = self.graph.input_keys[0]
-        shape = _channels_first(self.shapes[input_key][1:])
+        if any(_layout_permute(node.layer) == "to_last" for node in self.graph.nodes):
+            self.native.add(input_key)
+        shape = self._nir_shape(input_key)
         self.nodes["input"] = self.nir.Input(input_type={"input": np.array(shape)})
         self.tails[input_key] = ["input"]
         for node in self.graph.nodes:
             self._add(node)
         output_key = self.graph.output_keys[0]
-        out_shape = _channels_first(self.shapes[output_key][1:])
+        out_shape = self._nir_shape(output_key)
         self.nodes["output"] = self.nir.Output(output_type={"output": np.array(out_shape)})
         self._connect(self.tails[output_key], "output")
         metadata = {"producer": "keras_snn", "dt": 1.0}
@@ -159,15 +179,37 @@ class _NIRBuilder:
     def _refuse(self, layer, why):
         raise NIRExportError(f"Layer '{layer.name}' ({type(layer).__name__}): {why}")
 
+    def _nir_shape(self, key):
+        shape = tuple(int(d) for d in self.shapes[key][1:])
+        return shape if key in self.native else _channels_first(shape)
+
+    def _follow_layout(self, node, sources):
+        """Encoders, readout and layout Permutes: no NIR node; track the value's order."""
+        native = any(key in self.native for key in node.input_keys)
+        if isinstance(node.layer, keras.layers.Permute):
+            move = _layout_permute(node.layer)
+            if move is None or native != (move == "to_last"):
+                self._refuse(node.layer, "a Permute other than the channels_first model's own "
+                             "layout change has no NIR node.")
+            native = not native
+        if native:
+            self.native.add(node.key)
+        self.tails[node.key] = sources
+
     def _add(self, node):
         layer, key = node.layer, node.key
         sources = [name for k in node.input_keys for name in self.tails[k]]
-        if isinstance(layer, (snn_layers.Readout, snn_layers.AnalogInput, snn_layers.EventInput)):
-            self.tails[key] = sources  # no node: the values pass straight through
+        if isinstance(layer, (snn_layers.Readout, snn_layers.AnalogInput, snn_layers.EventInput,
+                              keras.layers.Permute)):
+            self._follow_layout(node, sources)  # no node: the values pass straight through
         elif isinstance(layer, snn_layers.SpikingInput):
+            self._follow_layout(node, sources)
             self.tails[key] = [self._neuron(layer, layer.neuron, layer.threshold, key, sources)]
         elif isinstance(layer, snn_layers.PoissonInput):
             self._refuse(layer, "random rate coding has no NIR node; use AnalogInput or SpikingInput.")
+        elif any(k in self.native for k in node.input_keys) and len(self.shapes[key]) > 2:
+            self._refuse(layer, "reads channels_first values that the network did not move "
+                         "channels-last; NIR export expects channels-last Keras layers.")
         elif isinstance(layer, snn_layers.SynapticLayer):
             synapse = self._synapse(node, sources)
             if layer.neuron is None:
@@ -179,7 +221,7 @@ class _NIRBuilder:
                     self._neuron(layer, layer.neuron, threshold, key, synapse, **params)
                 ]
         elif isinstance(layer, keras.layers.Flatten):
-            shape = _channels_first(self.shapes[node.input_keys[0]][1:])
+            shape = self._nir_shape(node.input_keys[0])
             name = self._name(key)
             self.nodes[name] = self.nir.Flatten(
                 input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1
@@ -196,12 +238,16 @@ class _NIRBuilder:
     def _synapse(self, node, sources):
         layer, key, nir = node.layer, node.key, self.nir
         name = self._name(key)
+        if getattr(layer, "data_format", "channels_last") == "channels_first":
+            self._refuse(layer, "NIR export reads channels_last layers; convert the model with "
+                         "keras_snn.convert_model, which builds channels_last layers from a "
+                         "channels_first model.")
         if isinstance(layer, snn_layers.SpikingAdd):
             names = []
             weights = np.asarray(layer.branch_weights)
             for index, input_key in enumerate(node.input_keys):
                 scale_name = f"{name}_scale{index}"
-                shape = _channels_first(self.shapes[input_key][1:])
+                shape = self._nir_shape(input_key)
                 factor = np.broadcast_to(
                     weights[index].reshape((-1,) + (1,) * (len(shape) - 1)), shape
                 )
@@ -297,7 +343,7 @@ class _NIRBuilder:
                 self._refuse(layer, why + "; convert with neuron=keras_snn.neurons.IF(reset='zero') "
                              "or pass approximate=True.")
             self.notes.append(f"{layer.name}: {why}")
-        shape = _channels_first(self.shapes[key][1:])
+        shape = self._nir_shape(key)
         ones = np.ones(shape, "float32")
         name = f"{self._name(key)}_neuron"
         if leak is not None and leak < 1.0:

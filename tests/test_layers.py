@@ -247,6 +247,64 @@ def test_bfloat16_current_puts_the_bias_on_the_channel_axis(layer_class, kwargs)
     np.testing.assert_array_equal(currents["channels_first"], currents["channels_last"])
 
 
+# ------------------------------------------------------- channels_first layers
+def to_first(x):
+    return np.moveaxis(x, -1, 1)
+
+
+@pytest.mark.parametrize("layer_class, kwargs, shape", [
+    (layers.SpikingConv2D, {"filters": 4, "kernel_size": 3, "strides": 2, "padding": "same"},
+     (2, 7, 7, 3)),
+    (layers.SpikingConv2D, {"filters": 4, "kernel_size": 3, "dilation_rate": 2}, (2, 7, 7, 3)),
+    (layers.SpikingConv1D, {"filters": 4, "kernel_size": 3, "padding": "causal"}, (2, 9, 3)),
+    (layers.SpikingDepthwiseConv2D, {"kernel_size": 3, "padding": "same", "depth_multiplier": 2},
+     (2, 7, 7, 3)),
+    (layers.SpikingAveragePooling2D, {"pool_size": 2, "padding": "same"}, (2, 7, 7, 3)),
+    (layers.SpikingAveragePooling1D, {"pool_size": 2}, (2, 9, 3)),
+    (layers.SpikingGlobalAveragePooling2D, {"keepdims": True}, (2, 7, 7, 3)),
+])
+def test_channels_first_layers_match_their_channels_last_twins(layer_class, kwargs, shape):
+    # Same weights, transposed input: the same current, readout, fan-out and
+    # operation counts. No NCHW kernel runs, so this holds on every CPU
+    # (TF_ENABLE_ONEDNN_OPTS=0 reproduces one without NCHW convolutions).
+    rng = np.random.default_rng(6)
+    x = rng.random(shape).astype("float32")
+    runs, fanouts, currents = {}, {}, {}
+    weights = None
+    for data_format in ("channels_last", "channels_first"):
+        frame = shape[1:] if data_format == "channels_last" else to_first(np.zeros(shape)).shape[1:]
+        inputs = keras.Input(frame)
+        spikes = layers.SpikingInput(threshold=0.7)(inputs)
+        layer = layer_class(data_format=data_format, name="under_test", **kwargs)
+        hidden = layer(spikes)
+        flat = keras.layers.Flatten(data_format=data_format)(hidden)
+        readout = layers.Readout()(layers.SpikingDense(3, neuron=None, name="out")(flat))
+        network = keras.Model(inputs, readout)
+        if weights is None:
+            weights = [rng.normal(size=w.shape).astype("float32") if w.ndim else np.float32(0.6)
+                       for w in network.get_weights()]
+        network.set_weights(weights)
+        assert layer_class.from_config(layer.get_config()).data_format == data_format
+        data = x if data_format == "channels_last" else to_first(x)
+        runs[data_format] = SpikingModel(network, timesteps=5).run(data)
+        fanouts[data_format] = layer.fanout_maps()[0].numpy()
+        currents[data_format] = np.asarray(layer.compute_current(data))
+    first, last = runs["channels_first"], runs["channels_last"]
+    np.testing.assert_allclose(first["readout"], last["readout"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(first["synaptic_ops"], last["synaptic_ops"])
+    np.testing.assert_array_equal(first["layer_ops"]["under_test"], last["layer_ops"]["under_test"])
+    np.testing.assert_array_equal(fanouts["channels_first"], to_first(fanouts["channels_last"]))
+    np.testing.assert_allclose(
+        currents["channels_first"], to_first(currents["channels_last"]), rtol=1e-5, atol=1e-5
+    )
+    assert np.any(first["synaptic_ops"] > 0)
+
+
+def test_bad_data_format_raises():
+    with pytest.raises(ValueError, match="data_format.*channels_middle"):
+        layers.SpikingAveragePooling2D(2, data_format="channels_middle")
+
+
 def test_bfloat16_current_error_is_bounded_by_weight_rounding():
     # Rounding each weight and the result to 8 significant bits moves the
     # current by at most 2^-8 * (|s| @ |W|) plus 2^-8 of itself.

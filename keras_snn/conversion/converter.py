@@ -9,6 +9,7 @@ The pipeline (DESIGN.md section 4), each step on a copy, never the user's model:
 3. fold BatchNormalization / Rescaling / Normalization into weights (`folding.py`);
 4. fuse each weighted layer (or residual Add) with the ReLU after it into a
    spiking layer; the last weighted layer becomes the non-spiking readout;
+   a channels_first model is rewritten to run channels-last (`layout.py`);
 5. build the spiking network with the folded weights, measure each layer's
    activation ceiling lambda (a known bound, or a percentile of calibration
    activations), and rescale: `W <- W * lambda_in / lambda_out`,
@@ -30,6 +31,7 @@ from keras_snn.conversion.calibration import analog_forward
 from keras_snn.conversion.calibration import calibration_batches
 from keras_snn.conversion.errors import ConversionError
 from keras_snn.conversion.folding import fold_affines
+from keras_snn.conversion.layout import rewrite_to_channels_last
 from keras_snn.conversion.rules import find_rule
 from keras_snn.graph import layer_graph
 from keras_snn.simulation import SpikingModel
@@ -65,6 +67,11 @@ def convert_model(
     (a weighted spiking add), a final softmax (dropped: argmax is unchanged),
     and nested models. MaxPooling, LeakyReLU, sigmoid/tanh and anything else
     raise `ConversionError` naming the layer.
+
+    channels_first models convert too: the spiking network runs channels-last
+    (rewritten once here, see `keras_snn.conversion.layout`, so it needs no
+    NCHW kernels) and still takes channels_first input; a feature-map output
+    is returned channels_first.
 
     Normalisation: every spiking layer fires at most `spike_max` per step at
     its activation ceiling lambda. lambda comes from a QReLU's learned bound
@@ -138,6 +145,9 @@ def convert_model(
     if tail is not None:
         tail = _hand_over_to_head(ops, output_key, tail)
     _check_kinds(ops, graph.input_keys[0], output_key)
+    layout = rewrite_to_channels_last(
+        ops, graph.input_keys[0], tuple(keras_model.inputs[0].shape[1:]), output_key
+    )
     if isinstance(options.neuron, str) and options.neuron == "auto":
         quantized = any(getattr(op, "quantized", False) for op in ops)
         options.neuron = "buffered" if quantized else "if"
@@ -148,7 +158,7 @@ def convert_model(
             f"{', '.join(needs_data)} (normalization='{options.normalization}'). Pass a few "
             "hundred to a few thousand training inputs, or normalization='none'."
         )
-    builder = _NetworkBuilder(ops, graph.input_keys[0], output_key, keras_model, options)
+    builder = _NetworkBuilder(ops, graph.input_keys[0], output_key, keras_model, options, layout)
     builder.build()
     builder.normalize(calibration_data)
     return SpikingModel(builder.network, timesteps=options.timesteps, head=tail)
@@ -394,9 +404,10 @@ def _layers_needing_data(ops, options):
 class _NetworkBuilder:
     """Builds the spiking network from the fused ops, then normalises it."""
 
-    def __init__(self, ops, input_key, output_key, keras_model, options):
+    def __init__(self, ops, input_key, output_key, keras_model, options, layout=None):
         self.ops, self.input_key, self.output_key = ops, input_key, output_key
         self.options = options
+        self.layout = layout  # a layout.ChannelsLastPlan for channels_first models
         self.frame_shape = tuple(keras_model.inputs[0].shape[1:])
         self.layers = {}  # op key -> spiking layer
         self.names = set()
@@ -420,7 +431,9 @@ class _NetworkBuilder:
             "poisson": lambda: snn_layers.PoissonInput(seed=0, name=self._name("poisson_input")),
         }[options.input_encoding]()
         self.encoder = encoder
-        tensors = {self.input_key: encoder(inputs)}
+        encoded = self._change_layout(encoder(inputs), "input_dims", "to_channels_last")
+        tensors = {self.input_key: encoded}
+        self.held_frame_shape = tuple(tensors[self.input_key].shape[1:])
         spikes = {self.input_key: options.input_encoding != "analog"}
         for op in self.ops:
             x = [tensors[key] for key in op.inputs]
@@ -434,8 +447,16 @@ class _NetworkBuilder:
                 layer.bias.assign(
                     np.zeros(layer.bias.shape, "float32") if op.bias is None else op.bias
                 )
-        outputs = snn_layers.Readout(name=self._name("readout"))(tensors[self.output_key])
+        last = self._change_layout(tensors[self.output_key], "output_dims", "to_channels_first")
+        outputs = snn_layers.Readout(name=self._name("readout"))(last)
         self.network = keras.Model(inputs, outputs, name="spiking_network")
+
+    def _change_layout(self, tensor, where, name):
+        """A channels_first model's one transpose at the input (or output), if any."""
+        dims = getattr(self.layout, where, None)
+        if dims is None:
+            return tensor
+        return keras.layers.Permute(dims, name=self._name(name))(tensor)
 
     def _make_layer(self, op, input_spikes):
         name = self._name(op.source)
@@ -506,7 +527,7 @@ class _NetworkBuilder:
                         branch_scale[key] = self._own_ceiling(op, ceilings[op.key]) / spike_max
         # Per-sample maps of the value one spike stands for (lambda / S_max).
         input_scale = input_ceiling  # 1 for analog input: the current is the input itself
-        scales = {self.input_key: np.full(self.frame_shape, input_scale, "float32")}
+        scales = {self.input_key: np.full(self.held_frame_shape, input_scale, "float32")}
         if options.input_encoding == "spiking":
             self.encoder.threshold = input_scale
         elif options.input_encoding == "poisson":

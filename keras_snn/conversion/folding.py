@@ -51,7 +51,22 @@ def _is_depthwise(linear):
     return linear.spiking_class is snn_layers.SpikingDepthwiseConv2D
 
 
+def _check_channel_axis(linear, affine):
+    """The affine map's channels must be the weighted layer's channels."""
+    if affine.channel_axis is None:  # one scale for every value
+        return
+    channels_first = linear.config.get("data_format") == "channels_first"
+    if affine.channel_axis != ("first" if channels_first else "last"):
+        raise ConversionError(
+            f"Layer '{affine.source}' scales the {affine.channel_axis} axis next to "
+            f"'{linear.source}', whose channels are on the "
+            f"{'first' if channels_first else 'last'} axis; only a per-channel map over the "
+            "layer's own channel axis can be folded into it."
+        )
+
+
 def _fold_into_output(linear, affine):
+    _check_channel_axis(linear, affine)
     kernel = linear.kernel
     channels = kernel.shape[-2] * kernel.shape[-1] if _is_depthwise(linear) else kernel.shape[-1]
     scale = np.broadcast_to(affine.scale, (channels,)).astype("float32")
@@ -65,6 +80,7 @@ def _fold_into_output(linear, affine):
 
 
 def _fold_into_input(linear, affine):
+    _check_channel_axis(linear, affine)
     kernel = linear.kernel
     if linear.config.get("groups", 1) != 1:
         raise ConversionError(

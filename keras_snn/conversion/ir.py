@@ -45,6 +45,9 @@ class Affine(Op):
 
     scale: np.ndarray = None
     shift: np.ndarray = None
+    # Where the channels are: "last", "first" (axis 1 of a channels_first
+    # feature map) or None (one scale for every value, any layout).
+    channel_axis: str = "last"
 
 
 @dataclasses.dataclass

@@ -79,18 +79,11 @@ def _activation_name(activation):
     return name if isinstance(name, str) else str(name)
 
 
-def _channels_last(layer):
-    if getattr(layer, "data_format", "channels_last") != "channels_last":
-        raise ConversionError(
-            f"{_describe(layer)} uses data_format='{layer.data_format}'; keras_snn "
-            "converts channels_last models only."
-        )
-
-
 # ---------------------------------------------------------------- weighted
 def _weighted_rule(spiking_class, drop=()):
     def rule(layer, key, inputs):
-        _channels_last(layer)
+        # A channels_first layer keeps its data_format here; layout.py makes
+        # the whole model channels-last once the ops are fused.
         config = layer.get_config()
         for name in ("activation", "bias_initializer", "use_bias") + tuple(drop):
             config.pop(name, None)
@@ -152,14 +145,21 @@ register_conversion_rule(
 
 
 # ------------------------------------------------------------ affine maps
+def _channel_axis(layer, axes, rank):
+    """"last" or "first" (axis 1 of a feature map): where a per-channel layer's channels are."""
+    axes = [int(axis) % rank for axis in np.atleast_1d(axes)]
+    if axes == [rank - 1]:
+        return "last"
+    if axes == [1] and rank > 2:
+        return "first"
+    raise ConversionError(
+        f"{_describe(layer)} works on axis {axes}; keras_snn folds per-channel maps over "
+        "the channel axis only (the last axis, or axis 1 of a channels_first feature map)."
+    )
+
+
 def _batch_norm_rule(layer, key, inputs):
-    axes = [int(axis) for axis in np.atleast_1d(layer.axis)]
-    rank = len(layer.input.shape)
-    if [axis % rank for axis in axes] != [rank - 1]:
-        raise ConversionError(
-            f"{_describe(layer)} normalises axis {layer.axis}; keras_snn folds "
-            "BatchNormalization over the last (channel) axis only."
-        )
+    channel_axis = _channel_axis(layer, layer.axis, len(layer.input.shape))
     numpy = keras.ops.convert_to_numpy
     variance = numpy(layer.moving_variance)
     scale = 1.0 / np.sqrt(variance + layer.epsilon)
@@ -168,12 +168,22 @@ def _batch_norm_rule(layer, key, inputs):
     shift = -numpy(layer.moving_mean) * scale
     if layer.center:
         shift = shift + numpy(layer.beta)
-    return [ir.Affine(key, inputs, layer.name, scale.astype("float32"), shift.astype("float32"))]
+    return [ir.Affine(
+        key, inputs, layer.name, scale.astype("float32"), shift.astype("float32"), channel_axis
+    )]
 
 
 def _rescaling_rule(layer, key, inputs):
     scale = np.asarray(layer.scale, "float32")
-    return [ir.Affine(key, inputs, layer.name, scale, np.asarray(layer.offset, "float32"))]
+    offset = np.asarray(layer.offset, "float32")
+    if scale.size == 1 and offset.size == 1:  # one factor for every value: any layout
+        return [ir.Affine(key, inputs, layer.name, scale.reshape(-1), offset.reshape(-1), None)]
+    if max(scale.ndim, offset.ndim) > 1:
+        raise ConversionError(
+            f"{_describe(layer)} has scale/offset of shape {scale.shape}/{offset.shape}; "
+            "keras_snn folds a scalar or a per-channel (last axis) Rescaling only."
+        )
+    return [ir.Affine(key, inputs, layer.name, scale, offset)]
 
 
 def _normalization_rule(layer, key, inputs):
@@ -183,7 +193,10 @@ def _normalization_rule(layer, key, inputs):
     std = np.maximum(np.sqrt(numpy(layer.variance)), keras.config.epsilon())
     scale = (1.0 / std).reshape(-1).astype("float32")
     shift = (-numpy(layer.mean).reshape(-1) * scale).astype("float32")
-    return [ir.Affine(key, inputs, layer.name, scale, shift)]
+    channel_axis = None  # one mean and variance (axis=None): any layout
+    if scale.size > 1:
+        channel_axis = _channel_axis(layer, layer.axis, len(layer.input.shape))
+    return [ir.Affine(key, inputs, layer.name, scale, shift, channel_axis)]
 
 
 register_conversion_rule(keras.layers.BatchNormalization, _batch_norm_rule)
@@ -216,7 +229,6 @@ def _shape_rule(layer, key, inputs):
                 f"{_describe(layer)} uses interpolation='{layer.interpolation}'; only "
                 "'nearest' upsampling copies spikes exactly."
             )
-    _channels_last(layer)
     clone = type(layer).from_config(layer.get_config())
     return [ir.Shape(key, inputs, layer.name, clone)]
 
@@ -231,9 +243,9 @@ for _cls in passthrough_layer_classes():
 # ----------------------------------------------------------------- pooling
 def _pool_rule(spiking_class, keys):
     def rule(layer, key, inputs):
-        _channels_last(layer)
         config = {name: getattr(layer, name) for name in keys}
         config["name"] = layer.name
+        config["data_format"] = getattr(layer, "data_format", "channels_last")
         return [ir.Pool(key, inputs, layer.name, spiking_class, config)]
 
     return rule

@@ -5,15 +5,54 @@ receives the mean of its window's input spikes and fires like any IF neuron.
 Its synapses are the window connections (weight 1/size), so a spike costs one
 operation per window it belongs to. Max pooling has no exact spiking form;
 keras_snn offers none (convert_model suggests average pooling instead).
+
+Like the convolutions, a pooling layer with `data_format="channels_first"`
+pools channels-last between two transposes (CPUs without oneDNN have no NCHW
+pooling); convert_model builds channels-last layers only.
 """
 
 import keras
 from keras import ops
 
 from keras_snn.layers.base import SynapticLayer
+from keras_snn.layers.synaptic import transpose_to_channels_first
+from keras_snn.layers.synaptic import transpose_to_channels_last
 
 
-class _SpikingAveragePooling(SynapticLayer, keras.layers.Layer):
+class _Layout:
+    """`data_format` handling shared by the pooling layers: maps run channels-last."""
+
+    def _init_data_format(self, data_format):
+        data_format = keras.config.image_data_format() if data_format is None else data_format
+        if data_format not in ("channels_last", "channels_first"):
+            raise ValueError(
+                f"Layer '{self.name}': `data_format` must be 'channels_last' or "
+                f"'channels_first'; received {data_format!r}."
+            )
+        self.data_format = data_format
+
+    def _channels_last_shape(self, shape):
+        shape = tuple(shape)
+        if self.data_format == "channels_first":
+            return (shape[0],) + shape[2:] + (shape[1],)
+        return shape
+
+    def _layout_shape(self, shape):
+        """A channels-last shape in this layer's layout."""
+        shape = tuple(shape)
+        if self.data_format == "channels_first" and len(shape) > 2:
+            return (shape[0], shape[-1]) + shape[1:-1]
+        return shape
+
+    def _channels_last_map(self, function, inputs):
+        """`function` (a channels-last map) applied in this layer's layout."""
+        if self.data_format != "channels_first":
+            return function(inputs)
+        outputs = function(transpose_to_channels_last(inputs))
+        return transpose_to_channels_first(outputs) if len(outputs.shape) > 2 else outputs
+
+
+class _SpikingAveragePooling(_Layout, SynapticLayer, keras.layers.Layer):
     rank = None
 
     def __init__(
@@ -23,9 +62,11 @@ class _SpikingAveragePooling(SynapticLayer, keras.layers.Layer):
         padding="valid",
         neuron="if",
         threshold=1.0,
+        data_format=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self._init_data_format(data_format)
         self.pool_size = _tuple(pool_size, self.rank, "pool_size", self.name)
         self.strides = _tuple(
             self.pool_size if strides is None else strides, self.rank, "strides", self.name
@@ -48,6 +89,7 @@ class _SpikingAveragePooling(SynapticLayer, keras.layers.Layer):
         self._build_neuron(input_shape)
 
     def compute_output_shape(self, input_shape):
+        input_shape = self._channels_last_shape(input_shape)
         spatial = []
         for size, pool, stride in zip(input_shape[1:-1], self.pool_size, self.strides):
             if size is None:
@@ -56,19 +98,29 @@ class _SpikingAveragePooling(SynapticLayer, keras.layers.Layer):
                 spatial.append(-(-size // stride))
             else:
                 spatial.append((size - pool) // stride + 1)
-        return (input_shape[0], *spatial, input_shape[-1])
+        return self._layout_shape((input_shape[0], *spatial, input_shape[-1]))
 
     def compute_current(self, inputs):
+        return self._channels_last_map(self._average, inputs)
+
+    def _average(self, inputs):
         return ops.average_pool(
-            inputs, self.pool_size, strides=self.strides, padding=self.padding
+            inputs, self.pool_size, strides=self.strides, padding=self.padding,
+            data_format="channels_last",
         )
 
     def connectivity(self, inputs):
+        return self._channels_last_map(self._window_sum, inputs)
+
+    def _window_sum(self, inputs):
         # Sum pooling: one synapse per (window, member), as a depthwise conv
         # with a ones kernel so 'same' borders count only real members.
         channels = inputs.shape[-1]
         kernel = ops.ones(self.pool_size + (channels, 1), dtype=inputs.dtype)
-        return ops.depthwise_conv(inputs, kernel, strides=self.strides, padding=self.padding)
+        return ops.depthwise_conv(
+            inputs, kernel, strides=self.strides, padding=self.padding,
+            data_format="channels_last",
+        )
 
     def get_config(self):
         return {
@@ -76,6 +128,7 @@ class _SpikingAveragePooling(SynapticLayer, keras.layers.Layer):
             "pool_size": self.pool_size,
             "strides": self.strides,
             "padding": self.padding,
+            "data_format": self.data_format,
             **self._neuron_config(),
         }
 
@@ -94,9 +147,12 @@ class SpikingAveragePooling2D(_SpikingAveragePooling):
         padding: "valid" or "same" (borders average only real members).
         neuron: "if" (default), "buffered", "lif", a `Neuron`, or None.
         threshold: initial firing threshold (> 0).
+        data_format: "channels_last", "channels_first", or None (Keras's
+            `image_data_format()`, as for Keras's own pooling).
 
-    Input shape: `(batch, rows, cols, channels)`.
-    Output shape: `(batch, pooled_rows, pooled_cols, channels)`.
+    Input shape: `(batch, rows, cols, channels)` (channels_first:
+        `(batch, channels, rows, cols)`).
+    Output shape: `(batch, pooled_rows, pooled_cols, channels)` (in the input's layout).
 
     Example:
 
@@ -113,12 +169,12 @@ class SpikingAveragePooling1D(_SpikingAveragePooling):
     """1D average pooling of spikes into spiking neurons.
 
     Args:
-        pool_size, strides, padding: as `keras.layers.AveragePooling1D`.
+        pool_size, strides, padding, data_format: as `keras.layers.AveragePooling1D`.
         neuron: "if" (default), "buffered", "lif", a `Neuron`, or None.
         threshold: initial firing threshold (> 0).
 
-    Input shape: `(batch, steps, channels)`.
-    Output shape: `(batch, pooled_steps, channels)`.
+    Input shape: `(batch, steps, channels)` (channels_first: `(batch, channels, steps)`).
+    Output shape: `(batch, pooled_steps, channels)` (in the input's layout).
 
     Example:
 
@@ -130,11 +186,12 @@ class SpikingAveragePooling1D(_SpikingAveragePooling):
     rank = 1
 
 
-class _SpikingGlobalAveragePooling(SynapticLayer, keras.layers.Layer):
+class _SpikingGlobalAveragePooling(_Layout, SynapticLayer, keras.layers.Layer):
     rank = None
 
-    def __init__(self, keepdims=False, neuron="if", threshold=1.0, **kwargs):
+    def __init__(self, keepdims=False, neuron="if", threshold=1.0, data_format=None, **kwargs):
         super().__init__(**kwargs)
+        self._init_data_format(data_format)
         self.keepdims = bool(keepdims)
         self._init_neuron(neuron, threshold)
 
@@ -147,13 +204,16 @@ class _SpikingGlobalAveragePooling(SynapticLayer, keras.layers.Layer):
         self._build_neuron(input_shape)
 
     def _spatial_axes(self):
-        return tuple(range(1, self.rank + 1))
+        first = 2 if self.data_format == "channels_first" else 1
+        return tuple(range(first, first + self.rank))
 
     def compute_output_shape(self, input_shape):
+        input_shape = self._channels_last_shape(input_shape)
         if self.keepdims:
-            return (input_shape[0],) + (1,) * self.rank + (input_shape[-1],)
+            return self._layout_shape((input_shape[0],) + (1,) * self.rank + (input_shape[-1],))
         return (input_shape[0], input_shape[-1])
 
+    # A mean over axes needs no layout-specific kernel: no transposes here.
     def compute_current(self, inputs):
         return ops.mean(inputs, axis=self._spatial_axes(), keepdims=self.keepdims)
 
@@ -161,7 +221,12 @@ class _SpikingGlobalAveragePooling(SynapticLayer, keras.layers.Layer):
         return ops.sum(inputs, axis=self._spatial_axes(), keepdims=self.keepdims)
 
     def get_config(self):
-        return {**super().get_config(), "keepdims": self.keepdims, **self._neuron_config()}
+        return {
+            **super().get_config(),
+            "keepdims": self.keepdims,
+            "data_format": self.data_format,
+            **self._neuron_config(),
+        }
 
 
 @keras.saving.register_keras_serializable(package="keras_snn")
@@ -174,9 +239,13 @@ class SpikingGlobalAveragePooling2D(_SpikingGlobalAveragePooling):
         keepdims: keep the spatial axes with size 1.
         neuron: "if" (default), "buffered", "lif", a `Neuron`, or None.
         threshold: initial firing threshold (> 0).
+        data_format: "channels_last", "channels_first", or None (Keras's
+            `image_data_format()`).
 
-    Input shape: `(batch, rows, cols, channels)`.
-    Output shape: `(batch, channels)` (or `(batch, 1, 1, channels)`).
+    Input shape: `(batch, rows, cols, channels)` (channels_first:
+        `(batch, channels, rows, cols)`).
+    Output shape: `(batch, channels)` (keepdims: `(batch, 1, 1, channels)`, or
+        `(batch, channels, 1, 1)` for channels_first).
 
     Example:
 
@@ -193,7 +262,7 @@ class SpikingGlobalAveragePooling1D(_SpikingGlobalAveragePooling):
     """Global average pooling over steps into one spiking neuron per channel.
 
     Args:
-        keepdims, neuron, threshold: as `SpikingGlobalAveragePooling2D`.
+        keepdims, neuron, threshold, data_format: as `SpikingGlobalAveragePooling2D`.
 
     Example:
 

@@ -13,6 +13,12 @@ Common arguments of every layer here:
         outputs its input current (used before a membrane `Readout`).
     threshold: initial firing threshold theta (> 0), stored as a
         non-trainable variable named "threshold".
+
+Convolutions with `data_format="channels_first"` take and return NCHW (NCW)
+tensors but convolve channels-last: TensorFlow has no NCHW convolution on
+many CPUs (without oneDNN's kernels, e.g. AVX2-only x86), so such a layer
+transposes its input and output at every call. `convert_model` never builds
+them: it converts channels_first models to channels-last layers once.
 """
 
 import keras
@@ -57,7 +63,10 @@ class _KerasSynapticLayer(SynapticLayer):
         # returns to the compute dtype before the bias, so membranes never
         # hold a narrow type.
         products = self._linear(ops.cast(inputs, dtype), ops.cast(self.kernel, dtype))
-        current = ops.cast(products, self.compute_dtype)
+        return self._add_bias(ops.cast(products, self.compute_dtype))
+
+    def _add_bias(self, current):
+        """`current + b`, the bias on the channel axis of either layout."""
         if not self.use_bias:
             return current
         bias = self.bias
@@ -114,9 +123,40 @@ class SpikingDense(_KerasSynapticLayer, keras.layers.Dense):
         return ops.matmul(inputs, kernel)
 
 
-class _SpikingConv(_KerasSynapticLayer):
+class _ChannelsLastConvolution(_KerasSynapticLayer):
+    """A convolution that runs channels-last whatever its `data_format`.
+
+    A channels_first layer transposes its input to channels-last, convolves
+    and transposes the result back: the same numbers on every device, where
+    an NCHW convolution exists only on some (GPUs, CPUs with oneDNN).
+    """
+
+    def _convolve(self, inputs, kernel):
+        """The convolution of channels-last `inputs` (subclasses implement it)."""
+        raise NotImplementedError
+
     def _linear(self, inputs, kernel):
-        return self.convolution_op(inputs, kernel)
+        if self.data_format != "channels_first":
+            return self._convolve(inputs, kernel)
+        outputs = self._convolve(transpose_to_channels_last(inputs), kernel)
+        return transpose_to_channels_first(outputs)
+
+    def compute_current(self, inputs):
+        if self.data_format != "channels_first":
+            return super().compute_current(inputs)  # Keras's own forward pass
+        return self._add_bias(self._linear(inputs, self.kernel))
+
+
+class _SpikingConv(_ChannelsLastConvolution):
+    def _convolve(self, inputs, kernel):
+        return ops.conv(
+            inputs,
+            kernel,
+            strides=list(self.strides),
+            padding=self.padding,
+            dilation_rate=self.dilation_rate,
+            data_format="channels_last",
+        )
 
 
 @keras.saving.register_keras_serializable(package="keras_snn")
@@ -132,8 +172,9 @@ class SpikingConv2D(_SpikingConv, keras.layers.Conv2D):
         **kwargs: any other `keras.layers.Conv2D` argument (`strides`,
             `padding`, `dilation_rate`, ...); `activation` must stay None.
 
-    Input shape: `(batch, rows, cols, channels)`.
-    Output shape: `(batch, new_rows, new_cols, filters)`.
+    Input shape: `(batch, rows, cols, channels)` (channels_first:
+        `(batch, channels, rows, cols)`).
+    Output shape: `(batch, new_rows, new_cols, filters)` (in the input's layout).
 
     Example:
 
@@ -159,8 +200,8 @@ class SpikingConv1D(_SpikingConv, keras.layers.Conv1D):
         threshold: initial firing threshold (> 0).
         **kwargs: other `keras.layers.Conv1D` arguments; no `activation`.
 
-    Input shape: `(batch, steps, channels)`.
-    Output shape: `(batch, new_steps, filters)`.
+    Input shape: `(batch, steps, channels)` (channels_first: `(batch, channels, steps)`).
+    Output shape: `(batch, new_steps, filters)` (in the input's layout).
 
     Example:
 
@@ -174,22 +215,23 @@ class SpikingConv1D(_SpikingConv, keras.layers.Conv1D):
         super().__init__(filters, kernel_size, activation=None, **kwargs)
         self._init_neuron(neuron, threshold)
 
-    def _linear(self, inputs, kernel):
+    def _convolve(self, inputs, kernel):
         if self.padding != "causal":
-            return super()._linear(inputs, kernel)
+            return super()._convolve(inputs, kernel)
         # Keras pads causal convolutions itself, then runs a valid convolution.
+        left = self.dilation_rate[0] * (self.kernel_size[0] - 1)
         return ops.conv(
-            ops.pad(inputs, self._compute_causal_padding()),
+            ops.pad(inputs, [[0, 0], [left, 0], [0, 0]]),
             kernel,
             strides=list(self.strides),
             padding="valid",
             dilation_rate=self.dilation_rate,
-            data_format=self.data_format,
+            data_format="channels_last",
         )
 
 
 @keras.saving.register_keras_serializable(package="keras_snn")
-class SpikingDepthwiseConv2D(_KerasSynapticLayer, keras.layers.DepthwiseConv2D):
+class SpikingDepthwiseConv2D(_ChannelsLastConvolution, keras.layers.DepthwiseConv2D):
     """Depthwise 2D convolution of spiking neurons.
 
     Per step: `z(t) = depthwise_conv2d(s_in(t), W) + b`, then the neuron fires.
@@ -201,8 +243,10 @@ class SpikingDepthwiseConv2D(_KerasSynapticLayer, keras.layers.DepthwiseConv2D):
         **kwargs: other `keras.layers.DepthwiseConv2D` arguments (`strides`,
             `padding`, `depth_multiplier`, `dilation_rate`, ...).
 
-    Input shape: `(batch, rows, cols, channels)`.
-    Output shape: `(batch, new_rows, new_cols, channels * depth_multiplier)`.
+    Input shape: `(batch, rows, cols, channels)` (channels_first:
+        `(batch, channels, rows, cols)`).
+    Output shape: `(batch, new_rows, new_cols, channels * depth_multiplier)`
+        (in the input's layout).
 
     Example:
 
@@ -217,12 +261,24 @@ class SpikingDepthwiseConv2D(_KerasSynapticLayer, keras.layers.DepthwiseConv2D):
         super().__init__(kernel_size, activation=None, **kwargs)
         self._init_neuron(neuron, threshold)
 
-    def _linear(self, inputs, kernel):
+    def _convolve(self, inputs, kernel):
         return ops.depthwise_conv(
             inputs,
             kernel,
             strides=self.strides,
             padding=self.padding,
             dilation_rate=self.dilation_rate,
-            data_format=self.data_format,
+            data_format="channels_last",
         )
+
+
+def transpose_to_channels_last(x):
+    """`(batch, channels, *spatial)` -> `(batch, *spatial, channels)`."""
+    rank = len(x.shape)
+    return ops.transpose(x, (0, *range(2, rank), 1))
+
+
+def transpose_to_channels_first(x):
+    """`(batch, *spatial, channels)` -> `(batch, channels, *spatial)`."""
+    rank = len(x.shape)
+    return ops.transpose(x, (0, rank - 1, *range(1, rank - 1)))
