@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_snn import metrics
+from keras_snn.simulation import SpikingModel
 
 
 class SimulationResult:
@@ -186,8 +187,13 @@ def simulate(snn, x, y=None, *, timesteps=None, batch_size=256, verbose="auto"):
         A `SimulationResult`.
 
     Raises:
-        ValueError: for a stateful model, empty input, or labels that do not
-            match the inputs.
+        ValueError: for a stateful model, a bad `batch_size` or `verbose`,
+            empty input, inputs of the wrong shape or not numeric, array
+            inputs holding NaN or infinity (their readout is NaN, see
+            `SpikingModel`, so no accuracy exists for them), or labels that do
+            not match: not numeric, not whole numbers, outside [0, classes),
+            one-hot rows of another width, or another count than the inputs.
+            A tf.data.Dataset is checked for shape and dtype only.
 
     Example:
 
@@ -199,6 +205,11 @@ def simulate(snn, x, y=None, *, timesteps=None, batch_size=256, verbose="auto"):
     >>> result.accuracy.shape, result.synaptic_ops.shape
     ((10,), (10,))
     """
+    if not isinstance(snn, SpikingModel):
+        raise TypeError(
+            f"simulate expects a keras_snn.SpikingModel (see convert_model); received "
+            f"{type(snn).__name__}."
+        )
     if getattr(snn, "stateful", False):
         raise ValueError(
             "simulate runs independent batches; use a SpikingModel with stateful=False."
@@ -209,7 +220,9 @@ def simulate(snn, x, y=None, *, timesteps=None, batch_size=256, verbose="auto"):
         raise ValueError(f"`batch_size` must be an int >= 1; received {batch_size!r}.")
     if verbose not in (0, 1, 2, "auto", False, True):
         raise ValueError(f"`verbose` must be 0, 1, 2 or 'auto'; received {verbose!r}.")
-    dataset, has_labels, batches = _as_dataset(x, y, batch_size, classes=_readout_classes(snn))
+    dataset, has_labels, batches = _as_dataset(
+        x, y, batch_size, classes=_readout_classes(snn), check_shape=snn._check_input_shape
+    )
     spec = dataset.element_spec[0] if has_labels else dataset.element_spec
     steps = snn.timesteps_for(spec.shape, timesteps)
     strategy = tf.distribute.get_strategy()
@@ -269,10 +282,11 @@ def _readout_classes(snn):
     return shape[-1]
 
 
-def _as_dataset(x, y, batch_size, classes=None):
+def _as_dataset(x, y, batch_size, classes=None, check_shape=None):
     """(dataset, has_labels, number of batches or None).
 
-    Array inputs are checked here (numeric, finite) and so are array labels
+    Array inputs are checked here (numeric, finite, shaped as `check_shape`
+    accepts, which raises otherwise) and so are array labels
     (numeric, one per sample, integers in [0, classes) or one-hot rows of
     `classes`). A dataset's elements are read lazily, so only their types
     are checked.
@@ -284,6 +298,8 @@ def _as_dataset(x, y, batch_size, classes=None):
         has_labels = isinstance(spec, tuple) and len(spec) >= 2
         for name, part in zip(("inputs", "labels"), spec if isinstance(spec, tuple) else (spec,)):
             _check_numeric_spec(part, name)
+        if check_shape is not None:
+            check_shape(tf.TensorShape(spec[0].shape if has_labels else spec.shape))
         if has_labels and len(spec) > 2:
             x = x.map(lambda *element: element[:2])
         cardinality = int(x.cardinality())
@@ -291,6 +307,8 @@ def _as_dataset(x, y, batch_size, classes=None):
     x = _numeric_array(x, "x")
     if x.ndim == 0 or x.shape[0] == 0:
         raise ValueError(f"simulate received no samples: x has shape {x.shape}.")
+    if check_shape is not None:
+        check_shape((None,) + x.shape[1:])
     bad = x.size - int(np.count_nonzero(np.isfinite(x)))
     if bad:
         raise ValueError(

@@ -267,7 +267,13 @@ class SpikingModel(keras.Model):
 
     Call arguments:
         inputs: `(batch, *input_shape)` for static input, repeated every step,
-            or `(batch, T, *frame_shape)` for an `EventInput` network.
+            or `(batch, T, *frame_shape)` for an `EventInput` network. Any
+            numeric or boolean dtype (cast to the model's dtype, as Keras
+            does); a wrong shape raises a ValueError naming both shapes. A
+            sample holding NaN or an infinity reads out NaN at every step
+            (event input: from that frame on), as the ANN's logits would be
+            NaN: the spiking network would otherwise return a finite, wrong
+            answer (a NaN membrane never fires).
         timesteps: overrides the default for this call (for event input:
             at most the number of frames; default all frames).
         return_ops: also return the synaptic operations per sample per step,
@@ -553,7 +559,9 @@ class SpikingModel(keras.Model):
             flat = tf.reshape(inputs, [tf.shape(inputs)[0], -1])
             bad = tf.logical_not(tf.reduce_all(tf.math.is_finite(flat), axis=-1))
             bad = tf.broadcast_to(bad[:, None], tf.shape(readout)[:2])
-        bad = tf.reshape(bad, tf.concat([tf.shape(bad), tf.ones([tf.rank(readout) - 2], tf.int32)], 0))
+        # (batch, T) -> (batch, T, 1, ...) to broadcast over the readout's shape.
+        trailing = tf.ones([tf.rank(readout) - 2], tf.int32)
+        bad = tf.reshape(bad, tf.concat([tf.shape(bad), trailing], 0))
         return tf.where(bad, tf.constant(float("nan"), readout.dtype), readout)
 
     def _apply_head(self, readout):
@@ -582,6 +590,22 @@ class SpikingModel(keras.Model):
         batches they ran. Compiling again without them stops the counting.
         The compile state round-trips through `get_compile_config` /
         `compile_from_config`, so a saved model loads compiled.
+
+        Example:
+
+        >>> import keras, numpy as np, keras_snn
+        >>> from keras_snn import layers
+        >>> inputs = keras.Input((4,))
+        >>> x = layers.SpikingDense(3, neuron=None)(layers.AnalogInput()(inputs))
+        >>> snn = SpikingModel(keras.Model(inputs, layers.Readout()(x)), timesteps=4)
+        >>> snn.compile("adam", keras_snn.losses.ReadoutCrossentropy(),
+        ...             metrics=[keras_snn.metrics.SynapticOps()])
+        >>> sorted(snn.evaluate(np.ones((2, 4)), np.zeros(2), verbose=0, return_dict=True))
+        ['loss', 'synaptic_ops']
+        >>> snn.compile("adam", "sparse_categorical_crossentropy")
+        Traceback (most recent call last):
+        ...
+        ValueError: `loss`: Keras's loss 'sparse_categorical_crossentropy' expects ...
         """
         from keras_snn.metrics import SynapticOps
 

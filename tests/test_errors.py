@@ -195,6 +195,11 @@ def test_simulate_argument_checks():
         short(error, lines=1)
     with pytest.raises(ValueError, match="verbose"):
         keras_snn.simulate(snn, x, y, verbose="loud")
+    with pytest.raises(TypeError, match="SpikingModel"):
+        keras_snn.simulate(dense_ann(), x, y, verbose=0)
+    with pytest.raises(ValueError, match=r"\(batch, 6\)") as error:
+        keras_snn.simulate(snn, x[:, :4], y, verbose=0)
+    short(error, lines=1)
     x_bad = x.copy()
     x_bad[0, 0] = np.nan
     with pytest.raises(ValueError, match="1 non-finite") as error:

@@ -78,8 +78,12 @@ def convert_model(
         model: a built Keras 3 Sequential or functional model (nested models
             included), or a tf_keras (Keras 2) model.
         calibration_data: inputs (array, tf.data.Dataset or iterable of
-            batches; `(x, y)` elements are fine) used to measure ceilings.
-            Needed only where a ceiling must come from data.
+            batches; `(x, y)` elements are fine, and so is a tuple of arrays
+            `(x, y[, sample_weight])`, read like Keras's `validation_data`)
+            used to measure ceilings. Needed only where a ceiling must come
+            from data. Batches must have the model's input shape; NaN or
+            infinite values are refused; a layer that never activates on the
+            data (e.g. all-zero data) gets ceiling 1 with a warning naming it.
         timesteps: default simulation length of the returned model.
         neuron: "if", "buffered" (negative spikes undo over-fire), "lif"
             (leak 1, to be trained), "auto" ("buffered" for models with QReLU
@@ -107,7 +111,9 @@ def convert_model(
 
     Raises:
         ConversionError: for an unsupported layer or argument, or missing
-            calibration data (naming the layers that need it).
+            calibration data (naming the layers that need it), or calibration
+            data of the wrong shape or type, empty, or holding non-finite
+            values (with their count).
 
     Example:
 
