@@ -540,6 +540,9 @@ class SpikingModel(keras.Model):
                 shape = None
             if shape is not None:
                 self._check_input_shape(shape)
+                timesteps = kwargs.get("timesteps", args[0] if args else None)
+                if timesteps is not None:
+                    self.timesteps_for(shape, timesteps)  # checks it (and the frames)
         return super().__call__(inputs, *args, **kwargs)
 
     def _propagate_nonfinite(self, inputs, readout):

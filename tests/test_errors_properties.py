@@ -157,3 +157,43 @@ def test_the_strategy_reaches_both_outcomes():
     assert (True, True, True) in seen and (False, True, True) in seen
     assert any(not numeric for _, numeric, _ in seen) and (True, True, False) in seen
 
+
+
+ARGUMENT_VALUES = st.one_of(
+    st.integers(-3, 40), st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([None, True, "8", "all", [4]]),
+)
+
+
+@SETTINGS
+@given(ARGUMENT_VALUES)
+def test_call_and_simulate_timesteps_of_any_value(timesteps):
+    x = np.ones((2, FEATURES), "float32")
+    valid = isinstance(timesteps, int) and not isinstance(timesteps, bool) and 1 <= timesteps <= 40
+    for run in (
+        lambda: snn()(x, timesteps=timesteps),
+        lambda: keras_snn.simulate(snn(), x, timesteps=timesteps, verbose=0).accuracy,
+    ):
+        try:
+            run()
+        except Exception as error:  # noqa: BLE001
+            assert_short_expected_error(error)
+            assert not valid, f"valid timesteps refused: {error}"
+            continue
+        assert valid or timesteps is None, f"timesteps={timesteps!r} accepted"
+
+
+@settings(SETTINGS, max_examples=15)
+@given(
+    st.sampled_from(["timesteps", "spike_max", "percentile", "initial_membrane"]),
+    ARGUMENT_VALUES,
+)
+def test_convert_model_arguments_of_any_value(argument, value):
+    x = np.random.default_rng(0).random((8, FEATURES)).astype("float32")
+    try:
+        model = keras_snn.convert_model(ann(), x, **{"timesteps": 2, argument: value})
+    except Exception as error:  # noqa: BLE001
+        assert_short_expected_error(error)
+        return
+    assert isinstance(model, keras_snn.SpikingModel)
+    assert all(np.all(np.isfinite(w)) for w in model.get_weights())
