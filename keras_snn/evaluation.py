@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_snn import metrics
+from keras_snn.simulation import SpikingModel
 
 
 class SimulationResult:
@@ -73,8 +74,19 @@ class SimulationResult:
         return metrics.power_area(self._need_accuracy(), self.synaptic_ops)
 
     def energy(self, e_mac=metrics.E_MAC, e_ac=metrics.E_AC, timesteps=None):
-        """Energy per sample of `timesteps` steps (default all) vs one ANN pass."""
+        """Energy per sample of `timesteps` steps (default all) vs one ANN pass.
+
+        Raises:
+            ValueError: if `timesteps` is not an int in [1, simulated steps].
+        """
         steps = self.timesteps if timesteps is None else timesteps
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not (
+            1 <= steps <= self.timesteps
+        ):
+            raise ValueError(
+                f"`timesteps` must be an int from 1 to the {self.timesteps} steps simulated; "
+                f"received {timesteps!r}. Simulate more steps to estimate a longer run."
+            )
         return metrics.energy(
             self.cumulative_ops[steps - 1], self.input_macs * steps,
             sum(self.ann_macs.values()), e_mac, e_ac,
@@ -175,8 +187,13 @@ def simulate(snn, x, y=None, *, timesteps=None, batch_size=256, verbose="auto"):
         A `SimulationResult`.
 
     Raises:
-        ValueError: for a stateful model, empty input, or labels that do not
-            match the inputs.
+        ValueError: for a stateful model, a bad `batch_size` or `verbose`,
+            empty input, inputs of the wrong shape or not numeric, array
+            inputs holding NaN or infinity (their readout is NaN, see
+            `SpikingModel`, so no accuracy exists for them), or labels that do
+            not match: not numeric, not whole numbers, outside [0, classes),
+            one-hot rows of another width, or another count than the inputs.
+            A tf.data.Dataset is checked for shape and dtype only.
 
     Example:
 
@@ -188,11 +205,24 @@ def simulate(snn, x, y=None, *, timesteps=None, batch_size=256, verbose="auto"):
     >>> result.accuracy.shape, result.synaptic_ops.shape
     ((10,), (10,))
     """
+    if not isinstance(snn, SpikingModel):
+        raise TypeError(
+            f"simulate expects a keras_snn.SpikingModel (see convert_model); received "
+            f"{type(snn).__name__}."
+        )
     if getattr(snn, "stateful", False):
         raise ValueError(
             "simulate runs independent batches; use a SpikingModel with stateful=False."
         )
-    dataset, has_labels, batches = _as_dataset(x, y, batch_size)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or (
+        batch_size < 1
+    ):
+        raise ValueError(f"`batch_size` must be an int >= 1; received {batch_size!r}.")
+    if verbose not in (0, 1, 2, "auto", False, True):
+        raise ValueError(f"`verbose` must be 0, 1, 2 or 'auto'; received {verbose!r}.")
+    dataset, has_labels, batches = _as_dataset(
+        x, y, batch_size, classes=_readout_classes(snn), check_shape=snn._check_input_shape
+    )
     spec = dataset.element_spec[0] if has_labels else dataset.element_spec
     steps = snn.timesteps_for(spec.shape, timesteps)
     strategy = tf.distribute.get_strategy()
@@ -244,27 +274,102 @@ def simulate(snn, x, y=None, *, timesteps=None, batch_size=256, verbose="auto"):
     )
 
 
-def _as_dataset(x, y, batch_size):
-    """(dataset, has_labels, number of batches or None)."""
+def _readout_classes(snn):
+    """The readout's last dimension (the number of classes), or None if unknown."""
+    frame = snn._plan.frame_shape
+    steps = (None,) if snn.expects_sequence else ()
+    shape = snn.compute_output_shape((None,) + steps + tuple(frame), timesteps=1)
+    return shape[-1]
+
+
+def _as_dataset(x, y, batch_size, classes=None, check_shape=None):
+    """(dataset, has_labels, number of batches or None).
+
+    Array inputs are checked here (numeric, finite, shaped as `check_shape`
+    accepts, which raises otherwise) and so are array labels
+    (numeric, one per sample, integers in [0, classes) or one-hot rows of
+    `classes`). A dataset's elements are read lazily, so only their types
+    are checked.
+    """
     if isinstance(x, tf.data.Dataset):
         if y is not None:
             raise ValueError("Pass labels inside the tf.data.Dataset, not as `y`.")
         spec = x.element_spec
         has_labels = isinstance(spec, tuple) and len(spec) >= 2
+        for name, part in zip(("inputs", "labels"), spec if isinstance(spec, tuple) else (spec,)):
+            _check_numeric_spec(part, name)
+        if check_shape is not None:
+            check_shape(tf.TensorShape(spec[0].shape if has_labels else spec.shape))
         if has_labels and len(spec) > 2:
             x = x.map(lambda *element: element[:2])
         cardinality = int(x.cardinality())
         return x, has_labels, cardinality if cardinality > 0 else None
-    x = np.asarray(x, "float32")
+    x = _numeric_array(x, "x")
     if x.ndim == 0 or x.shape[0] == 0:
         raise ValueError(f"simulate received no samples: x has shape {x.shape}.")
+    if check_shape is not None:
+        check_shape((None,) + x.shape[1:])
+    bad = x.size - int(np.count_nonzero(np.isfinite(x)))
+    if bad:
+        raise ValueError(
+            f"x holds {bad} non-finite values (NaN or infinity); the model's readout for "
+            "those samples is NaN, so no accuracy can be measured on them. Remove or "
+            "replace them."
+        )
+    x = x.astype("float32", copy=False)
     if y is None:
         dataset = tf.data.Dataset.from_tensor_slices(x)
     else:
-        y = np.asarray(y)
-        if y.shape[0] != x.shape[0]:
-            raise ValueError(
-                f"x has {x.shape[0]} samples but y has {y.shape[0]} labels."
-            )
+        y = _check_labels(_numeric_array(y, "y"), x.shape[0], classes)
         dataset = tf.data.Dataset.from_tensor_slices((x, y))
     return dataset.batch(batch_size), y is not None, -(-x.shape[0] // batch_size)
+
+
+def _numeric_array(value, name):
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError) as error:  # ragged nested lists
+        raise ValueError(f"`{name}` is not a regular numeric array ({error}).") from None
+    if array.dtype.kind not in "biuf":
+        raise ValueError(
+            f"`{name}` must be numeric; received dtype {array.dtype} (shape {array.shape})."
+            + (" Map class names to integer labels first." if name == "y" else "")
+        )
+    return array
+
+
+def _check_numeric_spec(spec, name):
+    for part in tf.nest.flatten(spec):
+        dtype = getattr(part, "dtype", None)
+        if dtype is not None and not (dtype.is_floating or dtype.is_integer or dtype.is_bool):
+            raise ValueError(f"The dataset's {name} must be numeric; received dtype {dtype.name}.")
+
+
+def _check_labels(y, samples, classes):
+    """Integer labels in [0, classes) or one-hot rows; returns y (int64 or float)."""
+    if y.ndim == 0 or y.shape[0] != samples:
+        raise ValueError(
+            f"x has {samples} samples but y has {y.shape[0] if y.ndim else 0} labels."
+        )
+    one_hot = y.ndim == 2 and y.shape[1] > 1
+    if one_hot:
+        if classes is not None and y.shape[1] != classes:
+            raise ValueError(
+                f"One-hot labels y have {y.shape[1]} columns but the model reads out "
+                f"{classes} classes."
+            )
+        return y
+    if y.ndim > 2:
+        raise ValueError(
+            f"y must be integer labels (N,) or (N, 1), or one-hot (N, classes); received "
+            f"shape {y.shape}."
+        )
+    if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
+        raise ValueError("Integer labels y hold values that are not whole numbers.")
+    low, high = (y.min(), y.max()) if y.size else (0, 0)
+    if low < 0 or (classes is not None and high >= classes):
+        raise ValueError(
+            f"Labels y must be in [0, {classes}) for a readout of {classes} classes; "
+            f"received values from {low:g} to {high:g}."
+        )
+    return y.astype("int64")

@@ -1,4 +1,9 @@
-"""Losses on a SpikingModel's per-step readout `(batch, T, classes)`."""
+"""Losses on a SpikingModel's per-step readout `(batch, T, classes)`.
+
+Keras's own losses expect `(batch, classes)` predictions, so
+`SpikingModel.compile` refuses them (with a ValueError pointing here) rather
+than let them fail deep in `fit` or broadcast over the time axis.
+"""
 
 import keras
 from keras import ops

@@ -142,9 +142,12 @@ class SynapticOps(keras.metrics.Metric):
     """Mean synaptic operations per sample, for `SpikingModel.compile(metrics=[...])`.
 
     Keras metrics see only `(y_true, y_pred)`, and the readout carries no
-    operation counts, so this metric is fed by the model: a `SpikingModel`
-    compiled with it counts operations in `evaluate` (and `fit`'s validation)
-    and updates it with the per-sample, per-step counts.
+    operation counts, so this metric is fed by the model: while a
+    `SpikingModel` is compiled with it (in a list or a dict), every call counts
+    operations and adds them, so `fit` (training batches, with their dropout)
+    and `evaluate` report the real counts. It is reset, reported, saved and
+    restored by Keras like any compiled metric; compiling without it stops
+    the counting. Outside a SpikingModel it stays at 0.
 
     Args:
         step: 1-based step whose operations are reported (negative counts from

@@ -17,6 +17,8 @@ event each. Layers fed by an analog input do multiply-accumulates, not
 synaptic events: their work is reported as `input_macs` (per step).
 """
 
+import inspect
+
 import keras
 import tensorflow as tf
 
@@ -265,7 +267,13 @@ class SpikingModel(keras.Model):
 
     Call arguments:
         inputs: `(batch, *input_shape)` for static input, repeated every step,
-            or `(batch, T, *frame_shape)` for an `EventInput` network.
+            or `(batch, T, *frame_shape)` for an `EventInput` network. Any
+            numeric or boolean dtype (cast to the model's dtype, as Keras
+            does); a wrong shape raises a ValueError naming both shapes. A
+            sample holding NaN or an infinity reads out NaN at every step
+            (event input: from that frame on), as the ANN's logits would be
+            NaN: the spiking network would otherwise return a finite, wrong
+            answer (a NaN membrane never fires).
         timesteps: overrides the default for this call (for event input:
             at most the number of frames; default all frames).
         return_ops: also return the synaptic operations per sample per step,
@@ -443,16 +451,7 @@ class SpikingModel(keras.Model):
         return frames if timesteps is None else timesteps
 
     def _execute(self, inputs, timesteps, record, training=False):
-        inputs = tf.convert_to_tensor(inputs, dtype=self.compute_dtype)
-        expected = 1 + len(self._plan.frame_shape) + int(self._plan.sequence_input)
-        if inputs.shape.rank != expected:
-            layout = (
-                "(batch, T, *frame_shape)" if self._plan.sequence_input else "(batch, *input_shape)"
-            )
-            raise ValueError(
-                f"SpikingModel '{self.name}' expects inputs of rank {expected} {layout}; "
-                f"received shape {tuple(inputs.shape)}."
-            )
+        inputs = self._standardize_inputs(inputs)
         if self._plan.sequence_input and inputs.shape[1] is None and timesteps is None:
             timesteps = tf.shape(inputs)[1]  # unknown frame count: all frames
         else:
@@ -475,7 +474,98 @@ class SpikingModel(keras.Model):
             self._state.write(result["states"], first_step + timesteps)
         if self.head is not None:
             result["readout"] = self._apply_head(result["readout"])
+        result["readout"] = self._propagate_nonfinite(inputs, result["readout"])
         return result
+
+    def _standardize_inputs(self, inputs):
+        """The input as a `compute_dtype` tensor, its shape checked against the network's.
+
+        Integer, boolean and other float inputs are cast, as Keras models cast
+        them; the shape is checked here, before the loop is traced, so a wrong
+        frame shape is one line instead of an error deep inside the loop.
+        """
+        if not tf.is_tensor(inputs):
+            try:
+                inputs = tf.convert_to_tensor(inputs)
+            except (TypeError, ValueError) as error:
+                raise TypeError(
+                    f"SpikingModel '{self.name}' expects a numeric array or tensor; received "
+                    f"{type(inputs).__name__} that does not convert to one ({_first_line(error)})."
+                ) from None
+        dtype = self._check_input_dtype(inputs.dtype)
+        if dtype != self.compute_dtype:
+            inputs = tf.cast(inputs, self.compute_dtype)
+        self._check_input_shape(inputs.shape)
+        return inputs
+
+    def _check_input_shape(self, shape):
+        """ValueError unless `shape` fits the network's input (unknown dims fit)."""
+        sequence = self._plan.sequence_input
+        expected = (None,) * (1 + int(sequence)) + self._plan.frame_shape
+        received = tuple(shape)
+        if len(received) != len(expected) or any(
+            want is not None and got is not None and want != got
+            for want, got in zip(expected, received)
+        ):
+            kind = "event frames " if sequence else ""
+            raise ValueError(
+                f"SpikingModel '{self.name}' expects {kind}inputs of rank {len(expected)}, shape "
+                f"{_shape_text(expected, sequence)}; received shape {received}."
+            )
+
+    def _check_input_dtype(self, dtype):
+        """The tf.DType of the input; TypeError unless numeric or boolean."""
+        try:
+            dtype = tf.as_dtype(dtype)
+            numeric = dtype.is_floating or dtype.is_integer or dtype.is_bool
+        except TypeError:  # e.g. numpy strings or objects
+            numeric = False
+        if not numeric:
+            raise TypeError(
+                f"SpikingModel '{self.name}' expects numeric inputs; received dtype "
+                f"{getattr(dtype, 'name', dtype)}."
+            )
+        return dtype
+
+    def __call__(self, inputs, *args, **kwargs):
+        # Checked before Keras's call wrapper, which would pad a one-line
+        # error with the call's arguments.
+        if getattr(inputs, "dtype", None) is not None and not isinstance(inputs, (dict, list)):
+            self._check_input_dtype(inputs.dtype)
+        shape = getattr(inputs, "shape", None)
+        if shape is not None and not isinstance(inputs, (dict, list, tuple)):
+            try:
+                shape = tuple(shape)
+            except ValueError:  # unknown rank: checked again once known
+                shape = None
+            if shape is not None:
+                self._check_input_shape(shape)
+                timesteps = kwargs.get("timesteps", args[0] if args else None)
+                if timesteps is not None:
+                    self.timesteps_for(shape, timesteps)  # checks it (and the frames)
+        return super().__call__(inputs, *args, **kwargs)
+
+    def _propagate_nonfinite(self, inputs, readout):
+        """NaN readout wherever the input so far held a NaN or an infinity.
+
+        The ANN answers NaN to such an input; without this the spiking
+        network would answer a finite, different prediction (a NaN membrane
+        never reaches the threshold, so the bad values silently vanish).
+        Static input: every step of that sample. Event input: every step from
+        the first frame holding a non-finite value on.
+        """
+        if self._plan.sequence_input:
+            frames = tf.reshape(inputs, tf.concat([tf.shape(inputs)[:2], [-1]], 0))
+            bad_frame = tf.logical_not(tf.reduce_all(tf.math.is_finite(frames), axis=-1))
+            bad = tf.cumsum(tf.cast(bad_frame, tf.int32), axis=1)[:, : tf.shape(readout)[1]] > 0
+        else:
+            flat = tf.reshape(inputs, [tf.shape(inputs)[0], -1])
+            bad = tf.logical_not(tf.reduce_all(tf.math.is_finite(flat), axis=-1))
+            bad = tf.broadcast_to(bad[:, None], tf.shape(readout)[:2])
+        # (batch, T) -> (batch, T, 1, ...) to broadcast over the readout's shape.
+        trailing = tf.ones([tf.rank(readout) - 2], tf.int32)
+        bad = tf.reshape(bad, tf.concat([tf.shape(bad), trailing], 0))
+        return tf.where(bad, tf.constant(float("nan"), readout.dtype), readout)
 
     def _apply_head(self, readout):
         """The ANN head on every step's readout: (batch, T, ...) -> (batch, T, ...)."""
@@ -484,26 +574,77 @@ class SpikingModel(keras.Model):
         out = self.head(flat)
         return tf.reshape(out, tf.concat([shape[:2], tf.shape(out)[1:]], axis=0))
 
-    def compile(self, *args, metrics=None, **kwargs):
-        """`keras.Model.compile`; `keras_snn.metrics.SynapticOps` may be among `metrics`.
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, weighted_metrics=None,
+                **kwargs):
+        """`keras.Model.compile`, for losses and metrics on the per-step readout.
 
-        Operation metrics are fed by the model itself (the readout carries no
-        counts): when any is compiled, inference calls count operations.
+        The model's output is the readout after every step, `(batch, T,
+        classes)`, which Keras's own losses and metrics (e.g.
+        `SparseCategoricalCrossentropy`, `"accuracy"`) do not understand: they
+        are refused with a ValueError. Use `keras_snn.losses.ReadoutCrossentropy`
+        (final step, a chosen step, or all steps), `keras_snn.metrics.StepAccuracy`
+        and `keras_snn.metrics.SynapticOps`, or your own loss or metric that
+        takes `y_pred` of shape `(batch, T, classes)`.
+
+        `SynapticOps` metrics (in a list or a dict, in `metrics` or
+        `weighted_metrics`) are reported like any compiled metric, and are fed
+        by the model: while any is compiled, every call (training included)
+        counts operations, and `fit`/`evaluate` log the real counts of the
+        batches they ran. Compiling again without them stops the counting.
+        The compile state round-trips through `get_compile_config` /
+        `compile_from_config`, so a saved model loads compiled.
+
+        Example:
+
+        >>> import keras, numpy as np, keras_snn
+        >>> from keras_snn import layers
+        >>> inputs = keras.Input((4,))
+        >>> x = layers.SpikingDense(3, neuron=None)(layers.AnalogInput()(inputs))
+        >>> snn = SpikingModel(keras.Model(inputs, layers.Readout()(x)), timesteps=4)
+        >>> snn.compile("adam", keras_snn.losses.ReadoutCrossentropy(),
+        ...             metrics=[keras_snn.metrics.SynapticOps()])
+        >>> sorted(snn.evaluate(np.ones((2, 4)), np.zeros(2), verbose=0, return_dict=True))
+        ['loss', 'synaptic_ops']
+        >>> snn.compile("adam", "sparse_categorical_crossentropy")
+        Traceback (most recent call last):
+        ...
+        ValueError: `loss`: Keras's loss 'sparse_categorical_crossentropy' expects ...
         """
         from keras_snn.metrics import SynapticOps
 
-        if isinstance(metrics, (list, tuple)):
-            self.ops_metrics = [m for m in metrics if isinstance(m, SynapticOps)]
-            metrics = [m for m in metrics if not isinstance(m, SynapticOps)] or None
-        super().compile(*args, metrics=metrics, **kwargs)
+        _refuse_keras_objectives(loss, "loss", keras.losses)
+        _refuse_keras_objectives(metrics, "metrics", keras.metrics)
+        _refuse_keras_objectives(weighted_metrics, "weighted_metrics", keras.metrics)
+        ops_metrics = [
+            m for m in tf.nest.flatten([metrics, weighted_metrics]) if isinstance(m, SynapticOps)
+        ]
+        if metrics is None and weighted_metrics is None:
+            # keras.Model.compile keeps the previous compile's metrics when
+            # given none; an empty list replaces them.
+            metrics = []
+        super().compile(
+            optimizer=optimizer, loss=loss, metrics=metrics, weighted_metrics=weighted_metrics,
+            **kwargs,
+        )
+        # A plain holder: Keras tracks these through the compiled metrics
+        # already, and must not keep reporting them after a recompile.
+        self._ops_metrics = _Untracked(ops_metrics)
+
+    def compile_from_config(self, config):
+        """Compile from `get_compile_config()` (used by `keras.saving.load_model`)."""
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if getattr(self, "optimizer", None) is not None and self.built:
+            self.optimizer.build(self.trainable_variables)  # so saved slots can load
 
     def call(self, inputs, timesteps=None, return_ops=False, training=None):
-        ops_metrics = getattr(self, "ops_metrics", None) if not training else None
+        holder = getattr(self, "_ops_metrics", None)
+        ops_metrics = holder.items if holder is not None else ()
         record = bool(return_ops or ops_metrics)
         result = self._execute(inputs, timesteps, record=record, training=bool(training))
         if record:
             ops = tf.reduce_sum(result["layer_ops"], axis=-1)
-            for metric in ops_metrics or ():
+            for metric in ops_metrics:
                 metric.update_ops(ops)
         if return_ops:
             return result["readout"], ops
@@ -685,6 +826,57 @@ class _StreamState:
     def write(self, states, step):
         tf.nest.map_structure(lambda v, t: v.assign(t), self.variables, tuple(states))
         self.step.assign(step)
+
+
+class _Untracked:
+    """A plain container Keras's attribute tracking does not look into."""
+
+    def __init__(self, items):
+        self.items = tuple(items)
+
+
+def _is_keras_builtin(obj, namespace):
+    """Whether a loss/metric (object, class, function or name) is Keras's own."""
+    if isinstance(obj, str):
+        if obj in ("accuracy", "acc", "crossentropy", "ce"):
+            return True  # names Keras resolves only once it sees the labels
+        try:
+            obj = namespace.get(obj)
+        except (ValueError, TypeError):
+            return False  # Keras reports unknown names itself
+    # A wrapped function (LossFunctionWrapper, MeanMetricWrapper) is judged by the function.
+    obj = getattr(obj, "fn", None) or getattr(obj, "_fn", None) or obj
+    owner = obj if isinstance(obj, type) or inspect.isroutine(obj) else type(obj)
+    module = getattr(owner, "__module__", None) or ""
+    return module == "keras" or module.startswith("keras.")
+
+
+def _refuse_keras_objectives(objectives, argument, namespace):
+    for obj in tf.nest.flatten(objectives):
+        if obj is None or not _is_keras_builtin(obj, namespace):
+            continue
+        name = obj if isinstance(obj, str) else getattr(obj, "name", getattr(
+            obj, "__name__", type(obj).__name__))
+        what = "loss" if argument == "loss" else "metric"
+        raise ValueError(
+            f"`{argument}`: Keras's {what} {name!r} expects predictions of shape "
+            "(batch, classes), but a SpikingModel outputs the readout after every step, "
+            "(batch, T, classes). Use keras_snn.losses.ReadoutCrossentropy() (final step; "
+            "step=k or step='all' for others), keras_snn.metrics.StepAccuracy() and "
+            "keras_snn.metrics.SynapticOps(), or a custom loss/metric that reads "
+            "(batch, T, classes)."
+        )
+
+
+def _first_line(error):
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+def _shape_text(shape, sequence=False):
+    """(batch, T, 28, 28, 1)-style text of an expected shape."""
+    names = ["batch", "T"] if sequence else ["batch"]
+    return "(" + ", ".join(names + [str(d) for d in shape[len(names):]]) + ")"
 
 
 def _stack(per_layer, batch_size):

@@ -12,6 +12,7 @@ bounded for large calibration sets; the maximum is always exact.
 import numpy as np
 import tensorflow as tf
 
+from keras_snn.conversion.errors import ConversionError
 from keras_snn.layers.base import SpikingLayer
 from keras_snn.layers.base import SynapticLayer
 
@@ -20,18 +21,107 @@ def calibration_batches(data, batch_size=256):
     """Yield float32 input batches from an array, a tf.data.Dataset or an iterable.
 
     Elements may be `x` or tuples `(x, y[, sample_weight])`; only x is used.
+    A tuple of 2 or 3 arrays with the same number of rows is read as
+    `(x, y[, sample_weight])`, as Keras reads `validation_data`.
     """
+    if _is_xy_tuple(data):
+        data = data[0]
     if isinstance(data, (np.ndarray, tf.Tensor)) or hasattr(data, "__array__"):
-        array = np.asarray(data, "float32")
-        if array.shape[0] == 0:
-            raise ValueError("calibration_data is empty.")
+        array = _as_float_array(data, "calibration_data")
+        if array.ndim == 0 or array.shape[0] == 0:
+            raise ConversionError(f"calibration_data is empty (shape {array.shape}).")
         for start in range(0, len(array), batch_size):
             yield array[start : start + batch_size]
         return
-    for element in data:
+    if isinstance(data, (str, bytes, dict)) or not hasattr(data, "__iter__"):
+        raise ConversionError(
+            "calibration_data must be an array, a tf.data.Dataset or an iterable of batches; "
+            f"received {type(data).__name__}."
+        )
+    for index, element in enumerate(data):
         if isinstance(element, (tuple, list)):
             element = element[0]
-        yield np.asarray(element, "float32")
+        yield _as_float_array(element, f"calibration batch {index}")
+
+
+def _is_xy_tuple(data):
+    if not isinstance(data, tuple) or len(data) not in (2, 3):
+        return False
+    lengths = set()
+    for part in data:
+        shape = getattr(part, "shape", None)
+        if shape is None or len(shape) == 0:
+            return False
+        lengths.add(shape[0])
+    return len(lengths) == 1
+
+
+def _as_float_array(data, what):
+    try:
+        array = np.asarray(data)
+    except (TypeError, ValueError) as error:  # ragged nested lists
+        raise ConversionError(f"{what} is not a regular numeric array ({error}).") from None
+    if array.dtype.kind not in "biuf":
+        raise ConversionError(
+            f"{what} must be numeric; received dtype {array.dtype} (shape {array.shape})."
+        )
+    return array.astype("float32", copy=False)
+
+
+class CalibrationReader:
+    """The calibration batches, checked against the model's input.
+
+    Iterating yields the float32 batches whose values are all finite and
+    whose shape is `(batch, *frame_shape)`; a wrong shape raises at once.
+    Batches holding NaN or infinity are counted, not used: `finish()` then
+    refuses the data, naming how many values were bad (a NaN would silently
+    vanish from the percentile and skew every ceiling).
+    """
+
+    def __init__(self, data, frame_shape, batch_size=256):
+        self._batches = calibration_batches(data, batch_size)
+        self.frame_shape = tuple(frame_shape)
+        self.samples = 0
+        self.values = 0
+        self.nonfinite = 0
+        self.nonzero = 0
+
+    def __iter__(self):
+        for batch in self._batches:
+            self._check_shape(batch)
+            bad = int(batch.size - np.count_nonzero(np.isfinite(batch)))
+            self.samples += len(batch)
+            self.values += batch.size
+            self.nonfinite += bad
+            if bad or self.nonfinite:
+                continue  # refused in finish(); no ceiling is worth measuring now
+            self.nonzero += int(np.count_nonzero(batch))
+            yield batch
+
+    def _check_shape(self, batch):
+        expected = (None,) + self.frame_shape
+        if batch.ndim != len(expected) or any(
+            want is not None and want != got for want, got in zip(expected[1:], batch.shape[1:])
+        ):
+            raise ConversionError(
+                "calibration_data must hold model inputs of shape "
+                f"(batch, {', '.join(str(d) for d in self.frame_shape)}); received a batch of "
+                f"shape {batch.shape}."
+            )
+
+    def finish(self):
+        """ConversionError for no data or any non-finite value."""
+        if not self.samples:
+            raise ConversionError("calibration_data yielded no batches.")
+        if self.nonfinite:
+            raise ConversionError(
+                f"calibration_data holds {self.nonfinite} non-finite values (NaN or infinity) "
+                f"out of {self.values}; remove or replace them before converting."
+            )
+
+    @property
+    def all_zero(self):
+        return self.samples > 0 and not self.nonfinite and self.nonzero == 0
 
 
 def analog_forward(graph, inputs, max_values):
@@ -95,6 +185,10 @@ class CeilingEstimator:
                 merged = np.concatenate(pools[channel])
                 pools[channel] = [merged[self._rng.random(merged.size) < 0.5]]
                 rates[channel] /= 2.0
+
+    def measured(self, key):
+        """Whether the layer produced any positive activation (else no ceiling)."""
+        return key in self._maxima and bool(np.any(self._maxima[key] > 0))
 
     def ceiling(self, key):
         """Per-channel vector (or a 1-vector) of ceilings; 1 where a unit never fired."""

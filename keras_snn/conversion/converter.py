@@ -18,6 +18,7 @@ The pipeline (DESIGN.md section 4), each step on a copy, never the user's model:
 
 import os
 import tempfile
+import warnings
 
 import keras
 import numpy as np
@@ -26,9 +27,9 @@ import tensorflow as tf
 from keras_snn import layers as snn_layers
 from keras_snn import neurons as neurons_lib
 from keras_snn.conversion import ir
+from keras_snn.conversion.calibration import CalibrationReader
 from keras_snn.conversion.calibration import CeilingEstimator
 from keras_snn.conversion.calibration import analog_forward
-from keras_snn.conversion.calibration import calibration_batches
 from keras_snn.conversion.errors import ConversionError
 from keras_snn.conversion.folding import fold_affines
 from keras_snn.conversion.layout import rewrite_to_channels_last
@@ -84,8 +85,12 @@ def convert_model(
         model: a built Keras 3 Sequential or functional model (nested models
             included), or a tf_keras (Keras 2) model.
         calibration_data: inputs (array, tf.data.Dataset or iterable of
-            batches; `(x, y)` elements are fine) used to measure ceilings.
-            Needed only where a ceiling must come from data.
+            batches; `(x, y)` elements are fine, and so is a tuple of arrays
+            `(x, y[, sample_weight])`, read like Keras's `validation_data`)
+            used to measure ceilings. Needed only where a ceiling must come
+            from data. Batches must have the model's input shape; NaN or
+            infinite values are refused; a layer that never activates on the
+            data (e.g. all-zero data) gets ceiling 1 with a warning naming it.
         timesteps: default simulation length of the returned model.
         neuron: "if", "buffered" (negative spikes undo over-fire), "lif"
             (leak 1, to be trained), "auto" ("buffered" for models with QReLU
@@ -113,7 +118,9 @@ def convert_model(
 
     Raises:
         ConversionError: for an unsupported layer or argument, or missing
-            calibration data (naming the layers that need it).
+            calibration data (naming the layers that need it), or calibration
+            data of the wrong shape or type, empty, or holding non-finite
+            values (with their count).
 
     Example:
 
@@ -487,16 +494,15 @@ class _NetworkBuilder:
         encoded = options.input_encoding != "analog"
         estimator = CeilingEstimator(options.percentile, options.per_channel)
         if calibration_data is not None and options.normalization != "none" and (data_keys or encoded):
-            seen = 0
-            for batch in calibration_batches(calibration_data):
+            reader = CalibrationReader(calibration_data, self.frame_shape)
+            for batch in reader:
                 values = analog_forward(graph, batch, {keys[k]: v for k, v in max_values.items()})
                 for key in data_keys:
                     estimator.add(key, values[keys[key]])
                 if encoded:
                     estimator.add("__input__", np.maximum(batch, 0))
-                seen += len(batch)
-            if not seen:
-                raise ConversionError("calibration_data yielded no batches.")
+            reader.finish()
+            _warn_unmeasured_ceilings(reader, estimator, data_keys, encoded, self.ops)
             if encoded:
                 input_ceiling = float(estimator.ceiling("__input__").max())
         ceilings = {
@@ -561,6 +567,27 @@ class _NetworkBuilder:
                 scales[op.key] = np.asarray(layer(batch if len(batch) > 1 else batch[0]))[0]
                 continue
             scales[op.key] = np.broadcast_to(out_vec, out_shape).astype("float32")
+
+
+def _warn_unmeasured_ceilings(reader, estimator, data_keys, encoded, ops):
+    """Warn about ceilings the calibration data could not measure.
+
+    A layer that never produced a positive activation on the calibration
+    data gets the neutral ceiling 1, which is a guess, not a measurement:
+    its spikes may saturate or never come on real data.
+    """
+    sources = {op.key: op.source for op in ops}
+    silent = [f"'{sources[key]}'" for key in data_keys if not estimator.measured(key)]
+    if encoded and not estimator.measured("__input__"):
+        silent.insert(0, "the input encoder")
+    if not silent:
+        return
+    cause = "is all zeros" if reader.all_zero else "never activates them"
+    warnings.warn(
+        f"The calibration data {cause}: the activation ceilings of {', '.join(silent)} could "
+        "not be measured and were set to 1. Calibrate with representative inputs.",
+        stacklevel=4,
+    )
 
 
 def _channel_vector(scale_map, op):
