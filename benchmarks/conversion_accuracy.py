@@ -6,6 +6,9 @@ convert_model, and prints ANN and SNN top-1 accuracy on the first
 `--test_items` test images at several T.
 
     python benchmarks/conversion_accuracy.py --data_dir /usr/share/datasets/fashion-mnist
+
+`--pooling max` trains the same architectures with MaxPooling in place of
+average pooling (the spiking max pool of cumulative counts).
 """
 
 import os
@@ -15,6 +18,8 @@ from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import keras  # noqa: E402
 
 import keras_snn  # noqa: E402
 from benchmarks import common  # noqa: E402
@@ -34,6 +39,27 @@ flags.DEFINE_boolean("per_channel", False, "Per-channel ceilings.")
 flags.DEFINE_float("initial_membrane", 0.0, "Initial membrane (fraction of threshold).")
 flags.DEFINE_string("model_dir", None, "Cache trained ANNs here (reused when present).")
 flags.DEFINE_string("synapse_dtype", None, "SpikingModel synapse_dtype, e.g. bfloat16.")
+flags.DEFINE_enum("pooling", "average", ["average", "max"], "Pooling of the architectures.")
+flags.DEFINE_string("normalization", "percentile", "convert_model normalization.")
+
+
+def with_max_pooling(model):
+    """The architecture with every (global) average pooling made a max pooling."""
+    swaps = {
+        keras.layers.AveragePooling2D: keras.layers.MaxPooling2D,
+        keras.layers.GlobalAveragePooling2D: keras.layers.GlobalMaxPooling2D,
+    }
+
+    def clone(layer):
+        cls = swaps.get(type(layer), type(layer))
+        return cls.from_config(layer.get_config())
+
+    return keras.models.clone_model(model, clone_function=clone)
+
+
+def build(name, input_shape):
+    model = getattr(applications, name)(input_shape=input_shape)
+    return with_max_pooling(model) if FLAGS.pooling == "max" else model
 
 
 def main(_):
@@ -44,12 +70,13 @@ def main(_):
     print(f"synapse_dtype: {FLAGS.synapse_dtype or 'float32 (default)'}")
     for name in FLAGS.models:
         model, seconds = common.train_or_load(
-            lambda: getattr(applications, name)(input_shape=x_train.shape[1:]),
-            x_train, y_train, FLAGS.epochs, FLAGS.model_dir, f"{FLAGS.dataset}_{name}_relu",
+            lambda: build(name, x_train.shape[1:]),
+            x_train, y_train, FLAGS.epochs, FLAGS.model_dir,
+            f"{FLAGS.dataset}_{name}_relu" + ("_maxpool" if FLAGS.pooling == "max" else ""),
         )
         ann = common.ann_accuracy(model, x_eval, y_eval)
         snn = keras_snn.convert_model(
-            model, x_train[: FLAGS.calibration], normalization="percentile",
+            model, x_train[: FLAGS.calibration], normalization=FLAGS.normalization,
             percentile=FLAGS.percentile, per_channel=FLAGS.per_channel,
             initial_membrane=FLAGS.initial_membrane,
         )
@@ -57,6 +84,7 @@ def main(_):
         accuracy = keras_snn.simulate(snn, x_eval, y_eval, timesteps=steps[-1], verbose=0).accuracy
         print(
             f"\n{name}: {FLAGS.epochs} epochs ({seconds:.0f} s training), ANN {100 * ann:.2f}%, "
+            f"pooling={FLAGS.pooling}, normalization={FLAGS.normalization}, "
             f"per_channel={FLAGS.per_channel}, initial_membrane={FLAGS.initial_membrane}"
         )
         print("| T | SNN top-1 | ANN top-1 | SNN - ANN |")

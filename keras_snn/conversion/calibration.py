@@ -51,7 +51,9 @@ def analog_forward(graph, inputs, max_values):
         gathered = [values[key] for key in node.input_keys]
         x = gathered if len(gathered) > 1 else gathered[0]
         layer = node.layer
-        if isinstance(layer, SynapticLayer):
+        if hasattr(layer, "ann_call"):  # a nonlinear map with no neuron (max pooling)
+            out = layer.ann_call(x)
+        elif isinstance(layer, SynapticLayer):
             out = layer.compute_current(x)
             if layer.neuron is not None:
                 out = tf.nn.relu(out)

@@ -61,10 +61,12 @@ def convert_model(
     BatchNormalization (folded into the adjacent weighted layer), Rescaling
     and Normalization at the input (folded into the first layer), Dropout and
     noise layers (dropped), Flatten, Reshape, ZeroPadding, Cropping, nearest
-    UpSampling, Concatenate, Average/GlobalAverage pooling (1D and 2D), Add
-    (a weighted spiking add), a final softmax (dropped: argmax is unchanged),
-    and nested models. MaxPooling, LeakyReLU, sigmoid/tanh and anything else
-    raise `ConversionError` naming the layer.
+    UpSampling, Concatenate, Average/GlobalAverage and Max/GlobalMax pooling
+    (1D and 2D; max pooling acts on cumulative spike counts, see
+    `keras_snn.layers.SpikingMaxPooling2D`), Add (a weighted spiking add), a
+    final softmax (dropped: argmax is unchanged), and nested models.
+    LeakyReLU, sigmoid/tanh and anything else raise `ConversionError` naming
+    the layer.
 
     Normalisation: every spiking layer fires at most `spike_max` per step at
     its activation ceiling lambda. lambda comes from a QReLU's learned bound
@@ -134,6 +136,7 @@ def convert_model(
         )
     ops, output_key = _to_ops(graph)
     fold_affines(ops, [output_key])
+    output_key = _relu_before_max_pool(ops, output_key)
     output_key = _fuse_activations(ops, output_key)
     if tail is not None:
         tail = _hand_over_to_head(ops, output_key, tail)
@@ -269,6 +272,32 @@ def _to_ops(graph):
             alias[node.key] = inputs[0]
     output_key = alias.get(graph.output_keys[0], graph.output_keys[0])
     return ops, output_key
+
+
+def _relu_before_max_pool(ops, output_key):
+    """Rewrite `Conv -> MaxPool -> ReLU` as `Conv -> ReLU -> MaxPool`.
+
+    A ReLU, clipped or not, is non-decreasing, so it commutes with a window
+    maximum exactly: `relu(max_i x_i) == max_i relu(x_i)`. Moved next to the
+    weighted layer it fuses with it into a spiking layer as usual.
+    """
+    by_key = {op.key: op for op in ops}
+    for relu in [op for op in ops if isinstance(op, ir.Relu)]:
+        pool = by_key.get(relu.inputs[0])
+        if not isinstance(pool, ir.MaxPool) or ir.consumers(ops, pool.key) != [relu]:
+            continue
+        producer = by_key.get(pool.inputs[0])
+        if not isinstance(producer, (ir.Linear, ir.Merge)) or producer.spiking:
+            continue
+        if ir.consumers(ops, producer.key) != [pool]:
+            continue
+        ir.replace_input(ops, relu.key, pool.key)
+        relu.inputs, pool.inputs = [producer.key], [relu.key]
+        ops.remove(relu)
+        ops.insert(ops.index(pool), relu)  # keep the list in graph order
+        if output_key == relu.key:
+            output_key = pool.key
+    return output_key
 
 
 def _fuse_activations(ops, output_key):
@@ -444,6 +473,10 @@ class _NetworkBuilder:
             return op.spiking_class(**{**op.config, "name": name}, neuron=neuron)
         if isinstance(op, ir.Merge):
             return snn_layers.SpikingAdd(neuron=neuron, name=name)
+        if isinstance(op, ir.MaxPool):
+            # Spikes: the window max of cumulative counts; the analog input:
+            # the window max of the values (static, so computed once).
+            return op.spiking_class(**{**op.config, "name": name}, cumulative=input_spikes)
         if isinstance(op, ir.Pool):
             # Pooling spikes fires like any neuron; pooling the analog input
             # is a fixed linear map computed once (neuron None).
@@ -534,7 +567,8 @@ class _NetworkBuilder:
                 ]
                 layer.branch_weights.assign(np.stack(weights).astype("float32"))
             elif isinstance(op, ir.Pool):
-                out_vec = _channel_vector(in_maps[0], op)  # averaging keeps the scale
+                # Mean and max act within a channel: both keep its scale.
+                out_vec = _channel_vector(in_maps[0], op)
             else:  # a shape layer moves the scale map like the values
                 batch = [m[None] for m in in_maps]
                 scales[op.key] = np.asarray(layer(batch if len(batch) > 1 else batch[0]))[0]

@@ -56,6 +56,11 @@ class Pool(Op):
 
 
 @dataclasses.dataclass
+class MaxPool(Pool):
+    """Max pooling: per channel but not linear (cumulative spike counts)."""
+
+
+@dataclasses.dataclass
 class Merge(Op):
     """Residual Add of its inputs (a weighted add after conversion)."""
 

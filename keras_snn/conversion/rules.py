@@ -229,12 +229,12 @@ for _cls in passthrough_layer_classes():
 
 
 # ----------------------------------------------------------------- pooling
-def _pool_rule(spiking_class, keys):
+def _pool_rule(spiking_class, keys, op_class=ir.Pool):
     def rule(layer, key, inputs):
         _channels_last(layer)
         config = {name: getattr(layer, name) for name in keys}
         config["name"] = layer.name
-        return [ir.Pool(key, inputs, layer.name, spiking_class, config)]
+        return [op_class(key, inputs, layer.name, spiking_class, config)]
 
     return rule
 
@@ -255,24 +255,30 @@ register_conversion_rule(
     keras.layers.GlobalAveragePooling1D,
     _pool_rule(snn_layers.SpikingGlobalAveragePooling1D, ("keepdims",)),
 )
+# Max pooling commutes with the per-layer or per-channel scales of
+# normalisation (each window lies inside one channel), so it keeps the scale.
+register_conversion_rule(
+    keras.layers.MaxPooling2D,
+    _pool_rule(snn_layers.SpikingMaxPooling2D, ("pool_size", "strides", "padding"), ir.MaxPool),
+)
+register_conversion_rule(
+    keras.layers.MaxPooling1D,
+    _pool_rule(snn_layers.SpikingMaxPooling1D, ("pool_size", "strides", "padding"), ir.MaxPool),
+)
+register_conversion_rule(
+    keras.layers.GlobalMaxPooling2D,
+    _pool_rule(snn_layers.SpikingGlobalMaxPooling2D, ("keepdims",), ir.MaxPool),
+)
+register_conversion_rule(
+    keras.layers.GlobalMaxPooling1D,
+    _pool_rule(snn_layers.SpikingGlobalMaxPooling1D, ("keepdims",), ir.MaxPool),
+)
 register_conversion_rule(
     keras.layers.Add, lambda layer, key, inputs: [ir.Merge(key, inputs, layer.name)]
 )
 
 
 # ----------------------------------------------------------------- refused
-_MAX_POOL = (
-    " has no exact spiking form (a spiking max needs the neuron with the "
-    "highest rate, which is unknown until the end). Retrain with "
-    "AveragePooling (or a strided convolution) in its place."
-)
-for _cls in (
-    keras.layers.MaxPooling1D,
-    keras.layers.MaxPooling2D,
-    keras.layers.GlobalMaxPooling1D,
-    keras.layers.GlobalMaxPooling2D,
-):
-    _REFUSALS[_cls] = _MAX_POOL
 _NEGATIVE = (
     " passes negative values, which spiking neurons cannot carry. Use ReLU "
     "(optionally with max_value) or keras_snn.layers.QReLU."

@@ -3,8 +3,9 @@
 Average pooling is linear, so it has an exact spiking form: each output neuron
 receives the mean of its window's input spikes and fires like any IF neuron.
 Its synapses are the window connections (weight 1/size), so a spike costs one
-operation per window it belongs to. Max pooling has no exact spiking form;
-keras_snn offers none (convert_model suggests average pooling instead).
+operation per window it belongs to. Max pooling has a rate form of its own on
+cumulative spike counts (`keras_snn.layers.max_pooling`), which shares the
+window geometry defined here.
 """
 
 import keras
@@ -26,8 +27,8 @@ class _SpikingAveragePooling(SynapticLayer, keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.pool_size = _tuple(pool_size, self.rank, "pool_size", self.name)
-        self.strides = _tuple(
+        self.pool_size = pool_tuple(pool_size, self.rank, "pool_size", self.name)
+        self.strides = pool_tuple(
             self.pool_size if strides is None else strides, self.rank, "strides", self.name
         )
         padding = str(padding).lower()
@@ -48,15 +49,7 @@ class _SpikingAveragePooling(SynapticLayer, keras.layers.Layer):
         self._build_neuron(input_shape)
 
     def compute_output_shape(self, input_shape):
-        spatial = []
-        for size, pool, stride in zip(input_shape[1:-1], self.pool_size, self.strides):
-            if size is None:
-                spatial.append(None)
-            elif self.padding == "same":
-                spatial.append(-(-size // stride))
-            else:
-                spatial.append((size - pool) // stride + 1)
-        return (input_shape[0], *spatial, input_shape[-1])
+        return pooled_shape(input_shape, self.pool_size, self.strides, self.padding)
 
     def compute_current(self, inputs):
         return ops.average_pool(
@@ -64,11 +57,7 @@ class _SpikingAveragePooling(SynapticLayer, keras.layers.Layer):
         )
 
     def connectivity(self, inputs):
-        # Sum pooling: one synapse per (window, member), as a depthwise conv
-        # with a ones kernel so 'same' borders count only real members.
-        channels = inputs.shape[-1]
-        kernel = ops.ones(self.pool_size + (channels, 1), dtype=inputs.dtype)
-        return ops.depthwise_conv(inputs, kernel, strides=self.strides, padding=self.padding)
+        return window_counts(inputs, self.pool_size, self.strides, self.padding)
 
     def get_config(self):
         return {
@@ -205,7 +194,31 @@ class SpikingGlobalAveragePooling1D(_SpikingGlobalAveragePooling):
     rank = 1
 
 
-def _tuple(value, rank, name, layer_name):
+def pooled_shape(input_shape, pool_size, strides, padding):
+    """Output shape of a channels_last pooling window (Keras's arithmetic)."""
+    spatial = []
+    for size, pool, stride in zip(input_shape[1:-1], pool_size, strides):
+        if size is None:
+            spatial.append(None)
+        elif padding == "same":
+            spatial.append(-(-size // stride))
+        else:
+            spatial.append((size - pool) // stride + 1)
+    return (input_shape[0], *spatial, input_shape[-1])
+
+
+def window_counts(inputs, pool_size, strides, padding):
+    """Sum pooling: one connection per (window, member).
+
+    A depthwise convolution with a ones kernel, so 'same' borders count only
+    real members; its gradient is the number of windows holding each input.
+    """
+    channels = inputs.shape[-1]
+    kernel = ops.ones(tuple(pool_size) + (channels, 1), dtype=inputs.dtype)
+    return ops.depthwise_conv(inputs, kernel, strides=strides, padding=padding)
+
+
+def pool_tuple(value, rank, name, layer_name):
     values = (value,) * rank if isinstance(value, int) else tuple(value)
     if len(values) != rank or not all(isinstance(v, int) and v > 0 for v in values):
         raise ValueError(
