@@ -112,3 +112,17 @@ class Timer:
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.start
+
+
+def with_max_pooling(model):
+    """The architecture with every (global) average pooling made a max pooling."""
+    swaps = {
+        keras.layers.AveragePooling2D: keras.layers.MaxPooling2D,
+        keras.layers.GlobalAveragePooling2D: keras.layers.GlobalMaxPooling2D,
+    }
+
+    def clone(layer):
+        cls = swaps.get(type(layer), type(layer))
+        return cls.from_config(layer.get_config())
+
+    return keras.models.clone_model(model, clone_function=clone)

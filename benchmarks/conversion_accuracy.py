@@ -19,8 +19,6 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import keras  # noqa: E402
-
 import keras_snn  # noqa: E402
 from benchmarks import common  # noqa: E402
 from keras_snn import applications  # noqa: E402
@@ -43,23 +41,9 @@ flags.DEFINE_enum("pooling", "average", ["average", "max"], "Pooling of the arch
 flags.DEFINE_string("normalization", "percentile", "convert_model normalization.")
 
 
-def with_max_pooling(model):
-    """The architecture with every (global) average pooling made a max pooling."""
-    swaps = {
-        keras.layers.AveragePooling2D: keras.layers.MaxPooling2D,
-        keras.layers.GlobalAveragePooling2D: keras.layers.GlobalMaxPooling2D,
-    }
-
-    def clone(layer):
-        cls = swaps.get(type(layer), type(layer))
-        return cls.from_config(layer.get_config())
-
-    return keras.models.clone_model(model, clone_function=clone)
-
-
 def build(name, input_shape):
     model = getattr(applications, name)(input_shape=input_shape)
-    return with_max_pooling(model) if FLAGS.pooling == "max" else model
+    return common.with_max_pooling(model) if FLAGS.pooling == "max" else model
 
 
 def main(_):
