@@ -56,17 +56,18 @@ def convert_model(
 ):
     """Convert a trained ReLU Keras model into a `keras_snn.SpikingModel`.
 
-    Supported: Dense, Conv1D/Conv2D/DepthwiseConv2D (inline relu or linear),
-    ReLU (max_value allowed), Activation relu/linear/softmax,
+    Supported: Dense, Conv1D/Conv2D/DepthwiseConv2D (inline relu, relu6 or
+    linear), ReLU (max_value allowed), Activation relu/relu6/linear, a final
+    softmax or sigmoid (dropped; for a sigmoid head decide at readout 0),
     BatchNormalization (folded into the adjacent weighted layer), Rescaling
     and Normalization at the input (folded into the first layer), Dropout and
     noise layers (dropped), Flatten, Reshape, ZeroPadding, Cropping, nearest
     UpSampling, Concatenate, Average/GlobalAverage and Max/GlobalMax pooling
     (1D and 2D; max pooling acts on cumulative spike counts, see
-    `keras_snn.layers.SpikingMaxPooling2D`), Add (a weighted spiking add), a
-    final softmax (dropped: argmax is unchanged), and nested models.
-    LeakyReLU, sigmoid/tanh and anything else raise `ConversionError` naming
-    the layer.
+    `keras_snn.layers.SpikingMaxPooling2D`), Add (a weighted spiking add),
+    and nested models. The final linear layer is the readout, and may be
+    followed by reshaping and average pooling. LeakyReLU, a hidden
+    sigmoid/tanh and anything else raise `ConversionError` naming the layer.
 
     Normalisation: every spiking layer fires at most `spike_max` per step at
     its activation ceiling lambda. lambda comes from a QReLU's learned bound
@@ -318,11 +319,13 @@ def _fuse_activations(ops, output_key):
                     ", which is not a Dense/Conv/Add whose only consumer is this ReLU; "
                     "spiking neurons fuse a ReLU with the weighted layer before it."
                 )
-        elif isinstance(op, ir.Softmax):
+        elif isinstance(op, ir.Softmax):  # softmax or sigmoid
             if op.key != output_key:
                 raise ConversionError(
-                    f"Softmax '{op.source}' is not the model's final layer; a softmax "
-                    "has no spiking form except as the (dropped) final activation."
+                    f"Layer '{op.source}' applies {op.activation} but is not the model's final "
+                    f"layer; a {op.activation} has no spiking form except as the (dropped) "
+                    f"final activation. Convert with head='{op.source}' to run it "
+                    "and what follows as an ANN on the spiking part's readout."
                 )
         else:
             continue
@@ -362,6 +365,7 @@ def _check_kinds(ops, input_key, output_key):
     """Every op's inputs must be something a spiking layer can receive."""
     kinds = {input_key: "analog"}
     by_key = {op.key: op for op in ops}
+    tail = _readout_tail(ops, output_key)
     for op in ops:
         inputs = [kinds[key] for key in op.inputs]
         if isinstance(op, ir.Linear):
@@ -369,12 +373,15 @@ def _check_kinds(ops, input_key, output_key):
                 _refuse_current(op, by_key)
             kinds[op.key] = "spikes" if op.spiking else "current"
             users = ir.consumers(ops, op.key)
-            if not op.spiking and op.key != output_key and not all(
-                isinstance(user, ir.Merge) and user.spiking for user in users
-            ):
+            into_adds = all(isinstance(user, ir.Merge) and user.spiking for user in users)
+            into_tail = all(user.key in tail for user in users)
+            if not op.spiking and op.key != output_key and not (into_adds or into_tail):
                 raise ConversionError(
                     f"Layer '{op.source}' has no ReLU after it and is not the final layer; "
-                    "a spiking layer needs a ReLU (or feeds a residual Add followed by one)."
+                    "a spiking layer needs a ReLU (or feeds a residual Add followed by one), "
+                    "and a final linear layer may be followed only by reshaping, average "
+                    "pooling and softmax. To run the rest of the model as an ANN on the "
+                    f"spiking part's readout, convert with head='{users[0].source}'."
                 )
         elif isinstance(op, ir.Merge):
             if "analog" in inputs:
@@ -386,7 +393,7 @@ def _check_kinds(ops, input_key, output_key):
                 )
             kinds[op.key] = "spikes" if op.spiking else "current"
         elif isinstance(op, ir.Pool):
-            if "current" in inputs:
+            if "current" in inputs and op.key not in tail:
                 _refuse_current(op, by_key)
             kinds[op.key] = inputs[0]
         elif isinstance(op, ir.Shape):
@@ -397,6 +404,31 @@ def _check_kinds(ops, input_key, output_key):
             kinds[op.key] = inputs[0]
     if kinds[output_key] == "analog":
         raise ConversionError("The model has no weighted layer between its input and output.")
+
+
+def _readout_tail(ops, output_key):
+    """Keys of the linear ops between the last weighted layer and the output.
+
+    The readout is the running mean of its input, and a time average commutes
+    with every linear map that acts on one step at a time (Reshape, Flatten,
+    padding, average pooling). So a final linear layer followed only by such
+    ops (MobileNet's conv_preds -> Reshape -> softmax, or an all-convolutional
+    classifier's Conv -> GlobalAveragePooling -> softmax) is still the readout:
+    these ops run on its current. Max pooling is not linear and ends the tail.
+    """
+    by_key = {op.key: op for op in ops}
+    tail, key = set(), output_key
+    while True:
+        op = by_key.get(key)
+        linear = isinstance(op, ir.Shape) or (
+            isinstance(op, ir.Pool) and not isinstance(op, ir.MaxPool)
+        )
+        if not linear or len(op.inputs) != 1:
+            return tail
+        tail.add(key)
+        key = op.inputs[0]
+        if len(ir.consumers(ops, key)) != 1:  # the current must feed nothing else
+            return tail
 
 
 def _refuse_current(op, by_key):

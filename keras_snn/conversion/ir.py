@@ -80,6 +80,15 @@ class Shape(Op):
 class Softmax(Op):
     """A final softmax: dropped, since argmax is unchanged."""
 
+    activation = "softmax"
+
+
+@dataclasses.dataclass
+class Sigmoid(Softmax):
+    """A final sigmoid: dropped; the readout is the logit (decide at 0, i.e. p = 0.5)."""
+
+    activation = "sigmoid"
+
 
 def consumers(ops, key):
     return [op for op in ops if key in op.inputs]

@@ -64,14 +64,35 @@ def _activation_ops(layer, name, key, inputs):
     """Ops for an activation given by name (inline or an Activation layer)."""
     if name == "relu":
         return [ir.Relu(key, inputs, layer.name)]
+    if name == "relu6":  # the same function as ReLU(max_value=6)
+        return [ir.Relu(key, inputs, layer.name, 6.0)]
     if name == "linear":
         return []
     if name == "softmax":
         return [ir.Softmax(key, inputs, layer.name)]
+    if name == "sigmoid":
+        return _sigmoid_ops(layer, key, inputs)
     raise ConversionError(
         f"{_describe(layer)} uses activation '{name}', which has no spiking form; "
-        "use relu (optionally with max_value) or keras_snn.layers.QReLU."
+        "use relu or relu6 (optionally ReLU with max_value) or keras_snn.layers.QReLU."
     )
+
+
+def _sigmoid_ops(layer, key, inputs):
+    """A single-unit sigmoid (a binary head, final): dropped, decide at readout 0.
+
+    `sigmoid(z) > 0.5` exactly when `z > 0`, so the readout (the logit) keeps
+    the decision, as dropping a softmax keeps the argmax. Several sigmoid units
+    are multi-label or regression outputs whose values matter: refused.
+    """
+    units = layer.output.shape[-1]
+    if units != 1:
+        raise ConversionError(
+            f"{_describe(layer)} uses activation 'sigmoid' on {units} outputs; only a "
+            "single-unit sigmoid (a binary head, decided at readout 0) is dropped. Convert "
+            f"with head='{layer.name}' to compute the probabilities as an ANN."
+        )
+    return [ir.Sigmoid(key, inputs, layer.name)]
 
 
 def _activation_name(activation):
