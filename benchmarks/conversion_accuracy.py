@@ -31,7 +31,11 @@ flags.DEFINE_integer("epochs", 3, "ANN training epochs.")
 flags.DEFINE_integer("test_items", 1000, "Test images evaluated.")
 flags.DEFINE_integer("calibration", 2000, "Training images used for normalisation.")
 flags.DEFINE_list("timesteps", ["10", "25", "50", "100", "200"], "T values reported.")
-flags.DEFINE_list("models", ["conv_mnist", "resnet_small"], "Architectures.")
+flags.DEFINE_list(
+    "models", ["conv_mnist", "resnet_small"],
+    "Architectures: keras_snn.applications names or benchmarks.common.ARCHITECTURES "
+    "(inverted_residual: a small MobileNetV2-style net).",
+)
 flags.DEFINE_float("percentile", 99.99, "Normalisation percentile.")
 flags.DEFINE_boolean("per_channel", False, "Per-channel ceilings.")
 flags.DEFINE_float("initial_membrane", 0.0, "Initial membrane (fraction of threshold).")
@@ -42,7 +46,8 @@ flags.DEFINE_string("normalization", "percentile", "convert_model normalization.
 
 
 def build(name, input_shape):
-    model = getattr(applications, name)(input_shape=input_shape)
+    builder = common.ARCHITECTURES.get(name) or getattr(applications, name)
+    model = builder(input_shape=input_shape)
     return common.with_max_pooling(model) if FLAGS.pooling == "max" else model
 
 

@@ -55,7 +55,8 @@ def analog_forward(graph, inputs, max_values):
             out = layer.ann_call(x)
         elif isinstance(layer, SynapticLayer):
             out = layer.compute_current(x)
-            if layer.neuron is not None:
+            # A signed neuron carries the linear value itself; the others a ReLU.
+            if layer.neuron is not None and not getattr(layer.neuron, "signed", False):
                 out = tf.nn.relu(out)
                 if max_values.get(node.key) is not None:
                     out = tf.minimum(out, max_values[node.key])

@@ -66,8 +66,12 @@ def convert_model(
     (1D and 2D; max pooling acts on cumulative spike counts, see
     `keras_snn.layers.SpikingMaxPooling2D`), Add (a weighted spiking add),
     and nested models. The final linear layer is the readout, and may be
-    followed by reshaping and average pooling. LeakyReLU, a hidden
-    sigmoid/tanh and anything else raise `ConversionError` naming the layer.
+    followed by reshaping and average pooling. A hidden layer or Add without
+    ReLU (a linear bottleneck) gets `keras_snn.neurons.SignedIF` neurons, its
+    ceiling from `|activation|`; a BatchNormalization with no Dense/Conv next
+    to it (pre-activation ResNetV2, DenseNet) becomes a 1x1 depthwise layer.
+    LeakyReLU, swish, a hidden sigmoid/tanh and anything else raise
+    `ConversionError` naming the layer.
 
     Normalisation: every spiking layer fires at most `spike_max` per step at
     its activation ceiling lambda. lambda comes from a QReLU's learned bound
@@ -136,11 +140,13 @@ def convert_model(
             f"{len(graph.output_keys)} outputs; convert_model supports one of each."
         )
     ops, output_key = _to_ops(graph)
+    _unfoldable_affines_as_layers(ops)
     fold_affines(ops, [output_key])
     output_key = _relu_before_max_pool(ops, output_key)
     output_key = _fuse_activations(ops, output_key)
     if tail is not None:
         tail = _hand_over_to_head(ops, output_key, tail)
+    _sign_linear_layers(ops, output_key)
     _check_kinds(ops, graph.input_keys[0], output_key)
     if isinstance(options.neuron, str) and options.neuron == "auto":
         quantized = any(getattr(op, "quantized", False) for op in ops)
@@ -203,6 +209,10 @@ class _Options:
         if template is None:
             return neurons_lib.IF(initial_membrane=self.initial_membrane)
         return neurons_lib.IF(initial_membrane=template.initial_membrane, reset=template.reset)
+
+    def make_signed_neuron(self):
+        """Signed IF for a layer without ReLU; it starts at 0 to round both signs alike."""
+        return neurons_lib.SignedIF(spike_max=self.spike_max)
 
     def make_neuron(self):
         if isinstance(self.neuron, neurons_lib.Neuron):  # a template: one copy per layer
@@ -273,6 +283,42 @@ def _to_ops(graph):
             alias[node.key] = inputs[0]
     output_key = alias.get(graph.output_keys[0], graph.output_keys[0])
     return ops, output_key
+
+
+def _unfoldable_affines_as_layers(ops):
+    """Turn a BatchNormalization with no Dense/Conv to fold into into a layer of its own.
+
+    Pre-activation networks (ResNetV2, DenseNet) apply `BN -> ReLU` to the
+    output of an Add or a Concatenate. The per-channel affine map is then a
+    depthwise 1x1 convolution (a diagonal Dense on flat inputs) with the BN's
+    scale as kernel and its shift as bias, and the ReLU after it fuses into its
+    neuron as for any weighted layer: exact, at one synapse per input element.
+    """
+    by_key = {op.key: op for op in ops}
+    for index, affine in enumerate(ops):
+        if not isinstance(affine, ir.Affine) or affine.rank not in (2, 4):
+            continue
+        producer = by_key.get(affine.inputs[0])
+        users = ir.consumers(ops, affine.key)
+        if isinstance(producer, ir.Linear) and ir.consumers(ops, producer.key) == [affine]:
+            continue  # folds into the layer before it
+        if users and all(isinstance(op, ir.Linear) for op in users):
+            continue  # folds into the layers after it
+        channels = affine.scale.size if affine.scale.size > 1 else affine.shift.size
+        scale = np.broadcast_to(affine.scale, (channels,)).astype("float32")
+        shift = np.broadcast_to(affine.shift, (channels,)).astype("float32")
+        if affine.rank == 4:
+            spiking_class = snn_layers.SpikingDepthwiseConv2D
+            config = {"kernel_size": (1, 1), "name": affine.source}
+            kernel = scale.reshape(1, 1, channels, 1)
+        else:
+            spiking_class = snn_layers.SpikingDense
+            config = {"units": channels, "name": affine.source}
+            kernel = np.diag(scale)
+        ops[index] = ir.Linear(
+            affine.key, affine.inputs, affine.source, spiking_class, config, kernel, shift.copy()
+        )
+        by_key[affine.key] = ops[index]
 
 
 def _relu_before_max_pool(ops, output_key):
@@ -355,7 +401,7 @@ def _hand_over_to_head(ops, output_key, tail):
 
 def _nonnegative(op, by_key):
     if isinstance(op, (ir.Linear, ir.Merge)):
-        return op.spiking
+        return op.spiking and not op.signed
     if isinstance(op, (ir.Pool, ir.Shape)):
         return all(_nonnegative(by_key.get(key), by_key) for key in op.inputs)
     return False
@@ -372,25 +418,10 @@ def _check_kinds(ops, input_key, output_key):
             if "current" in inputs:
                 _refuse_current(op, by_key)
             kinds[op.key] = "spikes" if op.spiking else "current"
-            users = ir.consumers(ops, op.key)
-            into_adds = all(isinstance(user, ir.Merge) and user.spiking for user in users)
-            into_tail = all(user.key in tail for user in users)
-            if not op.spiking and op.key != output_key and not (into_adds or into_tail):
-                raise ConversionError(
-                    f"Layer '{op.source}' has no ReLU after it and is not the final layer; "
-                    "a spiking layer needs a ReLU (or feeds a residual Add followed by one), "
-                    "and a final linear layer may be followed only by reshaping, average "
-                    "pooling and softmax. To run the rest of the model as an ANN on the "
-                    f"spiking part's readout, convert with head='{users[0].source}'."
-                )
+
         elif isinstance(op, ir.Merge):
             if "analog" in inputs:
                 raise ConversionError(f"Add '{op.source}' adds the raw input; unsupported.")
-            if not op.spiking and op.key != output_key:
-                raise ConversionError(
-                    f"Add '{op.source}' has no ReLU after it; keras_snn converts residual "
-                    "blocks of the form relu(add(...)) (post-activation ResNets)."
-                )
             kinds[op.key] = "spikes" if op.spiking else "current"
         elif isinstance(op, ir.Pool):
             if "current" in inputs and op.key not in tail:
@@ -404,6 +435,45 @@ def _check_kinds(ops, input_key, output_key):
             kinds[op.key] = inputs[0]
     if kinds[output_key] == "analog":
         raise ConversionError("The model has no weighted layer between its input and output.")
+
+
+def _sign_linear_layers(ops, output_key):
+    """Give every hidden layer without ReLU signed spiking neurons.
+
+    A linear layer or residual Add that is not the readout (MobileNetV2's
+    linear bottlenecks and the sums of its residual adds) passes a signed value
+    on. A `SignedIF` neuron carries it: positive and negative spikes, its
+    ceiling taken from `|activation|`. Two cases need no neuron: a linear
+    branch into a spiking Add adds its current there on the Add's scale, and
+    the final layer followed only by reshaping and average pooling is the
+    readout.
+    """
+    tail = _readout_tail(ops, output_key)
+
+    def is_readout(op):
+        users = ir.consumers(ops, op.key)
+        return op.key == output_key or (users and all(user.key in tail for user in users))
+
+    for op in ops:
+        if isinstance(op, ir.Merge) and not op.spiking and not is_readout(op):
+            op.spiking, op.signed = True, True
+    for op in ops:
+        if isinstance(op, ir.Linear) and not op.spiking and not is_readout(op):
+            users = ir.consumers(ops, op.key)
+            if not all(isinstance(user, ir.Merge) and user.spiking for user in users):
+                op.spiking, op.signed = True, True
+
+
+def _signed_values(ops):
+    """Keys of the ops whose spikes may be negative (signed layers and what moves them)."""
+    signed = set()
+    for op in ops:
+        if isinstance(op, (ir.Linear, ir.Merge)):
+            if op.signed:
+                signed.add(op.key)
+        elif isinstance(op, (ir.Pool, ir.Shape)) and any(key in signed for key in op.inputs):
+            signed.add(op.key)
+    return signed
 
 
 def _readout_tail(ops, output_key):
@@ -481,6 +551,7 @@ class _NetworkBuilder:
             "poisson": lambda: snn_layers.PoissonInput(seed=0, name=self._name("poisson_input")),
         }[options.input_encoding]()
         self.encoder = encoder
+        self.signed = _signed_values(self.ops)
         tensors = {self.input_key: encoder(inputs)}
         spikes = {self.input_key: options.input_encoding != "analog"}
         for op in self.ops:
@@ -500,7 +571,10 @@ class _NetworkBuilder:
 
     def _make_layer(self, op, input_spikes):
         name = self._name(op.source)
-        neuron = self.options.make_neuron() if getattr(op, "spiking", False) else None
+        neuron = None
+        if getattr(op, "spiking", False):
+            signed = getattr(op, "signed", False)
+            neuron = self.options.make_signed_neuron() if signed else self.options.make_neuron()
         if isinstance(op, ir.Linear):
             return op.spiking_class(**{**op.config, "name": name}, neuron=neuron)
         if isinstance(op, ir.Merge):
@@ -510,9 +584,14 @@ class _NetworkBuilder:
             # the window max of the values (static, so computed once).
             return op.spiking_class(**{**op.config, "name": name}, cumulative=input_spikes)
         if isinstance(op, ir.Pool):
-            # Pooling spikes fires like any neuron; pooling the analog input
-            # is a fixed linear map computed once (neuron None).
-            pool_neuron = self.options.make_neuron() if input_spikes else None
+            # Pooling spikes fires like any neuron (a signed one on signed
+            # spikes); pooling the analog input is a fixed linear map computed
+            # once (neuron None).
+            pool_neuron = None
+            if input_spikes:
+                signed = any(key in self.signed for key in op.inputs)
+                make = self.options.make_signed_neuron if signed else self.options.make_neuron
+                pool_neuron = make()
             return op.spiking_class(**{**op.config, "name": name}, neuron=pool_neuron)
         return op.layer
 
@@ -527,6 +606,7 @@ class _NetworkBuilder:
         # Each spiking layer is called once, so its graph key is its name.
         keys = {op.key: self.layers[op.key].name for op in self.ops}
         data_keys = [op.key for op in self.ops if _ceiling_from_data(op, options)]
+        by_key = {op.key: op for op in self.ops}
         input_ceiling = 1.0
         encoded = options.input_encoding != "analog"
         estimator = CeilingEstimator(options.percentile, options.per_channel)
@@ -535,7 +615,8 @@ class _NetworkBuilder:
             for batch in calibration_batches(calibration_data):
                 values = analog_forward(graph, batch, {keys[k]: v for k, v in max_values.items()})
                 for key in data_keys:
-                    estimator.add(key, values[keys[key]])
+                    value = values[keys[key]]  # a signed layer's ceiling bounds |value|
+                    estimator.add(key, np.abs(value) if by_key[key].signed else value)
                 if encoded:
                     estimator.add("__input__", np.maximum(batch, 0))
                 seen += len(batch)

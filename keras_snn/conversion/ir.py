@@ -31,6 +31,7 @@ class Linear(Op):
     spiking: bool = False
     max_value: float = None
     quantized: bool = False  # the activation was a QReLU
+    signed: bool = False  # no ReLU: signed spikes carry the linear value
 
 
 @dataclasses.dataclass
@@ -45,6 +46,7 @@ class Affine(Op):
 
     scale: np.ndarray = None
     shift: np.ndarray = None
+    rank: int = None  # of the input, batch included (None: unknown)
 
 
 @dataclasses.dataclass
@@ -67,6 +69,7 @@ class Merge(Op):
     spiking: bool = False
     max_value: float = None
     quantized: bool = False
+    signed: bool = False
 
 
 @dataclasses.dataclass

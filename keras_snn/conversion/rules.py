@@ -68,6 +68,11 @@ def _activation_ops(layer, name, key, inputs):
         return [ir.Relu(key, inputs, layer.name, 6.0)]
     if name == "linear":
         return []
+    if name in ("silu", "swish"):
+        raise ConversionError(
+            f"{_describe(layer)} uses activation '{name}' (swish), which has no spiking "
+            "form (it is not monotone); retrain with relu or relu6."
+        )
     if name == "softmax":
         return [ir.Softmax(key, inputs, layer.name)]
     if name == "sigmoid":
@@ -189,7 +194,9 @@ def _batch_norm_rule(layer, key, inputs):
     shift = -numpy(layer.moving_mean) * scale
     if layer.center:
         shift = shift + numpy(layer.beta)
-    return [ir.Affine(key, inputs, layer.name, scale.astype("float32"), shift.astype("float32"))]
+    return [ir.Affine(
+        key, inputs, layer.name, scale.astype("float32"), shift.astype("float32"), rank
+    )]
 
 
 def _rescaling_rule(layer, key, inputs):
