@@ -67,6 +67,8 @@ def main(_):
             result = f"converts and runs ({time.perf_counter() - start:.0f} s)" if ok else "runs, bad output"
         except keras_snn.ConversionError as error:
             result = f"refused: {first_sentence(error)}"
+        except Exception as error:  # noqa: BLE001 - a crash is a finding too
+            result = f"fails with {type(error).__name__} (not a ConversionError): {first_sentence(error)[:160]}"
         print(f"| {name} | {size}x{size} | {result} |", flush=True)
 
 

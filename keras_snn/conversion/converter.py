@@ -418,7 +418,6 @@ def _check_kinds(ops, input_key, output_key):
             if "current" in inputs:
                 _refuse_current(op, by_key)
             kinds[op.key] = "spikes" if op.spiking else "current"
-
         elif isinstance(op, ir.Merge):
             if "analog" in inputs:
                 raise ConversionError(f"Add '{op.source}' adds the raw input; unsupported.")
