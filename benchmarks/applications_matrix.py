@@ -34,7 +34,7 @@ MODELS = [
     ("InceptionV3", 75, {}), ("InceptionResNetV2", 75, {}), ("Xception", 71, {}),
     ("NASNetMobile", 32, {}),
     ("EfficientNetB0", 32, {}), ("EfficientNetV2B0", 32, {}),
-    ("ConvNeXtTiny", 32, {}), ("RegNetX002", 32, {}),
+    ("ConvNeXtTiny", 32, {}),
 ]
 
 

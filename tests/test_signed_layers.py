@@ -164,3 +164,12 @@ def test_efficientnet_is_refused_naming_swish():
     model = keras.applications.EfficientNetB0(weights=None, input_shape=(32, 32, 3), classes=10)
     with pytest.raises(keras_snn.ConversionError, match="'silu' \\(swish\\)"):
         keras_snn.convert_model(model, IMAGES[:2])
+
+
+def test_tensor_operations_outside_layers_are_refused_by_name():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    x = x * 0.5 + 1.0  # graph operations, not layers (as in MobileNetV3's hard-swish)
+    outputs = keras.layers.Dense(2)(keras.layers.Flatten()(x))
+    with pytest.raises(keras_snn.ConversionError, match="outside layers: '.*' \\(Multiply\\)"):
+        keras_snn.convert_model(keras.Model(inputs, outputs), IMAGES)

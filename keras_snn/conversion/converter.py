@@ -133,6 +133,7 @@ def convert_model(
     tail = None
     if head is not None:
         keras_model, tail = _split_at_head(keras_model, head)
+    _refuse_operations_outside_layers(keras_model)
     graph = layer_graph(keras_model, flatten=True)
     if len(graph.input_keys) != 1 or len(graph.output_keys) != 1:
         raise ConversionError(
@@ -265,6 +266,28 @@ def _split_at_head(model, head):
     tail_copy = keras.Model.from_config(tail.get_config())
     tail_copy.set_weights(tail.get_weights())
     return spiking_part, tail_copy
+
+
+def _refuse_operations_outside_layers(model):
+    """Name the tensor operations a functional model applies outside any layer.
+
+    `x + 3` or `x * y` on symbolic tensors (MobileNetV3's hard-swish, ConvNeXt's
+    layer scale) become graph operations that are not layers: no rule applies.
+    """
+    if isinstance(model, keras.Sequential):
+        return
+    layers = {layer.name for layer in model.layers}
+    operations = [
+        f"'{entry['name']}' ({entry['class_name']})"
+        for entry in model.get_config().get("layers", [])
+        if entry["class_name"] != "InputLayer" and entry["name"] not in layers
+    ]
+    if operations:
+        raise ConversionError(
+            f"Model '{model.name}' applies tensor operations outside layers: "
+            f"{', '.join(operations[:5])}{', ...' if len(operations) > 5 else ''}; they have no "
+            "spiking form. Express them with layers that do (e.g. keras.layers.Add, ReLU)."
+        )
 
 
 # ---------------------------------------------------------------- op graph
