@@ -146,15 +146,51 @@ APPLICATIONS = {
     "ResNet50": {},
     "ResNet50V2": {},
     "DenseNet121": {},
-}
+    "InceptionV3": dict(input_shape=(75, 75, 3)),
+    "Xception": dict(input_shape=(71, 71, 3)),
+}  # NASNetMobile converts too (benchmarks/applications_matrix.py) but takes ~20 s here
+
+
+def test_separable_convolution_folds_exactly_into_one_convolution():
+    ann = keras.Sequential([
+        keras.Input((8, 8, 3)),
+        keras.layers.SeparableConv2D(5, 3, depth_multiplier=2, padding="same", activation="relu",
+                                     name="separable"),
+        keras.layers.Flatten(), keras.layers.Dense(3),
+    ])
+    snn = keras_snn.convert_model(ann, IMAGES, normalization="none", timesteps=2)
+    conv = snn.network.get_layer("separable")
+    assert isinstance(conv, layers.SpikingConv2D) and conv.kernel.shape == (3, 3, 3, 5)
+    # In ANN terms the folded convolution is the separable one.
+    reference = keras.Model(ann.inputs, ann.get_layer("separable").output)
+    folded = conv.compute_current(IMAGES[:4])
+    np.testing.assert_allclose(np.maximum(folded, 0), reference(IMAGES[:4]), atol=1e-5)
+
+
+def test_relu_that_cannot_fuse_becomes_a_spiking_identity_layer():
+    inputs = keras.Input((8, 8, 3))
+    a = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+    b = keras.layers.Conv2D(4, 3, padding="same")(a)
+    x = keras.layers.Add(name="add")([a, b])  # Xception: the sum feeds a ReLU and a shortcut
+    relu = keras.layers.ReLU(name="relu")(x)
+    shortcut = keras.layers.Conv2D(4, 1)(x)
+    x = keras.layers.Add()([keras.layers.Conv2D(4, 3, padding="same")(relu), shortcut])
+    outputs = keras.layers.Dense(3)(keras.layers.Flatten()(keras.layers.ReLU()(x)))
+    ann = keras.Model(inputs, outputs)
+    snn = keras_snn.convert_model(ann, IMAGES, normalization="max", timesteps=400)
+    identity = snn.network.get_layer("relu")
+    assert isinstance(identity, layers.SpikingDepthwiseConv2D)
+    assert isinstance(identity.neuron, neurons.IF)
+    assert isinstance(snn.network.get_layer("add").neuron, neurons.SignedIF)
+    errors = relative_errors(ann, snn, (40, 400))
+    assert errors[1] < errors[0] and errors[1] < 0.05
 
 
 @pytest.mark.parametrize("name", sorted(APPLICATIONS))
 def test_keras_applications_convert_and_run(name):
-    model = getattr(keras.applications, name)(
-        weights=None, input_shape=(32, 32, 3), classes=10, **APPLICATIONS[name]
-    )
-    x = RNG.random((4, 32, 32, 3)).astype("float32")
+    kwargs = {"input_shape": (32, 32, 3), **APPLICATIONS[name]}
+    model = getattr(keras.applications, name)(weights=None, classes=10, **kwargs)
+    x = RNG.random((4,) + kwargs["input_shape"]).astype("float32")
     snn = keras_snn.convert_model(model, x, timesteps=2)
     out = np.asarray(snn(x[:1]))
     assert out.shape == (1, 2, 10) and np.isfinite(out).all()

@@ -56,8 +56,8 @@ def convert_model(
 ):
     """Convert a trained ReLU Keras model into a `keras_snn.SpikingModel`.
 
-    Supported: Dense, Conv1D/Conv2D/DepthwiseConv2D (inline relu, relu6 or
-    linear), ReLU (max_value allowed), Activation relu/relu6/linear, a final
+    Supported: Dense, Conv1D/Conv2D/DepthwiseConv2D/SeparableConv2D (inline
+    relu, relu6 or linear; a separable convolution folds into one Conv2D), ReLU (max_value allowed), Activation relu/relu6/linear, a final
     softmax or sigmoid (dropped; for a sigmoid head decide at readout 0),
     BatchNormalization (folded into the adjacent weighted layer), Rescaling
     and Normalization at the input (folded into the first layer), Dropout and
@@ -382,6 +382,8 @@ def _fuse_activations(ops, output_key):
                 producer.quantized = op.quantized
             elif _nonnegative(producer, by_key) and op.max_value is None:
                 pass  # ReLU of spikes (e.g. after pooling) changes nothing
+            elif _relu_as_identity_layer(ops, op, by_key):
+                continue  # a spiking identity layer now stands for the ReLU
             else:
                 raise ConversionError(
                     f"ReLU '{op.source}' follows '{producer.source if producer else 'the input'}'"
@@ -404,6 +406,37 @@ def _fuse_activations(ops, output_key):
             output_key = new_key
         ops.remove(op)
     return output_key
+
+
+def _relu_as_identity_layer(ops, relu, by_key):
+    """Replace a ReLU that cannot fuse with a spiking identity layer with that ReLU.
+
+    Xception's residual Add feeds both a ReLU and the next shortcut: the Add
+    keeps its value (signed spikes) and the ReLU becomes a 1x1 depthwise
+    convolution with kernel 1 and no bias (an identity Dense on flat inputs)
+    whose neuron is the ReLU: exact, one synapse per element.
+    Returns False (nothing done) when the ReLU's shape is unknown.
+    """
+    shape = relu.shape
+    if shape is None or len(shape) not in (1, 3) or shape[-1] is None:
+        return False
+    channels = shape[-1]
+    if len(shape) == 3:
+        spiking_class = snn_layers.SpikingDepthwiseConv2D
+        config = {"kernel_size": (1, 1), "name": relu.source}
+        kernel = np.ones((1, 1, channels, 1), "float32")
+    else:
+        spiking_class = snn_layers.SpikingDense
+        config = {"units": channels, "name": relu.source}
+        kernel = np.eye(channels, dtype="float32")
+    identity = ir.Linear(
+        relu.key, relu.inputs, relu.source, spiking_class, config, kernel,
+        np.zeros(channels, "float32"), spiking=True, max_value=relu.max_value,
+        quantized=relu.quantized,
+    )
+    ops[ops.index(relu)] = identity
+    by_key[relu.key] = identity
+    return True
 
 
 def _hand_over_to_head(ops, output_key, tail):

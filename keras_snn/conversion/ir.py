@@ -38,6 +38,7 @@ class Linear(Op):
 class Relu(Op):
     max_value: float = None
     quantized: bool = False  # a QReLU: max_value is its learned bound
+    shape: tuple = None  # per-sample output shape of a ReLU layer (None: inline)
 
 
 @dataclasses.dataclass

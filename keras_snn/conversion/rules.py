@@ -62,10 +62,11 @@ def _describe(layer):
 # ------------------------------------------------------------- activations
 def _activation_ops(layer, name, key, inputs):
     """Ops for an activation given by name (inline or an Activation layer)."""
+    shape = _output_shape(layer) if isinstance(layer, keras.layers.Activation) else None
     if name == "relu":
-        return [ir.Relu(key, inputs, layer.name)]
+        return [ir.Relu(key, inputs, layer.name, shape=shape)]
     if name == "relu6":  # the same function as ReLU(max_value=6)
-        return [ir.Relu(key, inputs, layer.name, 6.0)]
+        return [ir.Relu(key, inputs, layer.name, 6.0, shape=shape)]
     if name == "linear":
         return []
     if name in ("silu", "swish"):
@@ -81,6 +82,10 @@ def _activation_ops(layer, name, key, inputs):
         f"{_describe(layer)} uses activation '{name}', which has no spiking form; "
         "use relu or relu6 (optionally ReLU with max_value) or keras_snn.layers.QReLU."
     )
+
+
+def _output_shape(layer):
+    return tuple(layer.output.shape[1:])
 
 
 def _sigmoid_ops(layer, key, inputs):
@@ -126,16 +131,44 @@ def _weighted_rule(spiking_class, drop=()):
             if getattr(layer, "bias", None) is not None
             else None
         )
-        linear_key = key + "/linear"
-        ops = [ir.Linear(linear_key, inputs, layer.name, spiking_class, config, kernel, bias)]
-        activation = _activation_ops(layer, _activation_name(layer.activation), key, [linear_key])
-        if not activation:  # linear: the layer's output is the linear op itself
-            ops[0].key = key
-        return ops + activation
+        return _linear_ops(layer, key, inputs, spiking_class, config, kernel, bias)
 
     return rule
 
 
+def _separable_conv_rule(layer, key, inputs):
+    """SeparableConv2D as the one Conv2D it equals: `K[h,w,c,o] = sum_m D[h,w,c,m] P[c*m,o]`.
+
+    The depthwise output has no activation, so folding the pointwise 1x1
+    convolution into it is exact (no spiking layer for the linear middle),
+    at the full convolution's synapse count.
+    """
+    _channels_last(layer)
+    numpy = keras.ops.convert_to_numpy
+    depthwise = np.asarray(numpy(layer.depthwise_kernel), "float32")
+    pointwise = np.asarray(numpy(layer.pointwise_kernel), "float32")
+    channels, multiplier = depthwise.shape[-2:]
+    kernel = np.einsum(
+        "hwcm,cmo->hwco", depthwise, pointwise.reshape(channels, multiplier, -1)
+    )
+    bias = np.asarray(numpy(layer.bias), "float32") if layer.use_bias else None
+    config = {
+        "filters": layer.filters, "kernel_size": layer.kernel_size, "strides": layer.strides,
+        "padding": layer.padding, "dilation_rate": layer.dilation_rate, "name": layer.name,
+    }
+    return _linear_ops(layer, key, inputs, snn_layers.SpikingConv2D, config, kernel, bias)
+
+
+def _linear_ops(layer, key, inputs, spiking_class, config, kernel, bias):
+    linear_key = key + "/linear"
+    ops = [ir.Linear(linear_key, inputs, layer.name, spiking_class, config, kernel, bias)]
+    activation = _activation_ops(layer, _activation_name(layer.activation), key, [linear_key])
+    if not activation:  # linear: the layer's output is the linear op itself
+        ops[0].key = key
+    return ops + activation
+
+
+register_conversion_rule(keras.layers.SeparableConv2D, _separable_conv_rule)
 register_conversion_rule(keras.layers.Dense, _weighted_rule(snn_layers.SpikingDense))
 register_conversion_rule(keras.layers.Conv2D, _weighted_rule(snn_layers.SpikingConv2D))
 register_conversion_rule(keras.layers.Conv1D, _weighted_rule(snn_layers.SpikingConv1D))
@@ -153,7 +186,7 @@ def _relu_rule(layer, key, inputs):
             "(negative_slope=0, threshold=0; max_value is fine)."
         )
     max_value = None if layer.max_value is None else float(layer.max_value)
-    return [ir.Relu(key, inputs, layer.name, max_value)]
+    return [ir.Relu(key, inputs, layer.name, max_value, shape=_output_shape(layer))]
 
 
 register_conversion_rule(keras.layers.ReLU, _relu_rule)
@@ -162,7 +195,7 @@ register_conversion_rule(keras.layers.ReLU, _relu_rule)
 def _qrelu_rule(layer, key, inputs):
     # The learned bound is the activation ceiling (seed 004 Alg. 1).
     bound = float(keras.ops.convert_to_numpy(layer.bound))
-    return [ir.Relu(key, inputs, layer.name, bound, quantized=True)]
+    return [ir.Relu(key, inputs, layer.name, bound, quantized=True, shape=_output_shape(layer))]
 
 
 register_conversion_rule(snn_layers.QReLU, _qrelu_rule)
