@@ -106,6 +106,15 @@ def test_inverted_residual_blocks_convert_with_signed_bottlenecks_and_adds():
     assert errors[1] < errors[0] and errors[1] < 0.08
 
 
+def test_signed_network_saves_and_reloads(tmp_path):
+    snn = keras_snn.convert_model(inverted_residual_net(), IMAGES, timesteps=6)
+    path = str(tmp_path / "signed.keras")
+    snn.save(path)
+    restored = keras.saving.load_model(path)
+    assert isinstance(restored.network.get_layer("add_0").neuron, neurons.SignedIF)
+    np.testing.assert_array_equal(restored(IMAGES[:4]), snn(IMAGES[:4]))
+
+
 def test_batch_norm_after_an_add_or_a_concatenation_becomes_a_depthwise_layer():
     inputs = keras.Input((8, 8, 3))
     a = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
