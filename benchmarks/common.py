@@ -112,3 +112,45 @@ class Timer:
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.start
+
+
+def with_max_pooling(model):
+    """The architecture with every (global) average pooling made a max pooling."""
+    swaps = {
+        keras.layers.AveragePooling2D: keras.layers.MaxPooling2D,
+        keras.layers.GlobalAveragePooling2D: keras.layers.GlobalMaxPooling2D,
+    }
+
+    def clone(layer):
+        cls = swaps.get(type(layer), type(layer))
+        return cls.from_config(layer.get_config())
+
+    return keras.models.clone_model(model, clone_function=clone)
+
+
+def inverted_residual_net(input_shape=(28, 28, 1), classes=10):
+    """A small MobileNetV2-style net: ReLU6, depthwise convs, linear bottlenecks, residual adds.
+
+    Stem conv (stride 2), five inverted-residual blocks (1x1 expand x4 + BN + ReLU6, 3x3
+    depthwise + BN + ReLU6, 1x1 linear projection + BN, Add where shapes match), a 1x1 conv
+    + BN + ReLU6, global average pooling and the logits.
+    """
+
+    def norm(x):
+        return keras.layers.BatchNormalization(momentum=0.9)(x)
+
+    inputs = keras.Input(input_shape)
+    x = keras.layers.ReLU(6.0)(norm(keras.layers.Conv2D(16, 3, strides=2, padding="same")(inputs)))
+    for filters, strides in ((16, 1), (24, 2), (24, 1), (32, 1), (32, 1)):
+        y = keras.layers.ReLU(6.0)(norm(keras.layers.Conv2D(4 * x.shape[-1], 1)(x)))
+        y = keras.layers.DepthwiseConv2D(3, strides=strides, padding="same")(y)
+        y = keras.layers.ReLU(6.0)(norm(y))
+        y = norm(keras.layers.Conv2D(filters, 1)(y))  # linear bottleneck
+        x = keras.layers.Add()([x, y]) if strides == 1 and x.shape[-1] == filters else y
+    x = keras.layers.ReLU(6.0)(norm(keras.layers.Conv2D(64, 1)(x)))
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(classes)(x)
+    return keras.Model(inputs, outputs, name="inverted_residual")
+
+
+ARCHITECTURES = {"inverted_residual": inverted_residual_net}

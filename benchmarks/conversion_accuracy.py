@@ -6,6 +6,9 @@ convert_model, and prints ANN and SNN top-1 accuracy on the first
 `--test_items` test images at several T.
 
     python benchmarks/conversion_accuracy.py --data_dir /usr/share/datasets/fashion-mnist
+
+`--pooling max` trains the same architectures with MaxPooling in place of
+average pooling (the spiking max pool of cumulative counts).
 """
 
 import os
@@ -28,12 +31,24 @@ flags.DEFINE_integer("epochs", 3, "ANN training epochs.")
 flags.DEFINE_integer("test_items", 1000, "Test images evaluated.")
 flags.DEFINE_integer("calibration", 2000, "Training images used for normalisation.")
 flags.DEFINE_list("timesteps", ["10", "25", "50", "100", "200"], "T values reported.")
-flags.DEFINE_list("models", ["conv_mnist", "resnet_small"], "Architectures.")
+flags.DEFINE_list(
+    "models", ["conv_mnist", "resnet_small"],
+    "Architectures: keras_snn.applications names or benchmarks.common.ARCHITECTURES "
+    "(inverted_residual: a small MobileNetV2-style net).",
+)
 flags.DEFINE_float("percentile", 99.99, "Normalisation percentile.")
 flags.DEFINE_boolean("per_channel", False, "Per-channel ceilings.")
 flags.DEFINE_float("initial_membrane", 0.0, "Initial membrane (fraction of threshold).")
 flags.DEFINE_string("model_dir", None, "Cache trained ANNs here (reused when present).")
 flags.DEFINE_string("synapse_dtype", None, "SpikingModel synapse_dtype, e.g. bfloat16.")
+flags.DEFINE_enum("pooling", "average", ["average", "max"], "Pooling of the architectures.")
+flags.DEFINE_string("normalization", "percentile", "convert_model normalization.")
+
+
+def build(name, input_shape):
+    builder = common.ARCHITECTURES.get(name) or getattr(applications, name)
+    model = builder(input_shape=input_shape)
+    return common.with_max_pooling(model) if FLAGS.pooling == "max" else model
 
 
 def main(_):
@@ -44,12 +59,13 @@ def main(_):
     print(f"synapse_dtype: {FLAGS.synapse_dtype or 'float32 (default)'}")
     for name in FLAGS.models:
         model, seconds = common.train_or_load(
-            lambda: getattr(applications, name)(input_shape=x_train.shape[1:]),
-            x_train, y_train, FLAGS.epochs, FLAGS.model_dir, f"{FLAGS.dataset}_{name}_relu",
+            lambda: build(name, x_train.shape[1:]),
+            x_train, y_train, FLAGS.epochs, FLAGS.model_dir,
+            f"{FLAGS.dataset}_{name}_relu" + ("_maxpool" if FLAGS.pooling == "max" else ""),
         )
         ann = common.ann_accuracy(model, x_eval, y_eval)
         snn = keras_snn.convert_model(
-            model, x_train[: FLAGS.calibration], normalization="percentile",
+            model, x_train[: FLAGS.calibration], normalization=FLAGS.normalization,
             percentile=FLAGS.percentile, per_channel=FLAGS.per_channel,
             initial_membrane=FLAGS.initial_membrane,
         )
@@ -57,6 +73,7 @@ def main(_):
         accuracy = keras_snn.simulate(snn, x_eval, y_eval, timesteps=steps[-1], verbose=0).accuracy
         print(
             f"\n{name}: {FLAGS.epochs} epochs ({seconds:.0f} s training), ANN {100 * ann:.2f}%, "
+            f"pooling={FLAGS.pooling}, normalization={FLAGS.normalization}, "
             f"per_channel={FLAGS.per_channel}, initial_membrane={FLAGS.initial_membrane}"
         )
         print("| T | SNN top-1 | ANN top-1 | SNN - ANN |")

@@ -16,6 +16,13 @@ from keras_snn import layers as snn_layers
 from keras_snn import neurons as neurons_lib
 from keras_snn.graph import layer_graph
 
+_MAX_POOLING = (
+    snn_layers.SpikingMaxPooling1D,
+    snn_layers.SpikingMaxPooling2D,
+    snn_layers.SpikingGlobalMaxPooling1D,
+    snn_layers.SpikingGlobalMaxPooling2D,
+)
+
 
 def export_saved_model(snn, filepath, timesteps=None, verbose=False):
     """Write `snn` as a SavedModel with a serving signature.
@@ -207,6 +214,9 @@ class _NIRBuilder:
             self.tails[key] = [self._neuron(layer, layer.neuron, layer.threshold, key, sources)]
         elif isinstance(layer, snn_layers.PoissonInput):
             self._refuse(layer, "random rate coding has no NIR node; use AnalogInput or SpikingInput.")
+        elif isinstance(layer, _MAX_POOLING):
+            self._refuse(layer, "NIR has no max-pooling node (its rate form keeps "
+                         "cumulative spike counts); export a model with average pooling.")
         elif any(k in self.native for k in node.input_keys) and len(self.shapes[key]) > 2:
             self._refuse(layer, "reads channels_first values that the network did not move "
                          "channels-last; NIR export expects channels-last Keras layers.")

@@ -464,6 +464,46 @@ for _cls in (IF, LIF, BufferedIF):
     register_neuron(_cls)
 
 
+@register_neuron
+class SignedIF(Neuron):
+    """IF neuron with symmetric positive and negative spikes, for linear values.
+
+    `V' = V + z`; `s = A(floor(V'/theta))` when `V' >= theta`,
+    `s = -A(floor(-V'/theta))` when `V' <= -theta`, else 0; `V = V' - theta*s`.
+    Under a constant input the spike count after T steps is `T*z/theta`
+    rounded towards zero (within one spike), so the signed rate carries a layer
+    with no ReLU (a linear bottleneck, a projection, a residual sum without
+    activation); the converter takes its ceiling from `|activation|`.
+
+    Args:
+        spike_max: largest multi-bit spike, positive or negative.
+        initial_membrane: initial membrane as a fraction of the threshold.
+        surrogate: as for `IF` (through the spikes of either sign).
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> neuron = SignedIF()
+    >>> state = neuron.initial_state((2,), threshold=1.0)
+    >>> counts = tf.zeros((2,))
+    >>> for _ in range(4):
+    ...     s, state = neuron.step(tf.constant([0.5, -0.75]), state, threshold=1.0)
+    ...     counts += s
+    >>> counts.numpy().tolist()
+    [2.0, -3.0]
+    """
+
+    emits_negative_spikes = True
+    signed = True  # represents the identity, not a ReLU
+
+    def step(self, current, state, threshold, **parameters):
+        potential = state[0] + current
+        positive = fire(potential, threshold, self.spike_max, self.surrogate)
+        negative = fire(-potential, threshold, self.spike_max, self.surrogate)
+        spikes = positive - negative
+        return spikes, (potential - threshold * spikes,)
+
+
 def serialize(neuron):
     """Neuron (or None) -> JSON-able dict (or None) for layer configs."""
     if neuron is None:

@@ -96,6 +96,24 @@ def sequence_net(data_format):
     ]), SEQUENCES
 
 
+def max_pool_net(data_format):
+    """Max pooling, a BatchNormalization with no layer to fold into, global max pooling."""
+    axis = 1 if data_format == FIRST else -1
+    shape = (2, 8, 8) if data_format == FIRST else (8, 8, 2)
+    inputs = keras.Input(shape)
+    x = keras.layers.Conv2D(6, 3, padding="same", activation="relu", data_format=data_format,
+                            name="conv1")(inputs)
+    x = keras.layers.MaxPooling2D(2, data_format=data_format, name="max_pool")(x)
+    y = keras.layers.Conv2D(6, 3, padding="same", activation="relu", data_format=data_format,
+                            name="conv2")(x)
+    x = keras.layers.Add(name="add")([x, y])
+    x = keras.layers.BatchNormalization(axis=axis, name="bn_after_add")(x)
+    x = keras.layers.ReLU(name="relu")(x)
+    x = keras.layers.GlobalMaxPooling2D(data_format=data_format, name="global_max")(x)
+    outputs = keras.layers.Dense(4, name="logits")(x)
+    return keras.Model(inputs, outputs), IMAGES
+
+
 def twins(make, **kwargs):
     """A channels_first model, its channels_last twin (same weights) and their data."""
     first, data = make(FIRST, **kwargs)
@@ -145,6 +163,7 @@ CASES = [
     pytest.param(conv_net, {"flatten_format": FIRST}, id="conv_flatten_channels_first_order"),
     pytest.param(residual_net, {}, id="residual"),
     pytest.param(sequence_net, {}, id="conv1d"),
+    pytest.param(max_pool_net, {}, id="max_pooling"),
 ]
 
 

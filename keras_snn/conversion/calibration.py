@@ -141,9 +141,12 @@ def analog_forward(graph, inputs, max_values):
         gathered = [values[key] for key in node.input_keys]
         x = gathered if len(gathered) > 1 else gathered[0]
         layer = node.layer
-        if isinstance(layer, SynapticLayer):
+        if hasattr(layer, "ann_call"):  # a nonlinear map with no neuron (max pooling)
+            out = layer.ann_call(x)
+        elif isinstance(layer, SynapticLayer):
             out = layer.compute_current(x)
-            if layer.neuron is not None:
+            # A signed neuron carries the linear value itself; the others a ReLU.
+            if layer.neuron is not None and not getattr(layer.neuron, "signed", False):
                 out = tf.nn.relu(out)
                 if max_values.get(node.key) is not None:
                     out = tf.minimum(out, max_values[node.key])

@@ -59,15 +59,22 @@ def convert_model(
 ):
     """Convert a trained ReLU Keras model into a `keras_snn.SpikingModel`.
 
-    Supported: Dense, Conv1D/Conv2D/DepthwiseConv2D (inline relu or linear),
-    ReLU (max_value allowed), Activation relu/linear/softmax,
+    Supported: Dense, Conv1D/Conv2D/DepthwiseConv2D/SeparableConv2D (inline
+    relu, relu6 or linear; a separable convolution folds into one Conv2D), ReLU (max_value allowed), Activation relu/relu6/linear, a final
+    softmax or sigmoid (dropped; for a sigmoid head decide at readout 0),
     BatchNormalization (folded into the adjacent weighted layer), Rescaling
     and Normalization at the input (folded into the first layer), Dropout and
     noise layers (dropped), Flatten, Reshape, ZeroPadding, Cropping, nearest
-    UpSampling, Concatenate, Average/GlobalAverage pooling (1D and 2D), Add
-    (a weighted spiking add), a final softmax (dropped: argmax is unchanged),
-    and nested models. MaxPooling, LeakyReLU, sigmoid/tanh and anything else
-    raise `ConversionError` naming the layer.
+    UpSampling, Concatenate, Average/GlobalAverage and Max/GlobalMax pooling
+    (1D and 2D; max pooling acts on cumulative spike counts, see
+    `keras_snn.layers.SpikingMaxPooling2D`), Add (a weighted spiking add),
+    and nested models. The final linear layer is the readout, and may be
+    followed by reshaping and average pooling. A hidden layer or Add without
+    ReLU (a linear bottleneck) gets `keras_snn.neurons.SignedIF` neurons, its
+    ceiling from `|activation|`; a BatchNormalization with no Dense/Conv next
+    to it (pre-activation ResNetV2, DenseNet) becomes a 1x1 depthwise layer.
+    LeakyReLU, swish, a hidden sigmoid/tanh and anything else raise
+    `ConversionError` naming the layer.
 
     channels_first models convert too: the spiking network runs channels-last
     (rewritten once here, see `keras_snn.conversion.layout`, so it needs no
@@ -140,6 +147,7 @@ def convert_model(
     tail = None
     if head is not None:
         keras_model, tail = _split_at_head(keras_model, head)
+    _refuse_operations_outside_layers(keras_model)
     graph = layer_graph(keras_model, flatten=True)
     if len(graph.input_keys) != 1 or len(graph.output_keys) != 1:
         raise ConversionError(
@@ -147,10 +155,13 @@ def convert_model(
             f"{len(graph.output_keys)} outputs; convert_model supports one of each."
         )
     ops, output_key = _to_ops(graph)
+    _unfoldable_affines_as_layers(ops)
     fold_affines(ops, [output_key])
+    output_key = _relu_before_max_pool(ops, output_key)
     output_key = _fuse_activations(ops, output_key)
     if tail is not None:
         tail = _hand_over_to_head(ops, output_key, tail)
+    _sign_linear_layers(ops, output_key)
     _check_kinds(ops, graph.input_keys[0], output_key)
     layout = rewrite_to_channels_last(
         ops, graph.input_keys[0], tuple(keras_model.inputs[0].shape[1:]), output_key
@@ -217,6 +228,10 @@ class _Options:
             return neurons_lib.IF(initial_membrane=self.initial_membrane)
         return neurons_lib.IF(initial_membrane=template.initial_membrane, reset=template.reset)
 
+    def make_signed_neuron(self):
+        """Signed IF for a layer without ReLU; it starts at 0 to round both signs alike."""
+        return neurons_lib.SignedIF(spike_max=self.spike_max)
+
     def make_neuron(self):
         if isinstance(self.neuron, neurons_lib.Neuron):  # a template: one copy per layer
             return neurons_lib.deserialize(neurons_lib.serialize(self.neuron))
@@ -270,6 +285,28 @@ def _split_at_head(model, head):
     return spiking_part, tail_copy
 
 
+def _refuse_operations_outside_layers(model):
+    """Name the tensor operations a functional model applies outside any layer.
+
+    `x + 3` or `x * y` on symbolic tensors (MobileNetV3's hard-swish, ConvNeXt's
+    layer scale) become graph operations that are not layers: no rule applies.
+    """
+    if isinstance(model, keras.Sequential):
+        return
+    layers = {layer.name for layer in model.layers}
+    operations = [
+        f"'{entry['name']}' ({entry['class_name']})"
+        for entry in model.get_config().get("layers", [])
+        if entry["class_name"] != "InputLayer" and entry["name"] not in layers
+    ]
+    if operations:
+        raise ConversionError(
+            f"Model '{model.name}' applies tensor operations outside layers: "
+            f"{', '.join(operations[:5])}{', ...' if len(operations) > 5 else ''}; they have no "
+            "spiking form. Express them with layers that do (e.g. keras.layers.Add, ReLU)."
+        )
+
+
 # ---------------------------------------------------------------- op graph
 def _to_ops(graph):
     ops, alias = [], {}
@@ -288,6 +325,70 @@ def _to_ops(graph):
     return ops, output_key
 
 
+def _unfoldable_affines_as_layers(ops):
+    """Turn a BatchNormalization with no Dense/Conv to fold into into a layer of its own.
+
+    Pre-activation networks (ResNetV2, DenseNet) apply `BN -> ReLU` to the
+    output of an Add or a Concatenate. The per-channel affine map is then a
+    depthwise 1x1 convolution (a diagonal Dense on flat inputs) with the BN's
+    scale as kernel and its shift as bias, and the ReLU after it fuses into its
+    neuron as for any weighted layer: exact, at one synapse per input element.
+    """
+    by_key = {op.key: op for op in ops}
+    for index, affine in enumerate(ops):
+        if not isinstance(affine, ir.Affine) or affine.rank not in (2, 4):
+            continue
+        producer = by_key.get(affine.inputs[0])
+        users = ir.consumers(ops, affine.key)
+        if isinstance(producer, ir.Linear) and ir.consumers(ops, producer.key) == [affine]:
+            continue  # folds into the layer before it
+        if users and all(isinstance(op, ir.Linear) for op in users):
+            continue  # folds into the layers after it
+        channels = affine.scale.size if affine.scale.size > 1 else affine.shift.size
+        scale = np.broadcast_to(affine.scale, (channels,)).astype("float32")
+        shift = np.broadcast_to(affine.shift, (channels,)).astype("float32")
+        if affine.rank == 4:
+            spiking_class = snn_layers.SpikingDepthwiseConv2D
+            config = {"kernel_size": (1, 1), "name": affine.source}
+            if affine.channel_axis == "first":  # made channels-last by layout.py
+                config["data_format"] = "channels_first"
+            kernel = scale.reshape(1, 1, channels, 1)
+        else:
+            spiking_class = snn_layers.SpikingDense
+            config = {"units": channels, "name": affine.source}
+            kernel = np.diag(scale)
+        ops[index] = ir.Linear(
+            affine.key, affine.inputs, affine.source, spiking_class, config, kernel, shift.copy()
+        )
+        by_key[affine.key] = ops[index]
+
+
+def _relu_before_max_pool(ops, output_key):
+    """Rewrite `Conv -> MaxPool -> ReLU` as `Conv -> ReLU -> MaxPool`.
+
+    A ReLU, clipped or not, is non-decreasing, so it commutes with a window
+    maximum exactly: `relu(max_i x_i) == max_i relu(x_i)`. Moved next to the
+    weighted layer it fuses with it into a spiking layer as usual.
+    """
+    by_key = {op.key: op for op in ops}
+    for relu in [op for op in ops if isinstance(op, ir.Relu)]:
+        pool = by_key.get(relu.inputs[0])
+        if not isinstance(pool, ir.MaxPool) or ir.consumers(ops, pool.key) != [relu]:
+            continue
+        producer = by_key.get(pool.inputs[0])
+        if not isinstance(producer, (ir.Linear, ir.Merge)) or producer.spiking:
+            continue
+        if ir.consumers(ops, producer.key) != [pool]:
+            continue
+        ir.replace_input(ops, relu.key, pool.key)
+        relu.inputs, pool.inputs = [producer.key], [relu.key]
+        ops.remove(relu)
+        ops.insert(ops.index(pool), relu)  # keep the list in graph order
+        if output_key == relu.key:
+            output_key = pool.key
+    return output_key
+
+
 def _fuse_activations(ops, output_key):
     """Merge each ReLU into the weighted layer (or Add) before it; drop the final softmax."""
     by_key = {op.key: op for op in ops}
@@ -300,17 +401,21 @@ def _fuse_activations(ops, output_key):
                 producer.quantized = op.quantized
             elif _nonnegative(producer, by_key) and op.max_value is None:
                 pass  # ReLU of spikes (e.g. after pooling) changes nothing
+            elif _relu_as_identity_layer(ops, op, by_key):
+                continue  # a spiking identity layer now stands for the ReLU
             else:
                 raise ConversionError(
                     f"ReLU '{op.source}' follows '{producer.source if producer else 'the input'}'"
                     ", which is not a Dense/Conv/Add whose only consumer is this ReLU; "
                     "spiking neurons fuse a ReLU with the weighted layer before it."
                 )
-        elif isinstance(op, ir.Softmax):
+        elif isinstance(op, ir.Softmax):  # softmax or sigmoid
             if op.key != output_key:
                 raise ConversionError(
-                    f"Softmax '{op.source}' is not the model's final layer; a softmax "
-                    "has no spiking form except as the (dropped) final activation."
+                    f"Layer '{op.source}' applies {op.activation} but is not the model's final "
+                    f"layer; a {op.activation} has no spiking form except as the (dropped) "
+                    f"final activation. Convert with head='{op.source}' to run it "
+                    "and what follows as an ANN on the spiking part's readout."
                 )
         else:
             continue
@@ -320,6 +425,37 @@ def _fuse_activations(ops, output_key):
             output_key = new_key
         ops.remove(op)
     return output_key
+
+
+def _relu_as_identity_layer(ops, relu, by_key):
+    """Replace a ReLU that cannot fuse with a spiking identity layer with that ReLU.
+
+    Xception's residual Add feeds both a ReLU and the next shortcut: the Add
+    keeps its value (signed spikes) and the ReLU becomes a 1x1 depthwise
+    convolution with kernel 1 and no bias (an identity Dense on flat inputs)
+    whose neuron is the ReLU: exact, one synapse per element.
+    Returns False (nothing done) when the ReLU's shape is unknown.
+    """
+    shape = relu.shape
+    if shape is None or len(shape) not in (1, 3) or shape[-1] is None:
+        return False
+    channels = shape[-1]
+    if len(shape) == 3:
+        spiking_class = snn_layers.SpikingDepthwiseConv2D
+        config = {"kernel_size": (1, 1), "name": relu.source}
+        kernel = np.ones((1, 1, channels, 1), "float32")
+    else:
+        spiking_class = snn_layers.SpikingDense
+        config = {"units": channels, "name": relu.source}
+        kernel = np.eye(channels, dtype="float32")
+    identity = ir.Linear(
+        relu.key, relu.inputs, relu.source, spiking_class, config, kernel,
+        np.zeros(channels, "float32"), spiking=True, max_value=relu.max_value,
+        quantized=relu.quantized,
+    )
+    ops[ops.index(relu)] = identity
+    by_key[relu.key] = identity
+    return True
 
 
 def _hand_over_to_head(ops, output_key, tail):
@@ -340,7 +476,7 @@ def _hand_over_to_head(ops, output_key, tail):
 
 def _nonnegative(op, by_key):
     if isinstance(op, (ir.Linear, ir.Merge)):
-        return op.spiking
+        return op.spiking and not op.signed
     if isinstance(op, (ir.Pool, ir.Shape)):
         return all(_nonnegative(by_key.get(key), by_key) for key in op.inputs)
     return False
@@ -350,31 +486,19 @@ def _check_kinds(ops, input_key, output_key):
     """Every op's inputs must be something a spiking layer can receive."""
     kinds = {input_key: "analog"}
     by_key = {op.key: op for op in ops}
+    tail = _readout_tail(ops, output_key)
     for op in ops:
         inputs = [kinds[key] for key in op.inputs]
         if isinstance(op, ir.Linear):
             if "current" in inputs:
                 _refuse_current(op, by_key)
             kinds[op.key] = "spikes" if op.spiking else "current"
-            users = ir.consumers(ops, op.key)
-            if not op.spiking and op.key != output_key and not all(
-                isinstance(user, ir.Merge) and user.spiking for user in users
-            ):
-                raise ConversionError(
-                    f"Layer '{op.source}' has no ReLU after it and is not the final layer; "
-                    "a spiking layer needs a ReLU (or feeds a residual Add followed by one)."
-                )
         elif isinstance(op, ir.Merge):
             if "analog" in inputs:
                 raise ConversionError(f"Add '{op.source}' adds the raw input; unsupported.")
-            if not op.spiking and op.key != output_key:
-                raise ConversionError(
-                    f"Add '{op.source}' has no ReLU after it; keras_snn converts residual "
-                    "blocks of the form relu(add(...)) (post-activation ResNets)."
-                )
             kinds[op.key] = "spikes" if op.spiking else "current"
         elif isinstance(op, ir.Pool):
-            if "current" in inputs:
+            if "current" in inputs and op.key not in tail:
                 _refuse_current(op, by_key)
             kinds[op.key] = inputs[0]
         elif isinstance(op, ir.Shape):
@@ -385,6 +509,70 @@ def _check_kinds(ops, input_key, output_key):
             kinds[op.key] = inputs[0]
     if kinds[output_key] == "analog":
         raise ConversionError("The model has no weighted layer between its input and output.")
+
+
+def _sign_linear_layers(ops, output_key):
+    """Give every hidden layer without ReLU signed spiking neurons.
+
+    A linear layer or residual Add that is not the readout (MobileNetV2's
+    linear bottlenecks and the sums of its residual adds) passes a signed value
+    on. A `SignedIF` neuron carries it: positive and negative spikes, its
+    ceiling taken from `|activation|`. Two cases need no neuron: a linear
+    branch into a spiking Add adds its current there on the Add's scale, and
+    the final layer followed only by reshaping and average pooling is the
+    readout.
+    """
+    tail = _readout_tail(ops, output_key)
+
+    def is_readout(op):
+        users = ir.consumers(ops, op.key)
+        return op.key == output_key or (users and all(user.key in tail for user in users))
+
+    for op in ops:
+        if isinstance(op, ir.Merge) and not op.spiking and not is_readout(op):
+            op.spiking, op.signed = True, True
+    for op in ops:
+        if isinstance(op, ir.Linear) and not op.spiking and not is_readout(op):
+            users = ir.consumers(ops, op.key)
+            if not all(isinstance(user, ir.Merge) and user.spiking for user in users):
+                op.spiking, op.signed = True, True
+
+
+def _signed_values(ops):
+    """Keys of the ops whose spikes may be negative (signed layers and what moves them)."""
+    signed = set()
+    for op in ops:
+        if isinstance(op, (ir.Linear, ir.Merge)):
+            if op.signed:
+                signed.add(op.key)
+        elif isinstance(op, (ir.Pool, ir.Shape)) and any(key in signed for key in op.inputs):
+            signed.add(op.key)
+    return signed
+
+
+def _readout_tail(ops, output_key):
+    """Keys of the linear ops between the last weighted layer and the output.
+
+    The readout is the running mean of its input, and a time average commutes
+    with every linear map that acts on one step at a time (Reshape, Flatten,
+    padding, average pooling). So a final linear layer followed only by such
+    ops (MobileNet's conv_preds -> Reshape -> softmax, or an all-convolutional
+    classifier's Conv -> GlobalAveragePooling -> softmax) is still the readout:
+    these ops run on its current. Max pooling is not linear and ends the tail.
+    """
+    by_key = {op.key: op for op in ops}
+    tail, key = set(), output_key
+    while True:
+        op = by_key.get(key)
+        linear = isinstance(op, ir.Shape) or (
+            isinstance(op, ir.Pool) and not isinstance(op, ir.MaxPool)
+        )
+        if not linear or len(op.inputs) != 1:
+            return tail
+        tail.add(key)
+        key = op.inputs[0]
+        if len(ir.consumers(ops, key)) != 1:  # the current must feed nothing else
+            return tail
 
 
 def _refuse_current(op, by_key):
@@ -438,6 +626,7 @@ class _NetworkBuilder:
             "poisson": lambda: snn_layers.PoissonInput(seed=0, name=self._name("poisson_input")),
         }[options.input_encoding]()
         self.encoder = encoder
+        self.signed = _signed_values(self.ops)
         encoded = self._change_layout(encoder(inputs), "input_dims", "to_channels_last")
         tensors = {self.input_key: encoded}
         self.held_frame_shape = tuple(tensors[self.input_key].shape[1:])
@@ -467,15 +656,27 @@ class _NetworkBuilder:
 
     def _make_layer(self, op, input_spikes):
         name = self._name(op.source)
-        neuron = self.options.make_neuron() if getattr(op, "spiking", False) else None
+        neuron = None
+        if getattr(op, "spiking", False):
+            signed = getattr(op, "signed", False)
+            neuron = self.options.make_signed_neuron() if signed else self.options.make_neuron()
         if isinstance(op, ir.Linear):
             return op.spiking_class(**{**op.config, "name": name}, neuron=neuron)
         if isinstance(op, ir.Merge):
             return snn_layers.SpikingAdd(neuron=neuron, name=name)
+        if isinstance(op, ir.MaxPool):
+            # Spikes: the window max of cumulative counts; the analog input:
+            # the window max of the values (static, so computed once).
+            return op.spiking_class(**{**op.config, "name": name}, cumulative=input_spikes)
         if isinstance(op, ir.Pool):
-            # Pooling spikes fires like any neuron; pooling the analog input
-            # is a fixed linear map computed once (neuron None).
-            pool_neuron = self.options.make_neuron() if input_spikes else None
+            # Pooling spikes fires like any neuron (a signed one on signed
+            # spikes); pooling the analog input is a fixed linear map computed
+            # once (neuron None).
+            pool_neuron = None
+            if input_spikes:
+                signed = any(key in self.signed for key in op.inputs)
+                make = self.options.make_signed_neuron if signed else self.options.make_neuron
+                pool_neuron = make()
             return op.spiking_class(**{**op.config, "name": name}, neuron=pool_neuron)
         return op.layer
 
@@ -490,6 +691,7 @@ class _NetworkBuilder:
         # Each spiking layer is called once, so its graph key is its name.
         keys = {op.key: self.layers[op.key].name for op in self.ops}
         data_keys = [op.key for op in self.ops if _ceiling_from_data(op, options)]
+        by_key = {op.key: op for op in self.ops}
         input_ceiling = 1.0
         encoded = options.input_encoding != "analog"
         estimator = CeilingEstimator(options.percentile, options.per_channel)
@@ -498,7 +700,8 @@ class _NetworkBuilder:
             for batch in reader:
                 values = analog_forward(graph, batch, {keys[k]: v for k, v in max_values.items()})
                 for key in data_keys:
-                    estimator.add(key, values[keys[key]])
+                    value = values[keys[key]]  # a signed layer's ceiling bounds |value|
+                    estimator.add(key, np.abs(value) if by_key[key].signed else value)
                 if encoded:
                     estimator.add("__input__", np.maximum(batch, 0))
             reader.finish()
@@ -561,7 +764,8 @@ class _NetworkBuilder:
                 ]
                 layer.branch_weights.assign(np.stack(weights).astype("float32"))
             elif isinstance(op, ir.Pool):
-                out_vec = _channel_vector(in_maps[0], op)  # averaging keeps the scale
+                # Mean and max act within a channel: both keep its scale.
+                out_vec = _channel_vector(in_maps[0], op)
             else:  # a shape layer moves the scale map like the values
                 batch = [m[None] for m in in_maps]
                 scales[op.key] = np.asarray(layer(batch if len(batch) > 1 else batch[0]))[0]

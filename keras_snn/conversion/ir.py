@@ -31,12 +31,14 @@ class Linear(Op):
     spiking: bool = False
     max_value: float = None
     quantized: bool = False  # the activation was a QReLU
+    signed: bool = False  # no ReLU: signed spikes carry the linear value
 
 
 @dataclasses.dataclass
 class Relu(Op):
     max_value: float = None
     quantized: bool = False  # a QReLU: max_value is its learned bound
+    shape: tuple = None  # per-sample output shape of a ReLU layer (None: inline)
 
 
 @dataclasses.dataclass
@@ -48,6 +50,7 @@ class Affine(Op):
     # Where the channels are: "last", "first" (axis 1 of a channels_first
     # feature map) or None (one scale for every value, any layout).
     channel_axis: str = "last"
+    rank: int = None  # of the input, batch included (None: unknown)
 
 
 @dataclasses.dataclass
@@ -59,12 +62,18 @@ class Pool(Op):
 
 
 @dataclasses.dataclass
+class MaxPool(Pool):
+    """Max pooling: per channel but not linear (cumulative spike counts)."""
+
+
+@dataclasses.dataclass
 class Merge(Op):
     """Residual Add of its inputs (a weighted add after conversion)."""
 
     spiking: bool = False
     max_value: float = None
     quantized: bool = False
+    signed: bool = False
 
 
 @dataclasses.dataclass
@@ -77,6 +86,15 @@ class Shape(Op):
 @dataclasses.dataclass
 class Softmax(Op):
     """A final softmax: dropped, since argmax is unchanged."""
+
+    activation = "softmax"
+
+
+@dataclasses.dataclass
+class Sigmoid(Softmax):
+    """A final sigmoid: dropped; the readout is the logit (decide at 0, i.e. p = 0.5)."""
+
+    activation = "sigmoid"
 
 
 def consumers(ops, key):

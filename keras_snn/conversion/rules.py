@@ -62,16 +62,47 @@ def _describe(layer):
 # ------------------------------------------------------------- activations
 def _activation_ops(layer, name, key, inputs):
     """Ops for an activation given by name (inline or an Activation layer)."""
+    shape = _output_shape(layer) if isinstance(layer, keras.layers.Activation) else None
     if name == "relu":
-        return [ir.Relu(key, inputs, layer.name)]
+        return [ir.Relu(key, inputs, layer.name, shape=shape)]
+    if name == "relu6":  # the same function as ReLU(max_value=6)
+        return [ir.Relu(key, inputs, layer.name, 6.0, shape=shape)]
     if name == "linear":
         return []
+    if name in ("silu", "swish"):
+        raise ConversionError(
+            f"{_describe(layer)} uses activation '{name}' (swish), which has no spiking "
+            "form (it is not monotone); retrain with relu or relu6."
+        )
     if name == "softmax":
         return [ir.Softmax(key, inputs, layer.name)]
+    if name == "sigmoid":
+        return _sigmoid_ops(layer, key, inputs)
     raise ConversionError(
         f"{_describe(layer)} uses activation '{name}', which has no spiking form; "
-        "use relu (optionally with max_value) or keras_snn.layers.QReLU."
+        "use relu or relu6 (optionally ReLU with max_value) or keras_snn.layers.QReLU."
     )
+
+
+def _output_shape(layer):
+    return tuple(layer.output.shape[1:])
+
+
+def _sigmoid_ops(layer, key, inputs):
+    """A single-unit sigmoid (a binary head, final): dropped, decide at readout 0.
+
+    `sigmoid(z) > 0.5` exactly when `z > 0`, so the readout (the logit) keeps
+    the decision, as dropping a softmax keeps the argmax. Several sigmoid units
+    are multi-label or regression outputs whose values matter: refused.
+    """
+    units = layer.output.shape[-1]
+    if units != 1:
+        raise ConversionError(
+            f"{_describe(layer)} uses activation 'sigmoid' on {units} outputs; only a "
+            "single-unit sigmoid (a binary head, decided at readout 0) is dropped. Convert "
+            f"with head='{layer.name}' to compute the probabilities as an ANN."
+        )
+    return [ir.Sigmoid(key, inputs, layer.name)]
 
 
 def _activation_name(activation):
@@ -93,16 +124,44 @@ def _weighted_rule(spiking_class, drop=()):
             if getattr(layer, "bias", None) is not None
             else None
         )
-        linear_key = key + "/linear"
-        ops = [ir.Linear(linear_key, inputs, layer.name, spiking_class, config, kernel, bias)]
-        activation = _activation_ops(layer, _activation_name(layer.activation), key, [linear_key])
-        if not activation:  # linear: the layer's output is the linear op itself
-            ops[0].key = key
-        return ops + activation
+        return _linear_ops(layer, key, inputs, spiking_class, config, kernel, bias)
 
     return rule
 
 
+def _separable_conv_rule(layer, key, inputs):
+    """SeparableConv2D as the one Conv2D it equals: `K[h,w,c,o] = sum_m D[h,w,c,m] P[c*m,o]`.
+
+    The depthwise output has no activation, so folding the pointwise 1x1
+    convolution into it is exact (no spiking layer for the linear middle),
+    at the full convolution's synapse count.
+    """
+    numpy = keras.ops.convert_to_numpy
+    depthwise = np.asarray(numpy(layer.depthwise_kernel), "float32")
+    pointwise = np.asarray(numpy(layer.pointwise_kernel), "float32")
+    channels, multiplier = depthwise.shape[-2:]
+    kernel = np.einsum(
+        "hwcm,cmo->hwco", depthwise, pointwise.reshape(channels, multiplier, -1)
+    )
+    bias = np.asarray(numpy(layer.bias), "float32") if layer.use_bias else None
+    config = {
+        "filters": layer.filters, "kernel_size": layer.kernel_size, "strides": layer.strides,
+        "padding": layer.padding, "dilation_rate": layer.dilation_rate, "name": layer.name,
+        "data_format": layer.data_format,  # layout.py makes channels_first ones channels-last
+    }
+    return _linear_ops(layer, key, inputs, snn_layers.SpikingConv2D, config, kernel, bias)
+
+
+def _linear_ops(layer, key, inputs, spiking_class, config, kernel, bias):
+    linear_key = key + "/linear"
+    ops = [ir.Linear(linear_key, inputs, layer.name, spiking_class, config, kernel, bias)]
+    activation = _activation_ops(layer, _activation_name(layer.activation), key, [linear_key])
+    if not activation:  # linear: the layer's output is the linear op itself
+        ops[0].key = key
+    return ops + activation
+
+
+register_conversion_rule(keras.layers.SeparableConv2D, _separable_conv_rule)
 register_conversion_rule(keras.layers.Dense, _weighted_rule(snn_layers.SpikingDense))
 register_conversion_rule(keras.layers.Conv2D, _weighted_rule(snn_layers.SpikingConv2D))
 register_conversion_rule(keras.layers.Conv1D, _weighted_rule(snn_layers.SpikingConv1D))
@@ -120,7 +179,7 @@ def _relu_rule(layer, key, inputs):
             "(negative_slope=0, threshold=0; max_value is fine)."
         )
     max_value = None if layer.max_value is None else float(layer.max_value)
-    return [ir.Relu(key, inputs, layer.name, max_value)]
+    return [ir.Relu(key, inputs, layer.name, max_value, shape=_output_shape(layer))]
 
 
 register_conversion_rule(keras.layers.ReLU, _relu_rule)
@@ -129,7 +188,7 @@ register_conversion_rule(keras.layers.ReLU, _relu_rule)
 def _qrelu_rule(layer, key, inputs):
     # The learned bound is the activation ceiling (seed 004 Alg. 1).
     bound = float(keras.ops.convert_to_numpy(layer.bound))
-    return [ir.Relu(key, inputs, layer.name, bound, quantized=True)]
+    return [ir.Relu(key, inputs, layer.name, bound, quantized=True, shape=_output_shape(layer))]
 
 
 register_conversion_rule(snn_layers.QReLU, _qrelu_rule)
@@ -169,7 +228,8 @@ def _batch_norm_rule(layer, key, inputs):
     if layer.center:
         shift = shift + numpy(layer.beta)
     return [ir.Affine(
-        key, inputs, layer.name, scale.astype("float32"), shift.astype("float32"), channel_axis
+        key, inputs, layer.name, scale.astype("float32"), shift.astype("float32"),
+        channel_axis=channel_axis, rank=len(layer.input.shape),
     )]
 
 
@@ -241,12 +301,12 @@ for _cls in passthrough_layer_classes():
 
 
 # ----------------------------------------------------------------- pooling
-def _pool_rule(spiking_class, keys):
+def _pool_rule(spiking_class, keys, op_class=ir.Pool):
     def rule(layer, key, inputs):
         config = {name: getattr(layer, name) for name in keys}
         config["name"] = layer.name
         config["data_format"] = getattr(layer, "data_format", "channels_last")
-        return [ir.Pool(key, inputs, layer.name, spiking_class, config)]
+        return [op_class(key, inputs, layer.name, spiking_class, config)]
 
     return rule
 
@@ -267,24 +327,30 @@ register_conversion_rule(
     keras.layers.GlobalAveragePooling1D,
     _pool_rule(snn_layers.SpikingGlobalAveragePooling1D, ("keepdims",)),
 )
+# Max pooling commutes with the per-layer or per-channel scales of
+# normalisation (each window lies inside one channel), so it keeps the scale.
+register_conversion_rule(
+    keras.layers.MaxPooling2D,
+    _pool_rule(snn_layers.SpikingMaxPooling2D, ("pool_size", "strides", "padding"), ir.MaxPool),
+)
+register_conversion_rule(
+    keras.layers.MaxPooling1D,
+    _pool_rule(snn_layers.SpikingMaxPooling1D, ("pool_size", "strides", "padding"), ir.MaxPool),
+)
+register_conversion_rule(
+    keras.layers.GlobalMaxPooling2D,
+    _pool_rule(snn_layers.SpikingGlobalMaxPooling2D, ("keepdims",), ir.MaxPool),
+)
+register_conversion_rule(
+    keras.layers.GlobalMaxPooling1D,
+    _pool_rule(snn_layers.SpikingGlobalMaxPooling1D, ("keepdims",), ir.MaxPool),
+)
 register_conversion_rule(
     keras.layers.Add, lambda layer, key, inputs: [ir.Merge(key, inputs, layer.name)]
 )
 
 
 # ----------------------------------------------------------------- refused
-_MAX_POOL = (
-    " has no exact spiking form (a spiking max needs the neuron with the "
-    "highest rate, which is unknown until the end). Retrain with "
-    "AveragePooling (or a strided convolution) in its place."
-)
-for _cls in (
-    keras.layers.MaxPooling1D,
-    keras.layers.MaxPooling2D,
-    keras.layers.GlobalMaxPooling1D,
-    keras.layers.GlobalMaxPooling2D,
-):
-    _REFUSALS[_cls] = _MAX_POOL
 _NEGATIVE = (
     " passes negative values, which spiking neurons cannot carry. Use ReLU "
     "(optionally with max_value) or keras_snn.layers.QReLU."

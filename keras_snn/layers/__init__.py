@@ -6,6 +6,10 @@ from keras_snn.layers.encoders import AnalogInput
 from keras_snn.layers.encoders import EventInput
 from keras_snn.layers.encoders import PoissonInput
 from keras_snn.layers.encoders import SpikingInput
+from keras_snn.layers.max_pooling import SpikingGlobalMaxPooling1D
+from keras_snn.layers.max_pooling import SpikingGlobalMaxPooling2D
+from keras_snn.layers.max_pooling import SpikingMaxPooling1D
+from keras_snn.layers.max_pooling import SpikingMaxPooling2D
 from keras_snn.layers.merging import SpikingAdd
 from keras_snn.layers.passthrough import register_passthrough_layer
 from keras_snn.layers.pooling import SpikingAveragePooling1D
@@ -34,7 +38,11 @@ __all__ = [
     "SpikingDepthwiseConv2D",
     "SpikingGlobalAveragePooling1D",
     "SpikingGlobalAveragePooling2D",
+    "SpikingGlobalMaxPooling1D",
+    "SpikingGlobalMaxPooling2D",
     "SpikingInput",
+    "SpikingMaxPooling1D",
+    "SpikingMaxPooling2D",
     "SpikingLayer",
     "SynapticLayer",
     "register_passthrough_layer",

@@ -3,8 +3,9 @@
 Average pooling is linear, so it has an exact spiking form: each output neuron
 receives the mean of its window's input spikes and fires like any IF neuron.
 Its synapses are the window connections (weight 1/size), so a spike costs one
-operation per window it belongs to. Max pooling has no exact spiking form;
-keras_snn offers none (convert_model suggests average pooling instead).
+operation per window it belongs to. Max pooling has a rate form of its own on
+cumulative spike counts (`keras_snn.layers.max_pooling`), which shares the
+window geometry defined here.
 
 Like the convolutions, a pooling layer with `data_format="channels_first"`
 pools channels-last between two transposes (CPUs without oneDNN have no NCHW
@@ -19,7 +20,7 @@ from keras_snn.layers.synaptic import transpose_to_channels_first
 from keras_snn.layers.synaptic import transpose_to_channels_last
 
 
-class _Layout:
+class Layout:
     """`data_format` handling shared by the pooling layers: maps run channels-last."""
 
     def _init_data_format(self, data_format):
@@ -52,7 +53,7 @@ class _Layout:
         return transpose_to_channels_first(outputs) if len(outputs.shape) > 2 else outputs
 
 
-class _SpikingAveragePooling(_Layout, SynapticLayer, keras.layers.Layer):
+class _SpikingAveragePooling(Layout, SynapticLayer, keras.layers.Layer):
     rank = None
 
     def __init__(
@@ -67,8 +68,8 @@ class _SpikingAveragePooling(_Layout, SynapticLayer, keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         self._init_data_format(data_format)
-        self.pool_size = _tuple(pool_size, self.rank, "pool_size", self.name)
-        self.strides = _tuple(
+        self.pool_size = pool_tuple(pool_size, self.rank, "pool_size", self.name)
+        self.strides = pool_tuple(
             self.pool_size if strides is None else strides, self.rank, "strides", self.name
         )
         padding = str(padding).lower()
@@ -89,16 +90,10 @@ class _SpikingAveragePooling(_Layout, SynapticLayer, keras.layers.Layer):
         self._build_neuron(input_shape)
 
     def compute_output_shape(self, input_shape):
-        input_shape = self._channels_last_shape(input_shape)
-        spatial = []
-        for size, pool, stride in zip(input_shape[1:-1], self.pool_size, self.strides):
-            if size is None:
-                spatial.append(None)
-            elif self.padding == "same":
-                spatial.append(-(-size // stride))
-            else:
-                spatial.append((size - pool) // stride + 1)
-        return self._layout_shape((input_shape[0], *spatial, input_shape[-1]))
+        shape = pooled_shape(
+            self._channels_last_shape(input_shape), self.pool_size, self.strides, self.padding
+        )
+        return self._layout_shape(shape)
 
     def compute_current(self, inputs):
         return self._channels_last_map(self._average, inputs)
@@ -113,14 +108,7 @@ class _SpikingAveragePooling(_Layout, SynapticLayer, keras.layers.Layer):
         return self._channels_last_map(self._window_sum, inputs)
 
     def _window_sum(self, inputs):
-        # Sum pooling: one synapse per (window, member), as a depthwise conv
-        # with a ones kernel so 'same' borders count only real members.
-        channels = inputs.shape[-1]
-        kernel = ops.ones(self.pool_size + (channels, 1), dtype=inputs.dtype)
-        return ops.depthwise_conv(
-            inputs, kernel, strides=self.strides, padding=self.padding,
-            data_format="channels_last",
-        )
+        return window_counts(inputs, self.pool_size, self.strides, self.padding)
 
     def get_config(self):
         return {
@@ -186,7 +174,7 @@ class SpikingAveragePooling1D(_SpikingAveragePooling):
     rank = 1
 
 
-class _SpikingGlobalAveragePooling(_Layout, SynapticLayer, keras.layers.Layer):
+class _SpikingGlobalAveragePooling(Layout, SynapticLayer, keras.layers.Layer):
     rank = None
 
     def __init__(self, keepdims=False, neuron="if", threshold=1.0, data_format=None, **kwargs):
@@ -274,7 +262,33 @@ class SpikingGlobalAveragePooling1D(_SpikingGlobalAveragePooling):
     rank = 1
 
 
-def _tuple(value, rank, name, layer_name):
+def pooled_shape(input_shape, pool_size, strides, padding):
+    """Output shape of a channels_last pooling window (Keras's arithmetic)."""
+    spatial = []
+    for size, pool, stride in zip(input_shape[1:-1], pool_size, strides):
+        if size is None:
+            spatial.append(None)
+        elif padding == "same":
+            spatial.append(-(-size // stride))
+        else:
+            spatial.append((size - pool) // stride + 1)
+    return (input_shape[0], *spatial, input_shape[-1])
+
+
+def window_counts(inputs, pool_size, strides, padding):
+    """Sum pooling of channels_last inputs: one connection per (window, member).
+
+    A depthwise convolution with a ones kernel, so 'same' borders count only
+    real members; its gradient is the number of windows holding each input.
+    """
+    channels = inputs.shape[-1]
+    kernel = ops.ones(tuple(pool_size) + (channels, 1), dtype=inputs.dtype)
+    return ops.depthwise_conv(
+        inputs, kernel, strides=strides, padding=padding, data_format="channels_last"
+    )
+
+
+def pool_tuple(value, rank, name, layer_name):
     values = (value,) * rank if isinstance(value, int) else tuple(value)
     if len(values) != rank or not all(isinstance(v, int) and v > 0 for v in values):
         raise ValueError(
