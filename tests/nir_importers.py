@@ -125,11 +125,22 @@ def run_sinabs(graph, x, timesteps):
     return module, run
 
 
+def run_sinabs_single_spike(graph, x, timesteps):
+    """sinabs with the documented workaround: one spike per step, as keras_snn's IF."""
+    from sinabs.activation import SingleSpike
+
+    module, run = run_sinabs(graph, x, timesteps)
+    for neuron in _neuron_modules(module).values():
+        neuron.spike_fn = SingleSpike
+    return module, run
+
+
 RUNNERS = {
     "snntorch": run_snntorch,
     "norse": run_norse,
     "spikingjelly": run_spikingjelly,
     "sinabs": run_sinabs,
+    "sinabs_single_spike": run_sinabs_single_spike,
 }
 
 
@@ -148,7 +159,8 @@ def run_file(importer, path, inputs, timesteps):
 def versions(importer):
     from importlib import metadata
 
-    return {name: metadata.version(name) for name in ("nir", "nirtorch", "torch", importer)}
+    package = importer.split("_")[0]
+    return {name: metadata.version(name) for name in ("nir", "nirtorch", "torch", package)}
 
 
 def main(importer, job_path):

@@ -56,8 +56,11 @@ PROFILES = {
     "norse": dict(pooling="sum", residual_scale="diagonal"),
     "spikingjelly": dict(pooling="average", residual_scale="diagonal"),
     "sinabs": dict(pooling="sum", residual_scale="diagonal", subtractive_if=True),
+    # sinabs with its SingleSpike activation set after import (the workaround for SINABS_IF)
+    "sinabs_single_spike": dict(pooling="sum", residual_scale="diagonal", subtractive_if=True),
 }
-NEURONS_FOR = {"sinabs": ("subtract_if",)}  # sinabs's IF subtracts: it gets that model
+# sinabs's IF subtracts: it gets that model
+NEURONS_FOR = {"sinabs": ("subtract_if",), "sinabs_single_spike": ("subtract_if",)}
 
 FLATTEN_UNSHIFTED = (
     "theirs: {} passes NIR Flatten's start_dim=0 to torch.nn.Flatten unshifted, which "
@@ -74,9 +77,14 @@ NORSE_LIF = (
     "reaches the membrane scaled by 1 - leak"
 )
 SINABS_IF = (
-    "theirs: sinabs's IAFSqueeze floors the membrane at -v_threshold and fires "
-    "floor(v / v_threshold) spikes per step; keras_snn's subtractive IF has no floor and "
-    "fires once"
+    "theirs: sinabs's IAFSqueeze fires floor(v / v_threshold) spikes a step (MultiSpike) where "
+    "keras_snn's IF(spike_max=1) fires one (and floors v at -v_threshold); workaround: set "
+    "each neuron's spike_fn = sinabs.activation.SingleSpike after import (sinabs_single_spike)"
+)
+SINABS_BRANCHES = (
+    "theirs: nirtorch 2.0.2 (the newest sinabs's nir<=1.0.4 pin allows) runs a branching "
+    "graph in depth-first, not topological, order: the add's neuron runs before one of its "
+    "branches and silently drops it"
 )
 
 # Why an importer does not reproduce a graph, read in their sources and measured here
@@ -91,10 +99,8 @@ KNOWN_LIMITATIONS = {
     ("norse", "dense", "lif"): (NORSE_LIF, "spike agreement"),
     ("sinabs", "dense", None): (SINABS_IF, "spike agreement"),
     ("sinabs", "conv_pool", None): (SINABS_IF, "spike agreement"),
-    ("sinabs", "residual", None): (
-        "theirs: nirtorch 2.0.2 (the newest sinabs's nir<=1.0.4 pin allows) runs a branching "
-        "graph in depth-first, not topological, order: the add's neuron runs before one of its "
-        "branches and silently drops it", "spike agreement"),
+    ("sinabs", "residual", None): (SINABS_BRANCHES, "spike agreement"),
+    ("sinabs_single_spike", "residual", None): (SINABS_BRANCHES, "spike agreement"),
 }
 
 
@@ -107,7 +113,7 @@ def known_limitation(importer, network, neuron):
 
 def importer_python(importer):
     """The interpreter that has `importer` (and torch), or None."""
-    if importer == "sinabs":
+    if importer.startswith("sinabs"):
         return os.environ.get("KERAS_SNN_SINABS_PYTHON") or (
             sys.executable if importlib.util.find_spec("sinabs") else None
         )
