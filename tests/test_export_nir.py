@@ -148,7 +148,8 @@ def test_diagonal_residual_scale_computes_what_the_scale_node_does(tmp_path):
     conv = exported(snn, tmp_path, residual_scale="diagonal").nodes["add_scale1"]
     assert isinstance(conv, nir.Conv2d) and conv.weight.shape == (3, 3, 1, 1)
     current = RNG.random((3, 6, 6)).astype("float32")
-    through_conv = np.einsum("oi,ihw->ohw", conv.weight[:, :, 0, 0], current) + conv.bias[:, None, None]
+    weight, bias = conv.weight[:, :, 0, 0], conv.bias[:, None, None]
+    through_conv = np.einsum("oi,ihw->ohw", weight, current) + bias
     np.testing.assert_array_equal(through_conv, scale * current)
 
 

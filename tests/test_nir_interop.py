@@ -170,8 +170,8 @@ def inputs_for(kind, images):
 def spiking_model(network, neuron, images):
     ann = build_ann(network)
     x = inputs_for(network, images)
-    neuron_template = neurons.IF(reset="subtract") if neuron == "subtract_if" else make_neuron(neuron)
-    return keras_snn.convert_model(ann, x[:256], timesteps=TIMESTEPS, neuron=neuron_template), x
+    template = neurons.IF(reset="subtract") if neuron == "subtract_if" else make_neuron(neuron)
+    return keras_snn.convert_model(ann, x[:256], timesteps=TIMESTEPS, neuron=template), x
 
 
 def channels_first(x):
