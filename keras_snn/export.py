@@ -71,7 +71,7 @@ class NIRExportError(ValueError):
 
 def export_nir(
     snn, filepath, approximate=False, pooling="average", residual_scale="node", dt=1.0,
-    subtractive_if=False,
+    flatten="node", subtractive_if=False,
 ):
     """Write `snn` as a Neuromorphic Intermediate Representation (NIR) graph.
 
@@ -113,6 +113,11 @@ def export_nir(
     `Affine` (flat) or 1x1 `Conv1d`/`Conv2d` nodes with the factors on the
     diagonal instead of `Scale` nodes, which no importer we tested maps.
     `dt=1e-4` suits importers that fix the step at 1e-4 s (snnTorch).
+    `flatten="conv"` writes no `Flatten`: the Dense layers after it become
+    convolutions whose kernel covers the whole feature map, then 1x1 ones, on
+    `(units, 1, 1)` maps (the same sums, in another order: float rounding may
+    differ in the last bit). For importers that hand NIR's batch-free Flatten
+    dims to torch unshifted (snnTorch, Norse).
     `subtractive_if=True` is for targets whose IF resets by subtraction and
     fires at `v >= v_threshold` (sinabs; nir 1.0.4's IF had no reset value):
     it writes `IF(reset="subtract", spike_max=1)` neurons exactly as IF nodes
@@ -127,6 +132,7 @@ def export_nir(
         pooling: "average" (`AvgPool2d`) or "sum" (`SumPool2d`, see above).
         residual_scale: "node" (`Scale`) or "diagonal" (see above).
         dt: the duration of one step, in the unit of the time constants.
+        flatten: "node" (`Flatten`) or "conv" (see above).
         subtractive_if: write reset-by-subtraction IF neurons as IF nodes for
             targets whose IF subtracts (see above); reset-to-zero neurons are
             then refused.
@@ -147,10 +153,12 @@ def export_nir(
     if residual_scale not in _NIR_RESIDUAL_SCALES:
         raise ValueError(f"`residual_scale` must be one of {sorted(_NIR_RESIDUAL_SCALES)}; "
                          f"received {residual_scale!r}.")
+    if flatten not in _NIR_FLATTEN:
+        raise ValueError(f"`flatten` must be one of {sorted(_NIR_FLATTEN)}; received {flatten!r}.")
     if not float(dt) > 0.0:
         raise ValueError(f"`dt` must be a positive duration; received {dt!r}.")
     builder = _NIRBuilder(snn, nir, approximate, pooling, bool(subtractive_if),
-                          residual_scale, float(dt))
+                          residual_scale, float(dt), flatten)
     graph = builder.build()
     nir.write(filepath, graph)
     if subtractive_if:
@@ -171,6 +179,7 @@ def _write_if_without_reset_value(filepath):
 
 _NIR_POOLING = ("average", "sum")
 _NIR_RESIDUAL_SCALES = ("node", "diagonal")
+_NIR_FLATTEN = ("node", "conv")
 
 
 def _nir_strict_threshold(threshold):
@@ -189,10 +198,12 @@ def _channels_first(shape):
 
 class _NIRBuilder:
     def __init__(self, snn, nir, approximate, pooling="average", subtractive_if=False,
-                 residual_scale="node", dt=1.0):
+                 residual_scale="node", dt=1.0, flatten="node"):
         self.snn, self.nir, self.approximate = snn, nir, approximate
         self.pooling, self.subtractive_if = pooling, subtractive_if
-        self.residual_scale, self.dt = residual_scale, dt
+        self.residual_scale, self.dt, self.flatten = residual_scale, dt, flatten
+        # flatten="conv": graph key -> trailing size-1 spatial dims its values carry.
+        self.map_dims = {}
         self.graph = layer_graph(snn.network)
         self.shapes = snn._plan.output_shapes
         self.nodes, self.edges, self.notes = {}, [], []
@@ -200,18 +211,19 @@ class _NIRBuilder:
 
     def build(self):
         input_key = self.graph.input_keys[0]
-        shape = _channels_first(self.shapes[input_key][1:])
+        shape = self._shape(input_key)
         self.nodes["input"] = self.nir.Input(input_type={"input": np.array(shape)})
         self.tails[input_key] = ["input"]
         for node in self.graph.nodes:
             self._add(node)
         output_key = self.graph.output_keys[0]
-        out_shape = _channels_first(self.shapes[output_key][1:])
+        out_shape = self._shape(output_key)
         self.nodes["output"] = self.nir.Output(output_type={"output": np.array(out_shape)})
         self._connect(self.tails[output_key], "output")
         metadata = {
             "producer": "keras_snn", "dt": self.dt, "nir_version": _nir_version(),
             "pooling": self.pooling, "residual_scale": self.residual_scale,
+            "flatten": self.flatten,
             "if_reset": "subtract" if self.subtractive_if else "zero",
         }
         if self.notes:
@@ -231,9 +243,16 @@ class _NIRBuilder:
     def _refuse(self, layer, why):
         raise NIRExportError(f"Layer '{layer.name}' ({type(layer).__name__}): {why}")
 
+    def _shape(self, key):
+        """A value's channels-first shape without the batch, as the written graph holds it."""
+        return _channels_first(self.shapes[key][1:]) + (1,) * self.map_dims.get(key, 0)
+
     def _add(self, node):
         layer, key = node.layer, node.key
         sources = [name for k in node.input_keys for name in self.tails[k]]
+        carried = [self.map_dims[k] for k in node.input_keys if k in self.map_dims]
+        if carried:
+            self.map_dims[key] = carried[0]
         if isinstance(layer, (snn_layers.Readout, snn_layers.AnalogInput, snn_layers.EventInput)):
             self.tails[key] = sources  # no node: the values pass straight through
         elif isinstance(layer, snn_layers.SpikingInput):
@@ -252,8 +271,11 @@ class _NIRBuilder:
                 self.tails[key] = [
                     self._neuron(layer, layer.neuron, threshold, key, synapse, **params)
                 ]
+        elif isinstance(layer, keras.layers.Flatten) and self.flatten == "conv":
+            self.map_dims[key] = len(self._shape(node.input_keys[0])) - 1
+            self.tails[key] = sources  # the next Dense reads the map whole (_dense_as_conv)
         elif isinstance(layer, keras.layers.Flatten):
-            shape = _channels_first(self.shapes[node.input_keys[0]][1:])
+            shape = self._shape(node.input_keys[0])
             name = self._name(key)
             self.nodes[name] = self.nir.Flatten(
                 input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1
@@ -275,7 +297,7 @@ class _NIRBuilder:
             weights = np.asarray(layer.branch_weights)
             for index, input_key in enumerate(node.input_keys):
                 scale_name = f"{name}_scale{index}"
-                shape = _channels_first(self.shapes[input_key][1:])
+                shape = self._shape(input_key)
                 factor = np.broadcast_to(
                     weights[index].reshape((-1,) + (1,) * (len(shape) - 1)), shape
                 )
@@ -288,8 +310,11 @@ class _NIRBuilder:
             in_shape = self.shapes[node.input_keys[0]][1:]
             if len(in_shape) != 1:
                 self._refuse(layer, "Dense on a non-flat input has no NIR Affine form.")
-            kernel = self._after_flatten(node, kernel)
-            self.nodes[name] = nir.Affine(weight=kernel.T.copy(), bias=np.asarray(layer.bias))
+            if node.input_keys[0] in self.map_dims:
+                self.nodes[name] = self._dense_as_conv(node, kernel, np.asarray(layer.bias))
+            else:
+                kernel = self._after_flatten(node, kernel)
+                self.nodes[name] = nir.Affine(weight=kernel.T.copy(), bias=np.asarray(layer.bias))
         elif isinstance(layer, (snn_layers.SpikingConv2D, snn_layers.SpikingConv1D, snn_layers.SpikingDepthwiseConv2D)):
             self.nodes[name] = self._conv(node, layer)
         elif isinstance(layer, snn_layers.SpikingAveragePooling2D):
@@ -334,6 +359,27 @@ class _NIRBuilder:
             self._refuse(layer, "pooling='sum' folds 1/k^2 into the pool's neuron, and this "
                          "pool has none; export with pooling='average'.")
         return self.nir.SumPool2d(**window)
+
+    def _dense_as_conv(self, node, kernel, bias):
+        """flatten="conv": a Dense on a (C, *spatial) map as a conv whose kernel covers it."""
+        source_key = node.input_keys[0]
+        producer = next((n for n in self.graph.nodes if n.key == source_key), None)
+        if producer is not None and isinstance(producer.layer, keras.layers.Flatten):
+            source_key = producer.input_keys[0]  # the map Keras flattened (H, W, C order)
+        channels, *spatial = self._shape(source_key)
+        keras_shape = tuple(int(d) for d in self.shapes[source_key][1:])
+        units, rank = kernel.shape[-1], len(spatial)
+        if len(keras_shape) == 1:  # a (n, 1, 1) map from an earlier Dense: a 1x1 conv
+            weight = kernel.T.reshape((units, channels) + (1,) * rank)
+        else:  # Keras flattened (*spatial, C); the conv kernel is (units, C, *spatial)
+            weight = kernel.reshape(keras_shape + (units,))
+            weight = weight.transpose((rank + 1, rank) + tuple(range(rank)))
+        weight = np.ascontiguousarray(weight)
+        if rank == 2:
+            return self.nir.Conv2d(input_shape=tuple(spatial), weight=weight, stride=(1, 1),
+                                   padding=(0, 0), dilation=(1, 1), groups=1, bias=bias)
+        return self.nir.Conv1d(input_shape=spatial[0], weight=weight, stride=1, padding=0,
+                               dilation=1, groups=1, bias=bias)
 
     def _after_flatten(self, node, kernel):
         """Reorder Dense rows from Keras's (H, W, C) flattening to NIR's (C, H, W)."""
@@ -398,7 +444,7 @@ class _NIRBuilder:
             written, fires = np.float32(threshold), "v >= v_threshold"
         else:
             written, fires = _nir_strict_threshold(threshold), "v > v_threshold"
-        shape = _channels_first(self.shapes[key][1:])
+        shape = self._shape(key)
         ones = np.ones(shape, "float32")
         name = f"{self._name(key)}_neuron"
         metadata = {"reset": reset, "fires": fires, "keras_snn_threshold": threshold}

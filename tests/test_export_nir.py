@@ -192,3 +192,18 @@ def test_bad_export_options_are_refused_by_name(tmp_path):
         keras_snn.export_nir(snn, path, residual_scale="fold")
     with pytest.raises(ValueError, match="`dt` must be a positive"):
         keras_snn.export_nir(snn, path, dt=0)
+
+
+def test_flatten_as_conv_computes_what_flatten_and_affine_do(tmp_path):
+    snn = residual_snn(neurons.IF(reset="zero"))
+    affine = exported(snn, tmp_path).nodes["out"]
+    graph = exported(snn, tmp_path, flatten="conv")
+    assert not any(isinstance(node, nir.Flatten) for node in graph.nodes.values())
+    conv = graph.nodes["out"]
+    assert isinstance(conv, nir.Conv2d) and conv.weight.shape == (2, 3, 6, 6)
+    spikes = (RNG.random((3, 6, 6)) > 0.5).astype("float32")  # channels-first, as NIR
+    np.testing.assert_allclose(
+        np.einsum("ochw,chw->o", conv.weight, spikes), affine.weight @ spikes.reshape(-1),
+        rtol=1e-5,
+    )
+    assert tuple(graph.nodes["output"].output_type["output"]) == (2, 1, 1)

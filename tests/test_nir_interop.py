@@ -50,17 +50,24 @@ NEURONS = ("if", "lif")
 
 # The export options each importer reads best (README.md, "NIR interop"): none maps
 # NIR's Scale node, so residual branch factors go out as diagonal Affine/1x1 Conv;
-# Norse and sinabs map SumPool2d, not AvgPool2d; snnTorch fixes dt at 1e-4 s.
+# Norse and sinabs map SumPool2d, not AvgPool2d; snnTorch fixes dt at 1e-4 s; snnTorch
+# and Norse hand Flatten's dims to torch unshifted (FLATTEN_UNSHIFTED), so they get none
+# (flatten="conv").
 PROFILES = {
-    "snntorch": dict(pooling="average", residual_scale="diagonal", dt=1e-4),
-    "norse": dict(pooling="sum", residual_scale="diagonal"),
+    "snntorch": dict(pooling="average", residual_scale="diagonal", dt=1e-4, flatten="conv"),
+    "norse": dict(pooling="sum", residual_scale="diagonal", flatten="conv"),
     "spikingjelly": dict(pooling="average", residual_scale="diagonal"),
     "sinabs": dict(pooling="sum", residual_scale="diagonal", subtractive_if=True),
     # sinabs with its SingleSpike activation set after import (the workaround for SINABS_IF)
     "sinabs_single_spike": dict(pooling="sum", residual_scale="diagonal", subtractive_if=True),
+    # "<importer>:<variant>": the same importer on other options, to record why they don't do
+    "snntorch:flatten_node": dict(pooling="average", residual_scale="diagonal", dt=1e-4),
+    "norse:flatten_node": dict(pooling="sum", residual_scale="diagonal"),
 }
 # sinabs's IF subtracts: it gets that model
-NEURONS_FOR = {"sinabs": ("subtract_if",), "sinabs_single_spike": ("subtract_if",)}
+NEURONS_FOR = {"sinabs": ("subtract_if",), "sinabs_single_spike": ("subtract_if",),
+               "snntorch:flatten_node": ("lif",), "norse:flatten_node": ("if",)}
+NETWORKS_FOR = {"snntorch:flatten_node": ("conv_pool",), "norse:flatten_node": ("conv_pool",)}
 
 FLATTEN_UNSHIFTED = (
     "theirs: {} passes NIR Flatten's start_dim=0 to torch.nn.Flatten unshifted, which "
@@ -81,10 +88,15 @@ SINABS_IF = (
     "keras_snn's IF(spike_max=1) fires one (and floors v at -v_threshold); workaround: set "
     "each neuron's spike_fn = sinabs.activation.SingleSpike after import (sinabs_single_spike)"
 )
-SINABS_BRANCHES = (
-    "theirs: nirtorch 2.0.2 (the newest sinabs's nir<=1.0.4 pin allows) runs a branching "
-    "graph in depth-first, not topological, order: the add's neuron runs before one of its "
-    "branches and silently drops it"
+DEPTH_FIRST = (
+    "theirs: nirtorch's GraphExecutor ({}, used by {}) orders a branching graph depth-first, "
+    "not topologically: the add's neuron runs before one of its branches and {}"
+)
+SINABS_BRANCHES = DEPTH_FIRST.format(
+    "2.0.2, the newest sinabs's nir<=1.0.4 pin allows", "sinabs", "silently drops it"
+)
+NORSE_BRANCHES = DEPTH_FIRST.format(
+    "nirtorch.load, deprecated, in 2.6", "Norse 1.1", "reads its previous step's value"
 )
 
 # Why an importer does not reproduce a graph, read in their sources and measured here
@@ -92,11 +104,10 @@ SINABS_BRANCHES = (
 # (reason, text the measured failure must contain).
 KNOWN_LIMITATIONS = {
     ("snntorch", None, "if"): (SNNTORCH_IF, "r != 1 not supported"),
-    ("snntorch", "conv_pool", "lif"): (FLATTEN_UNSHIFTED.format("snnTorch"), "mat1 and mat2"),
-    ("snntorch", "residual", "lif"): (FLATTEN_UNSHIFTED.format("snnTorch"), "mat1 and mat2"),
-    ("norse", "conv_pool", None): (FLATTEN_UNSHIFTED.format("Norse"), "mat1 and mat2"),
-    ("norse", "residual", None): (FLATTEN_UNSHIFTED.format("Norse"), "mat1 and mat2"),
-    ("norse", "dense", "lif"): (NORSE_LIF, "spike agreement"),
+    ("norse", None, "lif"): (NORSE_LIF, "spike agreement"),
+    ("snntorch:flatten_node", None, None): (FLATTEN_UNSHIFTED.format("snnTorch"), "mat1 and mat2"),
+    ("norse:flatten_node", None, None): (FLATTEN_UNSHIFTED.format("Norse"), "mat1 and mat2"),
+    ("norse", "residual", "if"): (NORSE_BRANCHES, "spike agreement"),
     ("sinabs", "dense", None): (SINABS_IF, "spike agreement"),
     ("sinabs", "conv_pool", None): (SINABS_IF, "spike agreement"),
     ("sinabs", "residual", None): (SINABS_BRANCHES, "spike agreement"),
@@ -111,8 +122,14 @@ def known_limitation(importer, network, neuron):
     return None
 
 
+def runner_name(label):
+    """The nir_importers.py runner of a PROFILES label ("norse:flatten_node" -> "norse")."""
+    return label.split(":")[0]
+
+
 def importer_python(importer):
     """The interpreter that has `importer` (and torch), or None."""
+    importer = runner_name(importer)
     if importer.startswith("sinabs"):
         return os.environ.get("KERAS_SNN_SINABS_PYTHON") or (
             sys.executable if importlib.util.find_spec("sinabs") else None
@@ -146,6 +163,7 @@ def build_ann(kind):
             keras.layers.AveragePooling2D(2, name="pool"),
             keras.layers.Conv2D(12, 3, activation="relu", name="conv2"),
             keras.layers.Flatten(name="flatten"),
+            keras.layers.Dense(24, activation="relu", name="fc"),
             keras.layers.Dense(10, name="logits"),
         ])
     inputs = keras.Input((8, 8, 1))
@@ -179,7 +197,8 @@ def channels_first(x):
 
 
 # ------------------------------------------------------------------ the runs
-CASES = [(importer, network, neuron) for importer in PROFILES for network in NETWORKS
+CASES = [(importer, network, neuron) for importer in PROFILES
+         for network in NETWORKS_FOR.get(importer, NETWORKS)
          for neuron in NEURONS_FOR.get(importer, NEURONS)]
 
 
@@ -204,7 +223,7 @@ def interop_runs(tmp_path_factory):
                 "spikes": {k: np.asarray(v) for k, v in record["spike_counts"].items()},
             }
             np.save(directory / f"{network}_{neuron}_x.npy", channels_first(x))
-        stem = directory / f"{importer}_{network}_{neuron}"
+        stem = directory / f"{importer.replace(':', '_')}_{network}_{neuron}"
         keras_snn.export_nir(models[network, neuron], f"{stem}.nir", **PROFILES[importer])
         jobs[importer].append({"nir": f"{stem}.nir", "timesteps": TIMESTEPS,
                                "inputs": str(directory / f"{network}_{neuron}_x.npy"),
@@ -213,9 +232,9 @@ def interop_runs(tmp_path_factory):
     for importer, python in importers.items():
         if python is None:
             continue
-        job_path = directory / f"{importer}.json"
+        job_path = directory / f"{importer.replace(':', '_')}.json"
         job_path.write_text(json.dumps(jobs[importer]))
-        done = subprocess.run([python, str(RUNNER), importer, str(job_path)],
+        done = subprocess.run([python, str(RUNNER), runner_name(importer), str(job_path)],
                               capture_output=True, text=True, timeout=900)
         if done.returncode:
             raise RuntimeError(f"{importer} runner failed:\n{done.stderr[-3000:]}")
