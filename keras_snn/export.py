@@ -71,7 +71,7 @@ class NIRExportError(ValueError):
 
 def export_nir(
     snn, filepath, approximate=False, pooling="average", residual_scale="node", dt=1.0,
-    flatten="node", subtractive_if=False,
+    flatten="node", lif_r="tau", subtractive_if=False,
 ):
     """Write `snn` as a Neuromorphic Intermediate Representation (NIR) graph.
 
@@ -118,6 +118,10 @@ def export_nir(
     `(units, 1, 1)` maps (the same sums, in another order: float rounding may
     differ in the last bit). For importers that hand NIR's batch-free Flatten
     dims to torch unshifted (snnTorch, Norse).
+    `lif_r="one"` writes LIF with `r = 1` and the threshold times
+    `dt / tau = 1 - alpha` (the membrane is then `1 - alpha` times keras_snn's:
+    the same spikes, up to float32 rounding), for importers that ignore `r`
+    (Norse's LIFBox).
     `subtractive_if=True` is for targets whose IF resets by subtraction and
     fires at `v >= v_threshold` (sinabs; nir 1.0.4's IF had no reset value):
     it writes `IF(reset="subtract", spike_max=1)` neurons exactly as IF nodes
@@ -133,6 +137,7 @@ def export_nir(
         residual_scale: "node" (`Scale`) or "diagonal" (see above).
         dt: the duration of one step, in the unit of the time constants.
         flatten: "node" (`Flatten`) or "conv" (see above).
+        lif_r: "tau" (`r = tau / dt`, threshold unchanged) or "one" (see above).
         subtractive_if: write reset-by-subtraction IF neurons as IF nodes for
             targets whose IF subtracts (see above); reset-to-zero neurons are
             then refused.
@@ -155,10 +160,12 @@ def export_nir(
                          f"received {residual_scale!r}.")
     if flatten not in _NIR_FLATTEN:
         raise ValueError(f"`flatten` must be one of {sorted(_NIR_FLATTEN)}; received {flatten!r}.")
+    if lif_r not in _NIR_LIF_R:
+        raise ValueError(f"`lif_r` must be one of {sorted(_NIR_LIF_R)}; received {lif_r!r}.")
     if not float(dt) > 0.0:
         raise ValueError(f"`dt` must be a positive duration; received {dt!r}.")
     builder = _NIRBuilder(snn, nir, approximate, pooling, bool(subtractive_if),
-                          residual_scale, float(dt), flatten)
+                          residual_scale, float(dt), flatten, lif_r)
     graph = builder.build()
     nir.write(filepath, graph)
     if subtractive_if:
@@ -180,6 +187,7 @@ def _write_if_without_reset_value(filepath):
 _NIR_POOLING = ("average", "sum")
 _NIR_RESIDUAL_SCALES = ("node", "diagonal")
 _NIR_FLATTEN = ("node", "conv")
+_NIR_LIF_R = ("tau", "one")
 
 
 def _nir_strict_threshold(threshold):
@@ -198,10 +206,11 @@ def _channels_first(shape):
 
 class _NIRBuilder:
     def __init__(self, snn, nir, approximate, pooling="average", subtractive_if=False,
-                 residual_scale="node", dt=1.0, flatten="node"):
+                 residual_scale="node", dt=1.0, flatten="node", lif_r="tau"):
         self.snn, self.nir, self.approximate = snn, nir, approximate
         self.pooling, self.subtractive_if = pooling, subtractive_if
         self.residual_scale, self.dt, self.flatten = residual_scale, dt, flatten
+        self.lif_r = lif_r
         # flatten="conv": graph key -> trailing size-1 spatial dims its values carry.
         self.map_dims = {}
         self.graph = layer_graph(snn.network)
@@ -223,7 +232,7 @@ class _NIRBuilder:
         metadata = {
             "producer": "keras_snn", "dt": self.dt, "nir_version": _nir_version(),
             "pooling": self.pooling, "residual_scale": self.residual_scale,
-            "flatten": self.flatten,
+            "flatten": self.flatten, "lif_r": self.lif_r,
             "if_reset": "subtract" if self.subtractive_if else "zero",
         }
         if self.notes:
@@ -436,9 +445,15 @@ class _NIRBuilder:
     def _neuron(self, layer, neuron, threshold, key, sources, leak=None, input_scale=1.0):
         """An IF/LIF node; `input_scale` is a factor its input carries (SumPool2d's k^2)."""
         reset = self._neuron_reset(layer, neuron, leak)
+        leaky = leak is not None and leak < 1.0
+        keras_threshold = float(np.float32(threshold))
         # A summed pool delivers k^2 times the averaged current: a threshold k^2
         # times higher fires on the same steps and resets (to 0, or by k^2 theta) alike.
-        threshold = float(np.float32(threshold) * np.float32(input_scale))
+        threshold = np.float32(threshold) * np.float32(input_scale)
+        if leaky and self.lif_r == "one":
+            # r = 1 integrates (1 - alpha) I: the membrane and its threshold shrink alike.
+            threshold = threshold * np.float32(1.0 - leak)
+        threshold = float(threshold)
         if reset == "subtract":
             # The subtracting target fires at v >= v_threshold, as keras_snn does.
             written, fires = np.float32(threshold), "v >= v_threshold"
@@ -447,13 +462,14 @@ class _NIRBuilder:
         shape = self._shape(key)
         ones = np.ones(shape, "float32")
         name = f"{self._name(key)}_neuron"
-        metadata = {"reset": reset, "fires": fires, "keras_snn_threshold": threshold}
-        if leak is not None and leak < 1.0:
-            # Forward Euler: v += dt/tau (-v + r I) = alpha v + I.
+        metadata = {"reset": reset, "fires": fires, "keras_snn_threshold": keras_threshold}
+        if leaky:
+            # Forward Euler: v += dt/tau (-v + r I); r = tau/dt gives alpha v + I.
             tau = self.dt / (1.0 - leak)
+            r = 1.0 if self.lif_r == "one" else tau / self.dt
             self.nodes[name] = self.nir.LIF(
-                tau=ones * tau, r=ones * (tau / self.dt), v_leak=ones * 0.0,
-                v_threshold=ones * written, metadata=metadata,
+                tau=ones * tau, r=ones * r, v_leak=ones * 0.0, v_threshold=ones * written,
+                metadata=metadata,
             )
         else:
             # v += dt r I = v + I.

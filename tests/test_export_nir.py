@@ -207,3 +207,16 @@ def test_flatten_as_conv_computes_what_flatten_and_affine_do(tmp_path):
         rtol=1e-5,
     )
     assert tuple(graph.nodes["output"].output_type["output"]) == (2, 1, 1)
+
+
+def test_lif_r_one_scales_the_threshold_with_the_input(tmp_path):
+    snn = residual_snn(neurons.LIF(leak=0.75, reset="zero"))
+    theta = np.float32(np.asarray(snn.network.get_layer("a").threshold))
+    lif = exported(snn, tmp_path, lif_r="one").nodes["a_neuron"]
+    np.testing.assert_array_equal(lif.r, 1.0)
+    # v <- v + (1/tau)(-v + I) = 0.75 v + 0.25 I: a membrane 0.25 times keras_snn's.
+    np.testing.assert_allclose(1.0 / lif.tau, 0.25, rtol=1e-6)
+    np.testing.assert_array_equal(lif.v_threshold, _strict(theta * np.float32(0.25)))
+    assert lif.metadata["keras_snn_threshold"] == float(theta)
+    with pytest.raises(ValueError, match="`lif_r` must be one of"):
+        exported(snn, tmp_path, lif_r="two")
