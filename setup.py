@@ -30,6 +30,15 @@ setuptools.setup(
         "examples": ["scikit-learn", "matplotlib"],
         "tensorboard": ["tensorboard"],
         "nir": ["nir"],
+        # NIR importers for tests/test_nir_interop.py, pinned at the versions tested (README.md,
+        # "NIR interop"); torch 2.13.0 takes the local CPU wheel where one is offered.
+        # sinabs pins nir<=1.0.4 against nirtorch 2.6's nir>=1.0.6: it gets its own
+        # environment (README.md), not this extra.
+        "interop": [
+            "nir==1.0.8", "torch==2.13.0", "torchvision==0.28.0", "nirtorch==2.6",
+            "snntorch==1.0.0", "norse==1.1.0", "spikingjelly[nir]==2.0.0", "scikit-learn",
+            "pytest",
+        ],
     },
     license="Apache-2.0",
 )

@@ -76,7 +76,10 @@ class NIRExportError(ValueError):
     """A SpikingModel (or a layer of it) that NIR cannot represent as it runs here."""
 
 
-def export_nir(snn, filepath, approximate=False):
+def export_nir(
+    snn, filepath, approximate=False, pooling="average", residual_scale="node", dt=1.0,
+    flatten="node", lif_r="tau", subtractive_if=False,
+):
     """Write `snn` as a Neuromorphic Intermediate Representation (NIR) graph.
 
     Nodes: `Input`, `Affine` (Dense), `Conv1d`/`Conv2d` (depthwise as grouped),
@@ -98,17 +101,56 @@ def export_nir(snn, filepath, approximate=False):
     models are refused, or, with `approximate=True`, exported with their
     reset-by-subtraction / multi-bit / buffered neurons written as the nearest
     NIR neuron (the file then behaves differently; the metadata says how).
-    LIF leak alpha is written as `tau = 1 / (1 - alpha)`, `r = tau`,
-    `v_leak = 0` (forward Euler with dt = 1 gives `v <- alpha v + z`); a leak
-    of 1 is written as IF. keras_snn fires at `v >= threshold`, NIR at
-    `v > threshold`: they differ only when a membrane lands exactly on it.
+    One keras_snn step is `dt` (metadata "dt"). LIF leak alpha is written as
+    `tau = dt / (1 - alpha)`, `r = tau / dt`, `v_leak = 0` (forward Euler with
+    step dt gives `v <- alpha v + z`); IF as `r = 1 / dt` (`v <- v + z`); a
+    leak of 1 is written as IF. keras_snn fires at `v >= threshold`, NIR at
+    `v > threshold` (strictly): average pooling and integer currents put
+    membranes exactly on the threshold often, so `v_threshold` is written as
+    the next float32 below it, which fires on the same steps under NIR's rule.
+    Each neuron node's metadata records `reset` ("zero" or "subtract"),
+    `fires` (the comparison the written threshold assumes) and
+    `keras_snn_threshold` (the threshold as keras_snn holds it).
     A depthwise convolution is written as a grouped `Conv2d`, which nir 1.0's
     type checker mis-reads: read such files with `nir.read(path, type_check=False)`.
+
+    Importers differ in what they accept (see README.md, "NIR interop"):
+    `pooling="sum"` writes average pooling as `SumPool2d` (read by sinabs,
+    Norse and nirtorch's default map; Norse has no `AvgPool2d`) with the
+    `1/k^2` folded into the pool's neuron (its threshold times `k^2`: exact
+    for the power-of-two windows where `k^2` scales a float32 exactly).
+    `residual_scale="diagonal"` writes a residual add's branch factors as
+    `Affine` (flat) or 1x1 `Conv1d`/`Conv2d` nodes with the factors on the
+    diagonal instead of `Scale` nodes, which no importer we tested maps.
+    `dt=1e-4` suits importers that fix the step at 1e-4 s (snnTorch).
+    `flatten="conv"` writes no `Flatten`: the Dense layers after it become
+    convolutions whose kernel covers the whole feature map, then 1x1 ones, on
+    `(units, 1, 1)` maps (the same sums, in another order: float rounding may
+    differ in the last bit). For importers that hand NIR's batch-free Flatten
+    dims to torch unshifted (snnTorch, Norse).
+    `lif_r="one"` writes LIF with `r = 1` and the threshold times
+    `dt / tau = 1 - alpha` (the membrane is then `1 - alpha` times keras_snn's:
+    the same spikes, up to float32 rounding), for importers that ignore `r`
+    (Norse's LIFBox).
+    `subtractive_if=True` is for targets whose IF resets by subtraction and
+    fires at `v >= v_threshold` (sinabs; nir 1.0.4's IF had no reset value):
+    it writes `IF(reset="subtract", spike_max=1)` neurons exactly as IF nodes
+    with the threshold unchanged and `reset: "subtract"` in their metadata. A
+    NIR >= 1.0.5 reader of such a file resets to `v_reset` (0) instead, so
+    use it only for such targets.
 
     Args:
         snn: a `keras_snn.SpikingModel` with analog, spiking or event input.
         filepath: the .nir file to write.
         approximate: export inexact neurons anyway (see above).
+        pooling: "average" (`AvgPool2d`) or "sum" (`SumPool2d`, see above).
+        residual_scale: "node" (`Scale`) or "diagonal" (see above).
+        dt: the duration of one step, in the unit of the time constants.
+        flatten: "node" (`Flatten`) or "conv" (see above).
+        lif_r: "tau" (`r = tau / dt`, threshold unchanged) or "one" (see above).
+        subtractive_if: write reset-by-subtraction IF neurons as IF nodes for
+            targets whose IF subtracts (see above); reset-to-zero neurons are
+            then refused.
 
     Returns:
         the `nir.NIRGraph` written.
@@ -121,10 +163,50 @@ def export_nir(snn, filepath, approximate=False):
         import nir
     except ImportError:
         raise ImportError("export_nir needs the nir package: pip install nir") from None
-    builder = _NIRBuilder(snn, nir, approximate)
+    if pooling not in _NIR_POOLING:
+        raise ValueError(f"`pooling` must be one of {sorted(_NIR_POOLING)}; received {pooling!r}.")
+    if residual_scale not in _NIR_RESIDUAL_SCALES:
+        raise ValueError(f"`residual_scale` must be one of {sorted(_NIR_RESIDUAL_SCALES)}; "
+                         f"received {residual_scale!r}.")
+    if flatten not in _NIR_FLATTEN:
+        raise ValueError(f"`flatten` must be one of {sorted(_NIR_FLATTEN)}; received {flatten!r}.")
+    if lif_r not in _NIR_LIF_R:
+        raise ValueError(f"`lif_r` must be one of {sorted(_NIR_LIF_R)}; received {lif_r!r}.")
+    if not float(dt) > 0.0:
+        raise ValueError(f"`dt` must be a positive duration; received {dt!r}.")
+    builder = _NIRBuilder(snn, nir, approximate, pooling, bool(subtractive_if),
+                          residual_scale, float(dt), flatten, lif_r)
     graph = builder.build()
     nir.write(filepath, graph)
+    if subtractive_if:
+        _write_if_without_reset_value(filepath)
     return graph
+
+
+def _write_if_without_reset_value(filepath):
+    """Drop `v_reset` from the file's IF nodes: nir 1.0.4's IF (r, v_threshold) resets by
+    subtraction and its reader rejects the field that nir >= 1.0.5 writes."""
+    import h5py  # nir's own file format dependency
+
+    with h5py.File(filepath, "r+") as f:
+        for node in f["node/nodes"].values():
+            if "type" in node and node["type"][()] in (b"IF", "IF") and "v_reset" in node:
+                del node["v_reset"]
+
+
+_NIR_POOLING = ("average", "sum")
+_NIR_RESIDUAL_SCALES = ("node", "diagonal")
+_NIR_FLATTEN = ("node", "conv")
+_NIR_LIF_R = ("tau", "one")
+
+
+def _nir_strict_threshold(threshold):
+    """The float32 threshold that makes NIR's `v > t` fire where keras_snn's `v >= theta` does.
+
+    Between two adjacent float32 values there is none, so `v > nextafter(theta, -inf)`
+    holds exactly when `v >= theta` for float32 membranes.
+    """
+    return np.nextafter(np.float32(threshold), np.float32(-np.inf))
 
 
 def _channels_first(shape):
@@ -145,8 +227,14 @@ def _layout_permute(layer):
 
 
 class _NIRBuilder:
-    def __init__(self, snn, nir, approximate):
+    def __init__(self, snn, nir, approximate, pooling="average", subtractive_if=False,
+                 residual_scale="node", dt=1.0, flatten="node", lif_r="tau"):
         self.snn, self.nir, self.approximate = snn, nir, approximate
+        self.pooling, self.subtractive_if = pooling, subtractive_if
+        self.residual_scale, self.dt, self.flatten = residual_scale, dt, flatten
+        self.lif_r = lif_r
+        # flatten="conv": graph key -> trailing size-1 spatial dims its values carry.
+        self.map_dims = {}
         self.graph = layer_graph(snn.network)
         self.shapes = snn._plan.output_shapes
         self.nodes, self.edges, self.notes = {}, [], []
@@ -159,16 +247,21 @@ class _NIRBuilder:
         input_key = self.graph.input_keys[0]
         if any(_layout_permute(node.layer) == "to_last" for node in self.graph.nodes):
             self.native.add(input_key)
-        shape = self._nir_shape(input_key)
+        shape = self._shape(input_key)
         self.nodes["input"] = self.nir.Input(input_type={"input": np.array(shape)})
         self.tails[input_key] = ["input"]
         for node in self.graph.nodes:
             self._add(node)
         output_key = self.graph.output_keys[0]
-        out_shape = self._nir_shape(output_key)
+        out_shape = self._shape(output_key)
         self.nodes["output"] = self.nir.Output(output_type={"output": np.array(out_shape)})
         self._connect(self.tails[output_key], "output")
-        metadata = {"producer": "keras_snn", "dt": 1.0}
+        metadata = {
+            "producer": "keras_snn", "dt": self.dt, "nir_version": _nir_version(),
+            "pooling": self.pooling, "residual_scale": self.residual_scale,
+            "flatten": self.flatten, "lif_r": self.lif_r,
+            "if_reset": "subtract" if self.subtractive_if else "zero",
+        }
         if self.notes:
             metadata["approximations"] = "; ".join(self.notes)
         # nir 1.0's type inference reads a grouped convolution's input channels
@@ -186,9 +279,16 @@ class _NIRBuilder:
     def _refuse(self, layer, why):
         raise NIRExportError(f"Layer '{layer.name}' ({type(layer).__name__}): {why}")
 
-    def _nir_shape(self, key):
+    def _shape(self, key):
+        """A value's shape without the batch, as the written graph holds it.
+
+        Channels-first, unless the value is still in a channels_first model's
+        own order (`self.native`); `flatten="conv"` maps carry trailing 1s.
+        """
         shape = tuple(int(d) for d in self.shapes[key][1:])
-        return shape if key in self.native else _channels_first(shape)
+        if key not in self.native:
+            shape = _channels_first(shape)
+        return shape + (1,) * self.map_dims.get(key, 0)
 
     def _follow_layout(self, node, sources):
         """Encoders, readout and layout Permutes: no NIR node; track the value's order."""
@@ -206,6 +306,9 @@ class _NIRBuilder:
     def _add(self, node):
         layer, key = node.layer, node.key
         sources = [name for k in node.input_keys for name in self.tails[k]]
+        carried = [self.map_dims[k] for k in node.input_keys if k in self.map_dims]
+        if carried:
+            self.map_dims[key] = carried[0]
         if isinstance(layer, (snn_layers.Readout, snn_layers.AnalogInput, snn_layers.EventInput,
                               keras.layers.Permute)):
             self._follow_layout(node, sources)  # no node: the values pass straight through
@@ -227,11 +330,16 @@ class _NIRBuilder:
             else:
                 threshold = float(np.asarray(layer.threshold))
                 params = {k: float(np.asarray(v)) for k, v in layer.neuron_parameters.items()}
+                if self._sums_pool(layer):
+                    params["input_scale"] = float(np.prod(layer.pool_size))
                 self.tails[key] = [
                     self._neuron(layer, layer.neuron, threshold, key, synapse, **params)
                 ]
+        elif isinstance(layer, keras.layers.Flatten) and self.flatten == "conv":
+            self.map_dims[key] = len(self._shape(node.input_keys[0])) - 1
+            self.tails[key] = sources  # the next Dense reads the map whole (_dense_as_conv)
         elif isinstance(layer, keras.layers.Flatten):
-            shape = self._nir_shape(node.input_keys[0])
+            shape = self._shape(node.input_keys[0])
             name = self._name(key)
             self.nodes[name] = self.nir.Flatten(
                 input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1
@@ -257,11 +365,11 @@ class _NIRBuilder:
             weights = np.asarray(layer.branch_weights)
             for index, input_key in enumerate(node.input_keys):
                 scale_name = f"{name}_scale{index}"
-                shape = self._nir_shape(input_key)
+                shape = self._shape(input_key)
                 factor = np.broadcast_to(
                     weights[index].reshape((-1,) + (1,) * (len(shape) - 1)), shape
                 )
-                self.nodes[scale_name] = nir.Scale(scale=np.array(factor, "float32"))
+                self.nodes[scale_name] = self._branch_scale(factor)
                 self._connect(self.tails[input_key], scale_name)
                 names.append(scale_name)
             return names  # NIR sums every edge into the neuron
@@ -270,22 +378,76 @@ class _NIRBuilder:
             in_shape = self.shapes[node.input_keys[0]][1:]
             if len(in_shape) != 1:
                 self._refuse(layer, "Dense on a non-flat input has no NIR Affine form.")
-            kernel = self._after_flatten(node, kernel)
-            self.nodes[name] = nir.Affine(weight=kernel.T.copy(), bias=np.asarray(layer.bias))
+            if node.input_keys[0] in self.map_dims:
+                self.nodes[name] = self._dense_as_conv(node, kernel, np.asarray(layer.bias))
+            else:
+                kernel = self._after_flatten(node, kernel)
+                self.nodes[name] = nir.Affine(weight=kernel.T.copy(), bias=np.asarray(layer.bias))
         elif isinstance(layer, (snn_layers.SpikingConv2D, snn_layers.SpikingConv1D, snn_layers.SpikingDepthwiseConv2D)):
             self.nodes[name] = self._conv(node, layer)
         elif isinstance(layer, snn_layers.SpikingAveragePooling2D):
-            if layer.padding != "valid":
-                self._refuse(layer, "NIR AvgPool2d pads with zeros that count in the mean; "
-                             "only padding='valid' exports exactly.")
-            self.nodes[name] = nir.AvgPool2d(
-                kernel_size=np.array(layer.pool_size), stride=np.array(layer.strides),
-                padding=np.array([0, 0]),
-            )
+            self.nodes[name] = self._average_pooling(layer)
         else:
             self._refuse(layer, "has no NIR synapse node.")
         self._connect(sources, name)
         return [name]
+
+    def _branch_scale(self, factor):
+        """A residual branch's factor: a Scale node, or a diagonal Affine / 1x1 conv."""
+        factor = np.array(factor, "float32")
+        if self.residual_scale == "node":
+            return self.nir.Scale(scale=factor)
+        channels = factor.shape[0]
+        per_channel = factor.reshape(channels, -1)[:, 0]  # constant over positions
+        diagonal = np.diag(per_channel).astype("float32")
+        bias = np.zeros(channels, "float32")
+        if factor.ndim == 1:
+            return self.nir.Affine(weight=diagonal, bias=bias)
+        spatial = factor.shape[1:]
+        kernel = diagonal.reshape(diagonal.shape + (1,) * len(spatial))
+        if len(spatial) == 2:
+            return self.nir.Conv2d(input_shape=spatial, weight=kernel, stride=(1, 1),
+                                   padding=(0, 0), dilation=(1, 1), groups=1, bias=bias)
+        return self.nir.Conv1d(input_shape=spatial[0], weight=kernel, stride=1, padding=0,
+                               dilation=1, groups=1, bias=bias)
+
+    def _sums_pool(self, layer):
+        return self.pooling == "sum" and isinstance(layer, snn_layers.SpikingAveragePooling2D)
+
+    def _average_pooling(self, layer):
+        """AvgPool2d, or SumPool2d whose 1/k^2 the pool's neuron takes (`_neuron`)."""
+        if layer.padding != "valid":
+            self._refuse(layer, "NIR pooling pads with zeros that count in the window; "
+                         "only padding='valid' exports exactly.")
+        window = dict(kernel_size=np.array(layer.pool_size), stride=np.array(layer.strides),
+                      padding=np.array([0, 0]))
+        if not self._sums_pool(layer):
+            return self.nir.AvgPool2d(**window)
+        if layer.neuron is None:
+            self._refuse(layer, "pooling='sum' folds 1/k^2 into the pool's neuron, and this "
+                         "pool has none; export with pooling='average'.")
+        return self.nir.SumPool2d(**window)
+
+    def _dense_as_conv(self, node, kernel, bias):
+        """flatten="conv": a Dense on a (C, *spatial) map as a conv whose kernel covers it."""
+        source_key = node.input_keys[0]
+        producer = next((n for n in self.graph.nodes if n.key == source_key), None)
+        if producer is not None and isinstance(producer.layer, keras.layers.Flatten):
+            source_key = producer.input_keys[0]  # the map Keras flattened (H, W, C order)
+        channels, *spatial = self._shape(source_key)
+        keras_shape = tuple(int(d) for d in self.shapes[source_key][1:])
+        units, rank = kernel.shape[-1], len(spatial)
+        if len(keras_shape) == 1:  # a (n, 1, 1) map from an earlier Dense: a 1x1 conv
+            weight = kernel.T.reshape((units, channels) + (1,) * rank)
+        else:  # Keras flattened (*spatial, C); the conv kernel is (units, C, *spatial)
+            weight = kernel.reshape(keras_shape + (units,))
+            weight = weight.transpose((rank + 1, rank) + tuple(range(rank)))
+        weight = np.ascontiguousarray(weight)
+        if rank == 2:
+            return self.nir.Conv2d(input_shape=tuple(spatial), weight=weight, stride=(1, 1),
+                                   padding=(0, 0), dilation=(1, 1), groups=1, bias=bias)
+        return self.nir.Conv1d(input_shape=spatial[0], weight=weight, stride=1, padding=0,
+                               dilation=1, groups=1, bias=bias)
 
     def _after_flatten(self, node, kernel):
         """Reorder Dense rows from Keras's (H, W, C) flattening to NIR's (C, H, W)."""
@@ -339,29 +501,71 @@ class _NIRBuilder:
             input_shape=spatial[0], **{k: (v[0] if isinstance(v, tuple) else v) for k, v in common.items()}
         )
 
-    def _neuron(self, layer, neuron, threshold, key, sources, leak=None):
-        exact = (
-            isinstance(neuron, neurons_lib.IF) and neuron.reset == "zero" and neuron.spike_max == 1
-            and neuron.initial_membrane == 0.0
-        )
-        if not exact:
-            why = (
-                f"its neuron {neuron!r} is not NIR-exact (NIR neurons reset to zero, emit binary, "
-                "non-negative spikes and start at rest)"
-            )
-            if not self.approximate:
-                self._refuse(layer, why + "; convert with neuron=keras_snn.neurons.IF(reset='zero') "
-                             "or pass approximate=True.")
-            self.notes.append(f"{layer.name}: {why}")
-        shape = self._nir_shape(key)
+    def _neuron(self, layer, neuron, threshold, key, sources, leak=None, input_scale=1.0):
+        """An IF/LIF node; `input_scale` is a factor its input carries (SumPool2d's k^2)."""
+        reset = self._neuron_reset(layer, neuron, leak)
+        leaky = leak is not None and leak < 1.0
+        keras_threshold = float(np.float32(threshold))
+        # A summed pool delivers k^2 times the averaged current: a threshold k^2
+        # times higher fires on the same steps and resets (to 0, or by k^2 theta) alike.
+        threshold = np.float32(threshold) * np.float32(input_scale)
+        if leaky and self.lif_r == "one":
+            # r = 1 integrates (1 - alpha) I: the membrane and its threshold shrink alike.
+            threshold = threshold * np.float32(1.0 - leak)
+        threshold = float(threshold)
+        if reset == "subtract":
+            # The subtracting target fires at v >= v_threshold, as keras_snn does.
+            written, fires = np.float32(threshold), "v >= v_threshold"
+        else:
+            written, fires = _nir_strict_threshold(threshold), "v > v_threshold"
+        shape = self._shape(key)
         ones = np.ones(shape, "float32")
         name = f"{self._name(key)}_neuron"
-        if leak is not None and leak < 1.0:
-            tau = 1.0 / (1.0 - leak)
+        metadata = {"reset": reset, "fires": fires, "keras_snn_threshold": keras_threshold}
+        if leaky:
+            # Forward Euler: v += dt/tau (-v + r I); r = tau/dt gives alpha v + I.
+            tau = self.dt / (1.0 - leak)
+            r = 1.0 if self.lif_r == "one" else tau / self.dt
             self.nodes[name] = self.nir.LIF(
-                tau=ones * tau, r=ones * tau, v_leak=ones * 0.0, v_threshold=ones * threshold
+                tau=ones * tau, r=ones * r, v_leak=ones * 0.0, v_threshold=ones * written,
+                metadata=metadata,
             )
         else:
-            self.nodes[name] = self.nir.IF(r=ones, v_threshold=ones * threshold)
+            # v += dt r I = v + I.
+            self.nodes[name] = self.nir.IF(
+                r=ones / self.dt, v_threshold=ones * written, metadata=metadata
+            )
         self._connect(sources, name)
         return name
+
+    def _neuron_reset(self, layer, neuron, leak):
+        """The reset the written node performs: "zero", or "subtract" (`subtractive_if`)."""
+        wanted = "subtract" if self.subtractive_if else "zero"
+        exact = (
+            isinstance(neuron, neurons_lib.IF) and neuron.reset == wanted
+            and neuron.spike_max == 1 and neuron.initial_membrane == 0.0
+            and not (self.subtractive_if and leak is not None and leak < 1.0)
+        )
+        if exact:
+            return wanted
+        if self.subtractive_if:
+            why = (f"its neuron {neuron!r} is not an exact subtractive IF (subtractive_if=True "
+                   "writes IF(reset='subtract', spike_max=1), no leak, initial membrane 0)")
+            fix = "convert with neuron=keras_snn.neurons.IF(reset='subtract')"
+        else:
+            why = (f"its neuron {neuron!r} is not NIR-exact (NIR neurons reset to zero, emit "
+                   "binary, non-negative spikes and start at rest)")
+            fix = "convert with neuron=keras_snn.neurons.IF(reset='zero')"
+        if not self.approximate:
+            self._refuse(layer, f"{why}; {fix} or pass approximate=True.")
+        self.notes.append(f"{layer.name}: {why}")
+        return wanted
+
+
+def _nir_version():
+    from importlib import metadata
+
+    try:
+        return metadata.version("nir")
+    except metadata.PackageNotFoundError:  # nir imported from a source tree
+        return "unknown"

@@ -100,3 +100,123 @@ def test_layers_without_nir_form_are_refused(tmp_path):
                                       neuron=neurons.IF(reset="zero"))
     with pytest.raises(keras_snn.NIRExportError, match="random rate coding"):
         exported(poisson, tmp_path)
+
+
+def test_threshold_is_written_for_nirs_strict_comparison_with_reset_metadata(tmp_path):
+    snn = keras_snn.convert_model(conv_ann(), IMAGES, neuron=neurons.IF(reset="zero"))
+    graph = exported(snn, tmp_path)
+    theta = np.float32(np.asarray(snn.network.get_layer("pool").threshold))
+    written = np.float32(graph.nodes["pool_neuron"].v_threshold.reshape(-1)[0])
+    # NIR fires at v > written exactly where keras_snn fires at v >= theta.
+    around = np.array([np.nextafter(written, -np.inf), written, theta,
+                       np.nextafter(theta, np.inf)], "float32")
+    np.testing.assert_array_equal(around > written, around >= theta)
+    assert written < theta
+    metadata = graph.nodes["pool_neuron"].metadata
+    assert metadata["reset"] == "zero" and metadata["fires"] == "v > v_threshold"
+    np.testing.assert_allclose(metadata["keras_snn_threshold"], theta)
+    assert graph.metadata["producer"] == "keras_snn" and graph.metadata["nir_version"]
+
+
+def test_sum_pooling_folds_the_window_into_the_pools_threshold(tmp_path):
+    snn = keras_snn.convert_model(conv_ann(), IMAGES, neuron=neurons.IF(reset="zero"))
+    graph = exported(snn, tmp_path, pooling="sum")
+    assert isinstance(graph.nodes["pool"], nir.SumPool2d)
+    theta = float(np.asarray(snn.network.get_layer("pool").threshold))
+    written = graph.nodes["pool_neuron"].v_threshold
+    np.testing.assert_array_equal(written, _strict(np.float32(theta) * np.float32(4)))
+    assert isinstance(exported(snn, tmp_path).nodes["pool"], nir.AvgPool2d)  # the default
+
+
+def _strict(theta):
+    return np.nextafter(np.float32(theta), np.float32(-np.inf))
+
+
+def residual_snn(neuron):
+    inputs = keras.Input((6, 6, 2))
+    a = keras.layers.Conv2D(3, 3, padding="same", activation="relu", name="a")(inputs)
+    b = keras.layers.Conv2D(3, 3, padding="same", name="b")(a)
+    x = keras.layers.ReLU()(keras.layers.Add(name="add")([a, b]))
+    outputs = keras.layers.Dense(2, name="out")(keras.layers.Flatten()(x))
+    x = RNG.random((16, 6, 6, 2)).astype("float32")
+    return keras_snn.convert_model(keras.Model(inputs, outputs), x, neuron=neuron)
+
+
+def test_diagonal_residual_scale_computes_what_the_scale_node_does(tmp_path):
+    snn = residual_snn(neurons.IF(reset="zero"))
+    scale = exported(snn, tmp_path).nodes["add_scale1"].scale  # (C, H, W)
+    conv = exported(snn, tmp_path, residual_scale="diagonal").nodes["add_scale1"]
+    assert isinstance(conv, nir.Conv2d) and conv.weight.shape == (3, 3, 1, 1)
+    current = RNG.random((3, 6, 6)).astype("float32")
+    weight, bias = conv.weight[:, :, 0, 0], conv.bias[:, None, None]
+    through_conv = np.einsum("oi,ihw->ohw", weight, current) + bias
+    np.testing.assert_array_equal(through_conv, scale * current)
+
+
+def test_dt_rescales_time_constants_not_the_dynamics(tmp_path):
+    snn = residual_snn(neurons.LIF(leak=0.75, reset="zero"))
+    graph = exported(snn, tmp_path, dt=1e-4)
+    lif = graph.nodes["a_neuron"]
+    dt = graph.metadata["dt"]
+    # Forward Euler with step dt: v <- (1 - dt/tau) v + (dt r / tau) I = 0.75 v + I.
+    np.testing.assert_allclose(1.0 - dt / lif.tau, 0.75, rtol=1e-5)
+    np.testing.assert_allclose(dt * lif.r / lif.tau, 1.0, rtol=1e-5)
+
+
+def test_subtractive_if_is_opt_in_and_written_as_nir_1_0_4_reads_it(tmp_path):
+    snn = keras_snn.convert_model(conv_ann(), IMAGES, neuron=neurons.IF(reset="subtract"))
+    path = str(tmp_path / "sub.nir")
+    with pytest.raises(keras_snn.NIRExportError, match="'conv'.*NIR-exact"):
+        keras_snn.export_nir(snn, path)
+    keras_snn.export_nir(snn, path, subtractive_if=True)
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(path) as f:
+        assert "v_reset" not in f["node/nodes/conv_neuron"]  # nir 1.0.4's IF: (r, v_threshold)
+    graph = nir.read(path, type_check=False)
+    neuron = graph.nodes["conv_neuron"]
+    assert neuron.metadata["reset"] == "subtract" and neuron.metadata["fires"] == "v >= v_threshold"
+    np.testing.assert_array_equal(  # the target fires at >=, as keras_snn: threshold unchanged
+        neuron.v_threshold, np.float32(np.asarray(snn.network.get_layer("conv").threshold))
+    )
+    zero_reset = keras_snn.convert_model(conv_ann(), IMAGES, neuron=neurons.IF(reset="zero"))
+    with pytest.raises(keras_snn.NIRExportError, match="not an exact subtractive IF"):
+        keras_snn.export_nir(zero_reset, path, subtractive_if=True)
+
+
+def test_bad_export_options_are_refused_by_name(tmp_path):
+    snn = residual_snn(neurons.IF(reset="zero"))
+    path = str(tmp_path / "m.nir")
+    with pytest.raises(ValueError, match="`pooling` must be one of"):
+        keras_snn.export_nir(snn, path, pooling="max")
+    with pytest.raises(ValueError, match="`residual_scale` must be one of"):
+        keras_snn.export_nir(snn, path, residual_scale="fold")
+    with pytest.raises(ValueError, match="`dt` must be a positive"):
+        keras_snn.export_nir(snn, path, dt=0)
+
+
+def test_flatten_as_conv_computes_what_flatten_and_affine_do(tmp_path):
+    snn = residual_snn(neurons.IF(reset="zero"))
+    affine = exported(snn, tmp_path).nodes["out"]
+    graph = exported(snn, tmp_path, flatten="conv")
+    assert not any(isinstance(node, nir.Flatten) for node in graph.nodes.values())
+    conv = graph.nodes["out"]
+    assert isinstance(conv, nir.Conv2d) and conv.weight.shape == (2, 3, 6, 6)
+    spikes = (RNG.random((3, 6, 6)) > 0.5).astype("float32")  # channels-first, as NIR
+    np.testing.assert_allclose(
+        np.einsum("ochw,chw->o", conv.weight, spikes), affine.weight @ spikes.reshape(-1),
+        rtol=1e-5,
+    )
+    assert tuple(graph.nodes["output"].output_type["output"]) == (2, 1, 1)
+
+
+def test_lif_r_one_scales_the_threshold_with_the_input(tmp_path):
+    snn = residual_snn(neurons.LIF(leak=0.75, reset="zero"))
+    theta = np.float32(np.asarray(snn.network.get_layer("a").threshold))
+    lif = exported(snn, tmp_path, lif_r="one").nodes["a_neuron"]
+    np.testing.assert_array_equal(lif.r, 1.0)
+    # v <- v + (1/tau)(-v + I) = 0.75 v + 0.25 I: a membrane 0.25 times keras_snn's.
+    np.testing.assert_allclose(1.0 / lif.tau, 0.25, rtol=1e-6)
+    np.testing.assert_array_equal(lif.v_threshold, _strict(theta * np.float32(0.25)))
+    assert lif.metadata["keras_snn_threshold"] == float(theta)
+    with pytest.raises(ValueError, match="`lif_r` must be one of"):
+        exported(snn, tmp_path, lif_r="two")
