@@ -88,7 +88,7 @@ def main(_):
     for batch in (int(b) for b in FLAGS.batch_sizes):
         items = batch * FLAGS.batches
         print(f"Conv MNIST SNN, {items} random images, batch {batch}; peak RSS in MiB "
-              "(growth over T={steps[0]}; what the call returns)\n")
+              f"(growth over T={steps[0]}; what the call returns)\n")
         print("| call | " + " | ".join(f"T={t}" for t in steps) + " |")
         print("|---|" + "---|" * len(steps))
         for mode in FLAGS.modes:
