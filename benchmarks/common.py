@@ -50,10 +50,33 @@ def snn_accuracy_per_step(snn, x, y, timesteps, batch_size=200):
     return correct / len(x)
 
 
+# The lscpu flags that decide which kernels oneDNN (and XLA) pick on x86.
+KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_model_and_flags():
+    """(CPU model name, the KERNEL_FLAGS it has), read from /proc/cpuinfo."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:  # not Linux: the model from platform only
+        pass
+    return model, [flag for flag in KERNEL_FLAGS if flag in flags]
+
+
 def machine():
+    """One line naming the CPU (model, kernel-relevant lscpu flags), cores and versions."""
+    model, flags = cpu_model_and_flags()
     return (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"TensorFlow {tf.__version__}, Keras {keras.__version__}"
+        f"{model} (flags: {' '.join(flags) or 'none of ' + ', '.join(KERNEL_FLAGS)}), "
+        f"{os.cpu_count()} cores, TensorFlow {tf.__version__}, Keras {keras.__version__}"
     )
 
 

@@ -1,13 +1,20 @@
 """Peak memory against T: inference must stay flat, training (BPTT) grows linearly.
 
 Each measurement runs in a fresh subprocess and reports its peak resident set
-size (ru_maxrss), so one run's allocations cannot hide another's.
-- inference: the Conv MNIST SNN over `--items` images at T=50 and T=500;
+size (ru_maxrss) after `convert_model` and after the measured call, so one
+run's allocations cannot hide another's.
+- inference: the Conv MNIST SNN (untrained weights: memory does not depend on
+  them) on `--batches` batches of random images, for every T in
+  `--inference_steps` and batch size in `--batch_sizes`, through `simulate`
+  (sums only), `predict` (the `(batch, T, 10)` readout) and `predict` with
+  `readout_every="final"`. The growth over the smallest T is compared with
+  the size of what the call returns.
 - training: one `fit` epoch of the VGG6 SNN (DIET-SNN's network) on
   `--train_items` images, batch 64, at several T; the slope is the memory per
   step, from which the largest T that fits in 24 GiB is extrapolated.
 
     python benchmarks/memory.py
+    python benchmarks/memory.py --inference_steps 50,500,2000,5000 --batch_sizes 250,1000
 """
 
 import json
@@ -23,54 +30,90 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import common  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("items", 1000, "Inference items.")
+flags.DEFINE_integer("batches", 1, "Inference batches per point.")
+flags.DEFINE_list("batch_sizes", ["250"], "Inference batch sizes.")
+flags.DEFINE_list("inference_steps", ["50", "500", "2000"], "Inference T values.")
+flags.DEFINE_list("modes", ["simulate", "predict", "predict_final"], "Inference calls.")
 flags.DEFINE_integer("train_items", 256, "Training items (one epoch, batch 64).")
-flags.DEFINE_list("inference_steps", ["50", "500"], "Inference T values.")
-flags.DEFINE_list("training_steps", ["2", "5", "10"], "Training T values.")
+flags.DEFINE_list("training_steps", ["2", "5", "10"], "Training T values ('' to skip).")
 
 CHILD = r"""
 import json, os, resource, sys
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 import keras, numpy as np, keras_snn
 from keras_snn import applications
-mode, steps, items = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+
+def peak_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+mode, steps, items, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 rng = np.random.default_rng(0)
-if mode == "inference":
-    ann = applications.conv_mnist()
-    x = rng.random((items, 28, 28, 1)).astype("float32")
-    snn = keras_snn.convert_model(ann, x[:200], timesteps=steps)
-    keras_snn.simulate(snn, x, verbose=0, batch_size=250)
-else:
+if mode == "training":
     ann = applications.vgg6()
     x = rng.random((items, 28, 28, 1)).astype("float32")
     y = rng.integers(0, 10, items)
     snn = keras_snn.convert_model(ann, x[:200], neuron="lif", timesteps=steps)
     snn.compile("adam", loss=keras_snn.losses.ReadoutCrossentropy())
-    snn.fit(x, y, batch_size=64, epochs=1, verbose=0)
-print(json.dumps({"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    converted = peak_mib()
+    snn.fit(x, y, batch_size=batch, epochs=1, verbose=0)
+    returned = 0
+else:
+    ann = applications.conv_mnist()
+    x = rng.random((items, 28, 28, 1)).astype("float32")
+    y = rng.integers(0, 10, items)
+    snn = keras_snn.convert_model(ann, x[:200], timesteps=steps)
+    converted = peak_mib()
+    if mode == "simulate":
+        result = keras_snn.simulate(snn, x, y, batch_size=batch, verbose=0)
+        returned = 0
+    else:
+        every = "final" if mode == "predict_final" else 1
+        out = snn.with_options(readout_every=every).predict(x, batch_size=batch, verbose=0)
+        returned = out.nbytes / 2**20
+print(json.dumps({"converted": converted, "peak": peak_mib(), "returned": returned}))
 """
 
 
-def peak(mode, steps, items):
+def measure(mode, steps, items, batch):
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, mode, str(steps), str(items)],
+        [sys.executable, "-c", CHILD, mode, str(steps), str(items), str(batch)],
         capture_output=True, text=True, check=True,
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main(_):
     print(f"machine: {common.machine()}\n")
-    print("| inference (Conv MNIST SNN) | T | peak RSS (MiB) |\n|---|---|---|")
-    inference = {int(t): peak("inference", int(t), FLAGS.items) for t in FLAGS.inference_steps}
-    for steps, mib in inference.items():
-        print(f"| {FLAGS.items} items | {steps} | {mib:.0f} |")
-    first, last = min(inference), max(inference)
-    print(f"\nratio T={last} / T={first}: {inference[last] / inference[first]:.3f}\n")
+    steps = sorted(int(t) for t in FLAGS.inference_steps)
+    for batch in (int(b) for b in FLAGS.batch_sizes):
+        items = batch * FLAGS.batches
+        print(f"Conv MNIST SNN, {items} random images, batch {batch}; peak RSS in MiB "
+              f"(growth over T={steps[0]}; what the call returns)\n")
+        print("| call | " + " | ".join(f"T={t}" for t in steps) + " |")
+        print("|---|" + "---|" * len(steps))
+        for mode in FLAGS.modes:
+            points = [measure(mode, t, items, batch) for t in steps]
+            cells = []
+            for point in points:
+                growth = point["peak"] - points[0]["peak"]
+                cells.append(
+                    f"{point['peak']:.0f} ({growth:+.0f}; returns {point['returned']:.1f})"
+                )
+            print(f"| {mode} | " + " | ".join(cells) + " |")
+            first, last = points[0], points[-1]
+            print(f"\n{mode}: peak T={steps[-1]} / T={steps[0]} = "
+                  f"{last['peak'] / first['peak']:.3f}; growth {last['peak'] - first['peak']:.0f} "
+                  f"MiB against {last['returned'] - first['returned']:.1f} MiB more returned "
+                  f"(after convert_model: {first['converted']:.0f} MiB)\n")
+    if not [t for t in FLAGS.training_steps if t]:
+        return
     print("| training (VGG6 SNN, batch 64) | T | peak RSS (MiB) |\n|---|---|---|")
-    training = {int(t): peak("training", int(t), FLAGS.train_items) for t in FLAGS.training_steps}
-    for steps, mib in training.items():
-        print(f"| one epoch | {steps} | {mib:.0f} |")
+    training = {
+        int(t): measure("training", int(t), FLAGS.train_items, 64)["peak"]
+        for t in FLAGS.training_steps if t
+    }
+    for steps_, mib in training.items():
+        print(f"| one epoch | {steps_} | {mib:.0f} |")
     low, high = min(training), max(training)
     per_step = (training[high] - training[low]) / (high - low)
     fits = (24 * 1024 - training[low]) / per_step + low if per_step > 0 else float("inf")

@@ -1,14 +1,16 @@
 """simulate(): run a SpikingModel over a dataset and report every per-step number.
 
 Batches stream through one compiled step that returns only sums (correct
-predictions per step, operations per step and layer, spikes per layer), so
-memory is flat in the dataset size and in T. Under a `tf.distribute`
+predictions per step, operations per step and layer, spikes per layer), summed
+over the batch inside the time loop, so memory is flat in the dataset size
+and in T. Under a `tf.distribute`
 strategy scope (MirroredStrategy on one host, MultiWorkerMirroredStrategy
 across hosts) the batches are split over the replicas and the sums are
 reduced, giving the same numbers as one device.
 """
 
 import json
+import weakref
 
 import keras
 import numpy as np
@@ -175,6 +177,15 @@ class SimulationResult:
 def simulate(snn, x, y=None, *, timesteps=None, batch_size=256, verbose="auto"):
     """Simulate `snn` on a dataset and measure accuracy and cost at every step.
 
+    Each batch runs through one compiled step that keeps only sums over the
+    batch (correct predictions and operations per layer at every step, spikes
+    per layer), so memory depends on the network and the batch, not on T or
+    the dataset size. The step is compiled once per model, `timesteps` and
+    strategy, and reused by later calls. Inside a `tf.distribute` strategy's
+    scope (MirroredStrategy, or MultiWorkerMirroredStrategy with the same data
+    on every worker) the batches are split over the replicas and the sums
+    reduced: every worker gets the numbers one device would.
+
     Args:
         snn: a non-stateful `keras_snn.SpikingModel`.
         x: inputs (array) or a `tf.data.Dataset` of `(x, y)` or `x` batches.
@@ -193,7 +204,9 @@ def simulate(snn, x, y=None, *, timesteps=None, batch_size=256, verbose="auto"):
             `SpikingModel`, so no accuracy exists for them), or labels that do
             not match: not numeric, not whole numbers, outside [0, classes),
             one-hot rows of another width, or another count than the inputs.
-            A tf.data.Dataset is checked for shape and dtype only.
+            A tf.data.Dataset is checked for shape and dtype ahead; its
+            non-finite samples and out-of-range labels are counted while it
+            is read and refused after the run.
 
     Example:
 
@@ -225,53 +238,115 @@ def simulate(snn, x, y=None, *, timesteps=None, batch_size=256, verbose="auto"):
     )
     spec = dataset.element_spec[0] if has_labels else dataset.element_spec
     steps = snn.timesteps_for(spec.shape, timesteps)
+    classes = _readout_classes(snn)
     strategy = tf.distribute.get_strategy()
-    replicated = strategy.num_replicas_in_sync > 1
-
-    @tf.function(reduce_retracing=True)
-    def batch_sums(inputs, labels):
-        record = snn.run(inputs, timesteps=steps)
-        sums = {
-            "samples": tf.cast(tf.shape(inputs)[0], tf.float64),
-            "ops": {k: tf.reduce_sum(tf.cast(v, tf.float64), 0) for k, v in record["layer_ops"].items()},
-            "spikes": {k: tf.reduce_sum(tf.cast(v, tf.float64)) for k, v in record["spike_counts"].items()},
-        }
-        if has_labels:
-            predictions = tf.argmax(record["readout"], axis=-1, output_type=tf.int32)  # (batch, T)
-            labels = tf.reshape(metrics.sparse_labels(labels, record["readout"].shape[-1]), [-1, 1])
-            sums["correct"] = tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.float64), 0)
-        return sums
-
-    if replicated:
+    distributed = tf.distribute.has_strategy()
+    step = _compiled_step(snn, steps, has_labels, classes, strategy)
+    if has_labels:  # one label form for the compiled step: int32 (batch,)
+        dataset = dataset.map(lambda inputs, labels: (inputs, _int_labels(labels, classes)))
+    if distributed:
         dataset = strategy.experimental_distribute_dataset(dataset)
     progress = keras.utils.Progbar(batches) if verbose not in (0, False) else None
     totals = None
     for index, batch in enumerate(dataset):
-        inputs, labels = batch if has_labels else (batch, 0)
-        if replicated:
-            per_replica = strategy.run(batch_sums, args=(inputs, labels))
-            sums = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+        inputs, labels = batch if has_labels else (batch, tf.zeros([0], tf.int32))
+        if distributed:
+            # One local replica per worker (MultiWorkerMirroredStrategy) returns
+            # plain tensors, several return PerReplica values: reduce every leaf
+            # either way (the reduction also sums across workers).
+            per_replica = strategy.run(step, args=(inputs, labels))
+            sums = tf.nest.map_structure(
+                lambda value: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None),
+                per_replica,
+            )
         else:
-            sums = batch_sums(inputs, labels)
+            sums = step(inputs, labels)
         sums = tf.nest.map_structure(lambda t: t.numpy(), sums)
         totals = sums if totals is None else tf.nest.map_structure(np.add, totals, sums)
         if progress is not None:
             progress.update(index + 1)
     if totals is None or totals["samples"] == 0:
         raise ValueError("simulate received no samples (empty input).")
+    _check_dataset_totals(totals, classes)
     samples = totals["samples"]
+    plan = snn._plan
     record_neurons = snn.neuron_counts()
     return SimulationResult(
         timesteps=steps,
         samples=int(samples),
         accuracy=totals["correct"] / samples if has_labels else None,
-        layer_ops={k: v / samples for k, v in totals["ops"].items()},
+        layer_ops={
+            node.key: totals["ops"][:, i] / samples for i, node in enumerate(plan.op_nodes)
+        },
         input_macs=snn.input_macs(),
         spike_rates={
-            k: v / (samples * steps * record_neurons[k]) for k, v in totals["spikes"].items()
+            node.key: totals["spikes"][i] / (samples * steps * record_neurons[node.key])
+            for i, node in enumerate(plan.spiking_nodes)
         },
         ann_macs=snn.ann_macs(),
     )
+
+
+# Compiled batch steps, per model: (timesteps, labels?, strategy) -> tf.function.
+# Weak keys, and the steps hold the model weakly, so a model's steps go with it.
+_COMPILED_STEPS = weakref.WeakKeyDictionary()
+
+
+def _compiled_step(snn, steps, has_labels, classes, strategy):
+    """One batch's sums (O(T x layers)), compiled once per model and settings.
+
+    tf.function retraces only for a new input signature (and relaxes the
+    batch dimension after the first other size), so repeated `simulate` calls
+    reuse the graph instead of tracing a new function each time.
+    """
+    cache = _COMPILED_STEPS.setdefault(snn, {})
+    key = (steps, has_labels, id(strategy))
+    if key not in cache:
+        model = weakref.ref(snn)
+
+        @tf.function(reduce_retracing=True)
+        def batch_sums(inputs, labels):  # labels: int32 (batch,)
+            inputs = tf.convert_to_tensor(inputs)
+            flat = tf.reshape(inputs, [tf.shape(inputs)[0], -1])
+            finite = tf.reduce_all(tf.math.is_finite(tf.cast(flat, tf.float32)), axis=1)
+            sums = {
+                "samples": tf.cast(tf.shape(inputs)[0], tf.float64),
+                # Dataset input is not checked ahead (it is read lazily).
+                "nonfinite": tf.reduce_sum(tf.cast(tf.logical_not(finite), tf.float64)),
+            }
+            if has_labels:
+                outside = tf.logical_or(labels < 0, labels >= classes)
+                sums["bad_labels"] = tf.reduce_sum(tf.cast(outside, tf.float64))
+            result = model()._execute(
+                inputs, steps, record="totals", labels=labels if has_labels else None
+            )
+            sums["ops"] = result["layer_ops"]
+            sums["spikes"] = result["spike_counts"]
+            if has_labels:
+                sums["correct"] = result["correct"]
+            return sums
+
+        cache[key] = batch_sums
+    return cache[key]
+
+
+def _int_labels(labels, classes):
+    return tf.cast(metrics.sparse_labels(labels, classes), tf.int32)
+
+
+def _check_dataset_totals(totals, classes):
+    """Refuse what a lazily read dataset turned out to hold (arrays are checked ahead)."""
+    if totals["nonfinite"]:
+        raise ValueError(
+            f"The dataset held {int(totals['nonfinite'])} samples with non-finite values "
+            "(NaN or infinity); the model's readout for them is NaN, so no accuracy can be "
+            "measured on them. Remove or replace them."
+        )
+    if totals.get("bad_labels"):
+        raise ValueError(
+            f"The dataset held {int(totals['bad_labels'])} labels outside [0, {classes}) "
+            f"for a readout of {classes} classes."
+        )
 
 
 def _readout_classes(snn):

@@ -20,6 +20,7 @@ synaptic events: their work is reported as `input_macs` (per step).
 import inspect
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_snn.graph import layer_graph
@@ -263,6 +264,11 @@ class SpikingModel(keras.Model):
         dropout: in training only, drop this fraction of every spiking
             layer's neurons, with one mask per sample held fixed over all
             timesteps (DIET-SNN; it uses a smaller rate than the ANN did).
+        readout_every: keep the readout of every k-th step only (an int
+            dividing the steps), or "final" for the last step: the output is
+            `(batch, T / k, classes)`. The default 1 keeps every step. For
+            long runs (thousands of steps) the kept readout is the only
+            memory that grows with T; `predict` uses this option too.
         **kwargs: `keras.Model` arguments such as `name`.
 
     Call arguments:
@@ -278,6 +284,11 @@ class SpikingModel(keras.Model):
             at most the number of frames; default all frames).
         return_ops: also return the synaptic operations per sample per step,
             `(batch, timesteps)` (summed over layers; see `run` for details).
+        readout_every: overrides the model's `readout_every` for this call.
+
+    Memory: an inference call keeps the layers' states and the readout it
+    returns, nothing else per step (`simulate` keeps sums over the batch), so
+    it does not grow with T beyond the returned readout.
 
     Example:
 
@@ -303,6 +314,7 @@ class SpikingModel(keras.Model):
         head=None,
         dropout=0.0,
         synapse_dtype=None,
+        readout_every=1,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -323,6 +335,7 @@ class SpikingModel(keras.Model):
             raise ValueError(f"`dropout` must be in [0, 1); received {dropout!r}.")
         self.dropout = float(dropout)
         self.synapse_dtype = _check_synapse_dtype(synapse_dtype)
+        self.readout_every = _check_readout_every(readout_every)
         self._plan = _Plan(network)
         self._loop = tf.function(self._simulate, jit_compile=self.xla)
         self._state = None
@@ -357,8 +370,20 @@ class SpikingModel(keras.Model):
                 masks[node.key] = tf.cast(draw < keep, self.compute_dtype) / keep
         return masks
 
-    def _simulate(self, inputs, timesteps, record, states, first_step, masks):
-        """The compiled time loop. Returns a dict of per-step tensors."""
+    def _simulate(self, inputs, timesteps, record, states, first_step, masks, labels=None,
+                  readout_every=1):
+        """The compiled time loop. Returns a dict of per-step tensors.
+
+        `record` says what the loop keeps besides the final states:
+        - None: the readout of steps `readout_every`, `2 readout_every`, ...
+          `(T / readout_every, batch, classes)`, nothing else;
+        - "samples": also every sample's operations per layer, spike events
+          and spike counts at every step, O(batch x T x layers) (`run`);
+        - "totals": no readout; per step the operations per layer summed over
+          the batch and, given `labels`, the number of correct predictions,
+          and the spike counts per layer summed over batch and steps: O(T x
+          layers), whatever the batch (`simulate`).
+        """
         plan = self._plan
         batch_size = tf.shape(inputs)[0]
         fanouts = self._fanout_maps() if record else {}
@@ -374,12 +399,13 @@ class SpikingModel(keras.Model):
                 currents[node.key] = node.layer.compute_current(node.gather(values))
         static_values = dict(values)
 
-        def body(step, states, readout_ta, ops_ta, events_ta, counts_ta):
+        def one_step(step, states):
+            """Advance every layer one step: (values, new states, ops per op node)."""
             timestep = first_step + step
             values = dict(static_values)
             if plan.sequence_input:
                 values[plan.input_key] = inputs[:, step]
-            new_states, ops, events, counts = [], [], [], []
+            new_states, ops = [], []
             for node, state in zip(plan.dynamic, states):
                 if node.key in currents:  # time-invariant current: only the neuron runs
                     node_inputs = None
@@ -395,25 +421,54 @@ class SpikingModel(keras.Model):
                 new_states.append(tuple(state))
                 if record and node.counts_ops:
                     ops.append(_synaptic_ops(node, node_inputs, fanouts[node.key]))
+            return values, tuple(new_states), ops
+
+        def spike_sums(values, with_events=True):
+            """Per sample and recorded layer: (events, total magnitude |s|)."""
+            events, counts = [], []
+            for node in plan.spiking_nodes:
+                spikes = values[node.key]
+                if node.binary:  # a binary spike is its own event
+                    counts.append(_per_sample_sum(spikes))
+                    events.append(counts[-1])
+                else:
+                    counts.append(_per_sample_sum(tf.abs(spikes)))
+                    if with_events:
+                        events.append(_per_sample_sum(_event_mask(spikes, False)))
+            return events, counts
+
+        if record == "totals":
+            return self._simulate_totals(
+                one_step, spike_sums, timesteps, states, labels, fanouts
+            )
+
+        def body(step, states, readout_ta, ops_ta, events_ta, counts_ta):
+            values, new_states, ops = one_step(step, states)
             if record:
-                for node in plan.spiking_nodes:
-                    spikes = values[node.key]
-                    events.append(_per_sample_sum(_event_mask(spikes, node.binary)))
-                    counts.append(events[-1] if node.binary else _per_sample_sum(tf.abs(spikes)))
+                events, counts = spike_sums(values)
                 ops_ta = ops_ta.write(step, _stack(ops, batch_size))
                 events_ta = events_ta.write(step, _stack(events, batch_size))
                 counts_ta = counts_ta.write(step, _stack(counts, batch_size))
-            readout_ta = readout_ta.write(step, values[plan.output_key])
-            return step + 1, tuple(new_states), readout_ta, ops_ta, events_ta, counts_ta
+            readout = values[plan.output_key]
+            if isinstance(readout_every, int) and readout_every == 1:
+                readout_ta = readout_ta.write(step, readout)
+            else:  # only every k-th step's readout is kept
+                readout_ta = tf.cond(
+                    (step + 1) % readout_every == 0,
+                    lambda: readout_ta.write((step + 1) // readout_every - 1, readout),
+                    lambda: readout_ta,
+                )
+            return step + 1, new_states, readout_ta, ops_ta, events_ta, counts_ta
 
         def array(size):
             return tf.TensorArray(self.compute_dtype, size=size)
 
+        kept = timesteps if record else 0
         _, final_states, readout_ta, ops_ta, events_ta, counts_ta = tf.while_loop(
             lambda step, *_: step < timesteps,
             body,
-            (tf.constant(0), states, array(timesteps), array(timesteps if record else 0),
-             array(timesteps if record else 0), array(timesteps if record else 0)),
+            (tf.constant(0), states, array(timesteps // readout_every), array(kept),
+             array(kept), array(kept)),
             maximum_iterations=timesteps,
         )
         result = {"readout": _batch_major(readout_ta.stack()), "states": final_states}
@@ -424,6 +479,51 @@ class SpikingModel(keras.Model):
                 spike_counts=_batch_major(counts_ta.stack()),
                 input_macs=self._input_macs(fanouts),
             )
+        return result
+
+    def _simulate_totals(self, one_step, spike_sums, timesteps, states, labels, fanouts):
+        """`_simulate`'s loop for record="totals": batch sums only, O(T x layers).
+
+        Sums are float64: a batch's operations per step pass 2**24 (float32's
+        last exact integer) for networks of a few million synapses.
+        """
+        plan = self._plan
+
+        def batch_sum(per_sample):
+            if not per_sample:
+                return tf.zeros([0], tf.float64)
+            return tf.reduce_sum(tf.cast(tf.stack(per_sample, axis=-1), tf.float64), axis=0)
+
+        def body(step, states, ops_ta, correct_ta, spikes):
+            values, new_states, ops = one_step(step, states)
+            ops_ta = ops_ta.write(step, batch_sum(ops))
+            spikes = spikes + batch_sum(spike_sums(values, with_events=False)[1])
+            if labels is not None:
+                readout = values[plan.output_key]
+                if self.head is not None:
+                    readout = self.head(readout)
+                predictions = tf.argmax(readout, axis=-1, output_type=tf.int32)
+                correct_ta = correct_ta.write(
+                    step, tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.float64))
+                )
+            return step + 1, new_states, ops_ta, correct_ta, spikes
+
+        _, final_states, ops_ta, correct_ta, spikes = tf.while_loop(
+            lambda step, *_: step < timesteps,
+            body,
+            (tf.constant(0), states, tf.TensorArray(tf.float64, size=timesteps),
+             tf.TensorArray(tf.float64, size=timesteps if labels is not None else 0),
+             tf.zeros([len(plan.spiking_nodes)], tf.float64)),
+            maximum_iterations=timesteps,
+        )
+        result = {
+            "states": final_states,
+            "layer_ops": ops_ta.stack(),  # (T, op layers)
+            "spike_counts": spikes,  # (spiking layers,)
+            "input_macs": self._input_macs(fanouts),
+        }
+        if labels is not None:
+            result["correct"] = correct_ta.stack()  # (T,)
         return result
 
     # ------------------------------------------------------------------ call
@@ -450,12 +550,17 @@ class SpikingModel(keras.Model):
             )
         return frames if timesteps is None else timesteps
 
-    def _execute(self, inputs, timesteps, record, training=False):
+    def _execute(self, inputs, timesteps, record, training=False, labels=None,
+                 readout_every=None):
+        """Run the loop on checked inputs; `record` as for `_simulate`."""
         inputs = self._standardize_inputs(inputs)
         if self._plan.sequence_input and inputs.shape[1] is None and timesteps is None:
             timesteps = tf.shape(inputs)[1]  # unknown frame count: all frames
         else:
             timesteps = self.timesteps_for(inputs.shape, timesteps)
+        if readout_every is None:
+            readout_every = self.readout_every
+        readout_every = _check_readout_every(readout_every, timesteps)
         if self.stateful:
             if inputs.shape[0] is not None and inputs.shape[0] != self.batch_size:
                 raise ValueError(
@@ -469,12 +574,17 @@ class SpikingModel(keras.Model):
         masks = {}
         if training and self.dropout:
             masks = self._dropout_masks(tf.shape(inputs)[0])
-        result = self._loop(inputs, timesteps, record, states, first_step, masks)
+        result = self._loop(
+            inputs, timesteps, record, states, first_step, masks, labels, readout_every
+        )
         if self.stateful:
             self._state.write(result["states"], first_step + timesteps)
-        if self.head is not None:
-            result["readout"] = self._apply_head(result["readout"])
-        result["readout"] = self._propagate_nonfinite(inputs, result["readout"])
+        if "readout" in result:
+            if self.head is not None:
+                result["readout"] = self._apply_head(result["readout"])
+            result["readout"] = self._propagate_nonfinite(
+                inputs, result["readout"], readout_every
+            )
         return result
 
     def _standardize_inputs(self, inputs):
@@ -545,7 +655,7 @@ class SpikingModel(keras.Model):
                     self.timesteps_for(shape, timesteps)  # checks it (and the frames)
         return super().__call__(inputs, *args, **kwargs)
 
-    def _propagate_nonfinite(self, inputs, readout):
+    def _propagate_nonfinite(self, inputs, readout, readout_every=1):
         """NaN readout wherever the input so far held a NaN or an infinity.
 
         The ANN answers NaN to such an input; without this the spiking
@@ -557,7 +667,10 @@ class SpikingModel(keras.Model):
         if self._plan.sequence_input:
             frames = tf.reshape(inputs, tf.concat([tf.shape(inputs)[:2], [-1]], 0))
             bad_frame = tf.logical_not(tf.reduce_all(tf.math.is_finite(frames), axis=-1))
-            bad = tf.cumsum(tf.cast(bad_frame, tf.int32), axis=1)[:, : tf.shape(readout)[1]] > 0
+            bad = tf.cumsum(tf.cast(bad_frame, tf.int32), axis=1) > 0
+            # Readout j holds step (j + 1) * readout_every, i.e. frame index
+            # (j + 1) * readout_every - 1.
+            bad = bad[:, readout_every - 1::readout_every][:, : tf.shape(readout)[1]]
         else:
             flat = tf.reshape(inputs, [tf.shape(inputs)[0], -1])
             bad = tf.logical_not(tf.reduce_all(tf.math.is_finite(flat), axis=-1))
@@ -637,11 +750,13 @@ class SpikingModel(keras.Model):
         if getattr(self, "optimizer", None) is not None and self.built:
             self.optimizer.build(self.trainable_variables)  # so saved slots can load
 
-    def call(self, inputs, timesteps=None, return_ops=False, training=None):
+    def call(self, inputs, timesteps=None, return_ops=False, training=None, readout_every=None):
         holder = getattr(self, "_ops_metrics", None)
         ops_metrics = holder.items if holder is not None else ()
-        record = bool(return_ops or ops_metrics)
-        result = self._execute(inputs, timesteps, record=record, training=bool(training))
+        record = "samples" if return_ops or ops_metrics else None
+        result = self._execute(
+            inputs, timesteps, record=record, training=bool(training), readout_every=readout_every
+        )
         if record:
             ops = tf.reduce_sum(result["layer_ops"], axis=-1)
             for metric in ops_metrics:
@@ -666,8 +781,14 @@ class SpikingModel(keras.Model):
             - "neurons": dict layer name -> neurons in that layer;
             - "input_macs": MACs per sample and step of layers fed by analog
               input (see `input_macs()`).
+
+        Memory: these records hold three numbers per sample, step and layer
+        besides the `(batch, T, classes)` readout, e.g. about 1.2 MB per step
+        for a batch of 1000 through 100 layers. `simulate` reports the same
+        sums over a dataset in O(T x layers) memory; use it unless you need
+        every sample.
         """
-        result = self._execute(inputs, timesteps, record=True)
+        result = self._execute(inputs, timesteps, record="samples", readout_every=1)
         plan = self._plan
 
         def per_layer(name, nodes):
@@ -765,12 +886,17 @@ class SpikingModel(keras.Model):
         if self._state is not None:
             self._state.write(self._initial_states(self.batch_size), 0)
 
-    def compute_output_shape(self, input_shape, timesteps=None, return_ops=False):
+    def compute_output_shape(self, input_shape, timesteps=None, return_ops=False,
+                             readout_every=None):
         classes = self._plan.output_shapes[self._plan.output_key][1:]
         if self.head is not None:
             classes = self.head.compute_output_shape((None,) + tuple(classes))[1:]
         steps = timesteps or (input_shape[1] if self._plan.sequence_input else self.timesteps)
-        shape = (input_shape[0], steps) + tuple(classes)
+        every = _check_readout_every(
+            self.readout_every if readout_every is None else readout_every, steps
+        )
+        kept = None if steps is None or every == "final" else steps // every
+        shape = (input_shape[0], kept) + tuple(classes)
         return (shape, (input_shape[0], steps)) if return_ops else shape
 
     def get_config(self):
@@ -791,6 +917,7 @@ class SpikingModel(keras.Model):
             "head": self.head,
             "dropout": self.dropout,
             "synapse_dtype": self.synapse_dtype,
+            "readout_every": self.readout_every,
         }
 
     @classmethod
@@ -905,6 +1032,27 @@ def _check_synapse_dtype(value):
             f"received {value!r}."
         )
     return name
+
+
+def _check_readout_every(value, timesteps=None):
+    """`readout_every` for a run of `timesteps` steps: an int >= 1 dividing them.
+
+    "final" stands for `timesteps` (kept as "final" while they are unknown).
+    """
+    if isinstance(value, str) and value == "final":
+        return "final" if timesteps is None else timesteps
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(
+            f"`readout_every` must be an int >= 1 or 'final'; received {value!r}."
+        )
+    value = int(value)
+    if value > 1 and isinstance(timesteps, int) and timesteps % value:
+        raise ValueError(
+            f"`readout_every`={value} must divide the number of steps ({timesteps}): "
+            f"the readout keeps steps {value}, {2 * value}, ... up to the last one. Pass "
+            f"readout_every={timesteps} for the final step only."
+        )
+    return value
 
 
 def _check_timesteps(value, name):

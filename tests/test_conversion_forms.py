@@ -148,3 +148,37 @@ def test_padding_and_concatenation_of_differently_scaled_branches():
     expected = ann.predict(IMAGES[:16], verbose=0)
     errors = [relative_error(np.asarray(snn(IMAGES[:16]))[:, t - 1], expected) for t in (30, 300)]
     assert errors[1] < errors[0] and errors[1] < 0.05
+
+
+def variable_length_model():
+    keras.utils.set_random_seed(7)
+    inputs = keras.Input((None, 3))
+    x = keras.layers.Conv1D(6, 3, padding="same", activation="relu")(inputs)
+    x = keras.layers.Conv1D(6, 3, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    return keras.Model(inputs, keras.layers.Dense(2)(x))
+
+
+def test_variable_length_model_converts_at_the_calibration_length():
+    ann = variable_length_model()
+    sequences = RNG.random((32, 12, 3)).astype("float32")
+    snn = keras_snn.convert_model(ann, sequences, timesteps=8, initial_membrane=0.5)
+    assert tuple(ann.inputs[0].shape) == (None, None, 3)  # the user's model is unchanged
+    expected = ann.predict(sequences, verbose=0)
+    readout = snn(sequences, timesteps=512).numpy()[:, -1]
+    assert relative_error(readout, expected) < 0.05
+    with pytest.raises(ValueError, match=r"\(batch, 12, 3\).*\(2, 20, 3\)"):
+        snn(RNG.random((2, 20, 3)).astype("float32"))
+    longer = keras_snn.convert_model(ann, RNG.random((8, 20, 3)).astype("float32"))
+    assert tuple(longer(RNG.random((2, 20, 3)).astype("float32")).shape) == (2, 32, 2)
+
+
+def test_variable_length_model_needs_calibration_data_of_one_shape():
+    ann = variable_length_model()
+    with pytest.raises(keras_snn.ConversionError, match="variable shape.*calibration_data"):
+        keras_snn.convert_model(ann, normalization="none")
+    with pytest.raises(keras_snn.ConversionError, match="variable shape"):
+        keras_snn.convert_model(ann, RNG.random((8, 12, 4)).astype("float32"))
+    mixed = [RNG.random((4, 12, 3)).astype("float32"), RNG.random((4, 16, 3)).astype("float32")]
+    with pytest.raises(keras_snn.ConversionError, match=r"\(batch, 12, 3\).*\(4, 16, 3\)"):
+        keras_snn.convert_model(ann, mixed)

@@ -205,3 +205,132 @@ def test_synaptic_ops_metric_in_evaluate_matches_simulate():
     assert scores["final_accuracy"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="step"):
         keras_snn.metrics.SynapticOps(step=0)
+
+
+# --------------------------------------- simulate's batch sums against run()
+def reference_result(snn, x, y, timesteps, batch_size):
+    """simulate's numbers from run()'s per-sample, per-step records."""
+    correct, ops, spikes, samples = 0.0, {}, {}, 0
+    for start in range(0, len(x), batch_size):
+        record = snn.run(x[start:start + batch_size], timesteps=timesteps)
+        predictions = np.argmax(record["readout"].numpy(), axis=-1)
+        correct = correct + (predictions == y[start:start + batch_size, None]).sum(axis=0)
+        for name, value in record["layer_ops"].items():
+            ops[name] = ops.get(name, 0.0) + value.numpy().astype("float64").sum(axis=0)
+        for name, value in record["spike_counts"].items():
+            spikes[name] = spikes.get(name, 0.0) + value.numpy().astype("float64").sum()
+        samples += len(predictions)
+        neurons = record["neurons"]
+    rates = {k: v / (samples * timesteps * neurons[k]) for k, v in spikes.items()}
+    return correct / samples, {k: v / samples for k, v in ops.items()}, rates
+
+
+def conv_max_pool_snn(x):
+    keras.utils.set_random_seed(2)
+    ann = keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(4, 3, activation="relu"),
+        keras.layers.MaxPooling2D(2),
+        keras.layers.Flatten(),
+        keras.layers.Dense(10, activation="relu"),
+        keras.layers.Dense(4),
+    ])
+    return keras_snn.convert_model(ann, x, timesteps=11)
+
+
+def signed_residual_snn(x):
+    """Linear bottleneck (SignedIF, multi-bit) and a residual Add, buffered neurons."""
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+    b = keras.layers.Conv2D(4, 1)(h)  # no ReLU: signed spikes
+    h = keras.layers.ReLU()(keras.layers.Add()([h, b]))
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    ann = keras.Model(inputs, keras.layers.Dense(4)(h))
+    return keras_snn.convert_model(ann, x, timesteps=11, spike_max=2)
+
+
+@pytest.mark.parametrize("make", [conv_max_pool_snn, signed_residual_snn])
+def test_simulate_batch_sums_equal_the_per_sample_records(make):
+    rng = np.random.default_rng(4)
+    x = rng.random((45, 8, 8, 1)).astype("float32")
+    y = rng.integers(0, 4, 45)
+    snn = make(x)
+    result = keras_snn.simulate(snn, x, y, batch_size=16, verbose=0)
+    accuracy, layer_ops, spike_rates = reference_result(snn, x, y, 11, 16)
+    np.testing.assert_allclose(result.accuracy, accuracy, rtol=0, atol=1e-12)
+    assert layer_ops.keys() == result.layer_ops.keys()
+    for name, ops in layer_ops.items():
+        np.testing.assert_allclose(result.layer_ops[name], ops, rtol=1e-9, err_msg=name)
+    assert spike_rates.keys() == result.spike_rates.keys()
+    for name, rate in spike_rates.items():
+        assert result.spike_rates[name] == pytest.approx(rate, rel=1e-9), name
+    assert result.synaptic_ops.sum() > 0 and 0 < result.accuracy.max()
+
+
+def test_simulate_with_a_head_counts_the_heads_predictions():
+    keras.utils.set_random_seed(5)
+    head = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)])
+    snn = tiny_snn().with_options(head=head)
+    result = keras_snn.simulate(snn, FRAMES, np.array([0, 2]), verbose=0)
+    predictions = np.argmax(snn(FRAMES).numpy(), axis=-1)  # (2 samples, 3 steps)
+    np.testing.assert_allclose(result.accuracy, (predictions == [[0], [2]]).mean(axis=0))
+
+
+def test_repeated_simulate_calls_reuse_one_compiled_step():
+    from keras_snn import evaluation
+
+    snn = tiny_snn()
+    for _ in range(4):  # TensorFlow warns about retracing from the 5th trace
+        keras_snn.simulate(snn, FRAMES, LABELS, batch_size=1, verbose=0)
+        keras_snn.simulate(snn, np.concatenate([FRAMES] * 3), np.tile(LABELS, 3),
+                           batch_size=4, verbose=0)  # batches of 4 and 2
+    steps = list(evaluation._COMPILED_STEPS[snn].values())
+    assert len(steps) == 1
+    # Batch sizes 1, 4 and 2: the second size relaxes the batch dimension,
+    # and every later call reuses that graph.
+    assert steps[0].experimental_get_tracing_count() == 2
+
+
+def test_simulate_counts_bad_samples_and_labels_of_a_dataset():
+    frames = FRAMES.copy()
+    frames[1, 2, 0] = np.nan
+    dataset = tf.data.Dataset.from_tensor_slices((frames, LABELS)).batch(1)
+    with pytest.raises(ValueError, match="1 samples with non-finite"):
+        keras_snn.simulate(tiny_snn(), dataset, verbose=0)
+    dataset = tf.data.Dataset.from_tensor_slices((FRAMES, np.array([0, 7]))).batch(1)
+    with pytest.raises(ValueError, match=r"1 labels outside \[0, 2\)"):
+        keras_snn.simulate(tiny_snn(), dataset, verbose=0)
+
+
+# ------------------------------------------------------- readout_every (long T)
+def test_readout_every_keeps_every_kth_step_of_the_full_readout():
+    rng = np.random.default_rng(6)
+    x = rng.random((5, 8, 8, 1)).astype("float32")
+    snn = conv_max_pool_snn(x).with_options(timesteps=12)
+    full = snn(x).numpy()
+    np.testing.assert_array_equal(snn(x, readout_every=3).numpy(), full[:, 2::3])
+    np.testing.assert_array_equal(snn(x, readout_every="final").numpy(), full[:, -1:])
+    final_only = snn.with_options(readout_every="final")
+    np.testing.assert_array_equal(final_only.predict(x, verbose=0), full[:, -1:])
+    assert final_only.compute_output_shape((None, 8, 8, 1)) == (None, 1, 4)
+    assert snn.compute_output_shape((None, 8, 8, 1), readout_every=4) == (None, 3, 4)
+    restored = SpikingModel.from_config(final_only.get_config())
+    assert restored.readout_every == "final"
+
+
+def test_readout_every_keeps_nan_propagation_of_event_input():
+    frames = FRAMES.copy()
+    frames[0, 1, 0] = np.nan  # sample 0 turns NaN from step 2 on
+    out = tiny_snn()(frames, readout_every=1).numpy()
+    every = tiny_snn()(frames, readout_every=3).numpy()
+    np.testing.assert_array_equal(np.isnan(every), np.isnan(out[:, 2::3]))
+    assert np.isnan(out[0, 1:]).all() and not np.isnan(out[0, 0]).any()
+
+
+@pytest.mark.parametrize("value, match", [
+    (0, "int >= 1 or 'final'"), ("last", "int >= 1 or 'final'"), (5, "must divide"),
+])
+def test_bad_readout_every_is_refused(value, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_snn()(FRAMES, readout_every=value)

@@ -16,6 +16,7 @@ The pipeline (DESIGN.md section 4), each step on a copy, never the user's model:
    `b <- b / lambda_out`, threshold 1 (seed 004 Alg. 1 with `lambda / S_max`).
 """
 
+import itertools
 import os
 import tempfile
 import warnings
@@ -30,6 +31,7 @@ from keras_snn.conversion import ir
 from keras_snn.conversion.calibration import CalibrationReader
 from keras_snn.conversion.calibration import CeilingEstimator
 from keras_snn.conversion.calibration import analog_forward
+from keras_snn.conversion.calibration import calibration_batches
 from keras_snn.conversion.errors import ConversionError
 from keras_snn.conversion.folding import fold_affines
 from keras_snn.conversion.layout import rewrite_to_channels_last
@@ -98,6 +100,10 @@ def convert_model(
             from data. Batches must have the model's input shape; NaN or
             infinite values are refused; a layer that never activates on the
             data (e.g. all-zero data) gets ceiling 1 with a warning naming it.
+            A model with variable input dims (`keras.Input((None, C))`) is
+            converted at the shape of the first calibration batch: the
+            spiking network runs inputs of that shape only (its fan-out maps
+            and input scales are per position); convert again for another.
         timesteps: default simulation length of the returned model.
         neuron: "if", "buffered" (negative spikes undo over-fire), "lif"
             (leak 1, to be trained), "auto" ("buffered" for models with QReLU
@@ -144,6 +150,7 @@ def convert_model(
         input_encoding, initial_membrane,
     )
     keras_model = as_keras3_model(model)
+    keras_model, calibration_data = _at_calibration_shape(keras_model, calibration_data)
     tail = None
     if head is not None:
         keras_model, tail = _split_at_head(keras_model, head)
@@ -241,6 +248,45 @@ class _Options:
 
 
 # ------------------------------------------------------------------ input
+def _at_calibration_shape(keras_model, calibration_data):
+    """A model with variable input dims rebuilt at the calibration data's shape.
+
+    Returns the model (the user's own one when its input shape is fixed, else
+    a clone holding copies of its weights) and the calibration data to read
+    (the first batch put back in front when it had to be read here).
+    """
+    frame = tuple(keras_model.inputs[0].shape[1:])
+    if None not in frame:
+        return keras_model, calibration_data
+    described = f"Model '{keras_model.name}' takes inputs of variable shape (batch, {frame})"
+    if calibration_data is None:
+        raise ConversionError(
+            f"{described}; convert_model builds the spiking network for one input shape, "
+            "taken from calibration_data. Pass calibration_data of the shape to simulate."
+        )
+    batches = calibration_batches(calibration_data)
+    first = next(batches, None)
+    if first is None:
+        raise ConversionError("calibration_data yielded no batches.")
+    shape = tuple(first.shape[1:])
+    if len(shape) != len(frame) or any(w is not None and w != g for w, g in zip(frame, shape)):
+        raise ConversionError(
+            f"{described}; calibration_data holds batches of shape {first.shape}."
+        )
+    try:
+        fixed = keras.models.clone_model(
+            keras_model, input_tensors=keras.Input(shape, dtype=keras_model.inputs[0].dtype)
+        )
+        fixed.set_weights(keras_model.get_weights())
+    except Exception as error:  # noqa: BLE001 - any failure means no fixed-shape twin
+        raise ConversionError(
+            f"{described}; rebuilding it at the calibration data's shape {(None,) + shape} "
+            f"failed ({type(error).__name__}: {str(error).splitlines()[0]}). Build the model "
+            "with a fixed input shape and copy its weights over."
+        ) from None
+    return fixed, itertools.chain([first], batches)
+
+
 def as_keras3_model(model):
     """The model itself if it is Keras 3; a tf_keras model's Keras 3 twin.
 
