@@ -309,8 +309,11 @@ class _NIRBuilder:
         carried = [self.map_dims[k] for k in node.input_keys if k in self.map_dims]
         if carried:
             self.map_dims[key] = carried[0]
-        if isinstance(layer, (snn_layers.Readout, snn_layers.AnalogInput, snn_layers.EventInput,
-                              keras.layers.Permute)):
+        if isinstance(layer, snn_layers.AnalogInput) and not layer.is_identity:
+            self._refuse(layer, "NIR's Input cannot scale or offset the input; apply the "
+                         "model's input Rescaling/Normalization to the data before the model.")
+        elif isinstance(layer, (snn_layers.Readout, snn_layers.AnalogInput,
+                                snn_layers.EventInput, keras.layers.Permute)):
             self._follow_layout(node, sources)  # no node: the values pass straight through
         elif isinstance(layer, snn_layers.SpikingInput):
             self._follow_layout(node, sources)

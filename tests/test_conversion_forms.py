@@ -182,3 +182,52 @@ def test_variable_length_model_needs_calibration_data_of_one_shape():
     mixed = [RNG.random((4, 12, 3)).astype("float32"), RNG.random((4, 16, 3)).astype("float32")]
     with pytest.raises(keras_snn.ConversionError, match=r"\(batch, 12, 3\).*\(4, 16, 3\)"):
         keras_snn.convert_model(ann, mixed)
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("layer", ["rescaling", "normalization"])
+def test_input_offset_before_a_zero_padded_conv_is_applied_by_the_encoder(layer, data_format):
+    """`W (a x + b)` cannot fold into a padded conv (borders); the analog encoder applies it."""
+    keras.utils.set_random_seed(8)
+    first = data_format == "channels_first"
+    shape = (2, 8, 8) if first else (8, 8, 2)
+    images = np.moveaxis(IMAGES, -1, 1) if first else IMAGES
+    if layer == "rescaling":
+        affine = keras.layers.Rescaling(2.0, offset=-1.0)
+    else:
+        affine = keras.layers.Normalization(axis=1 if first else -1)
+        affine.adapt(images)
+    ann = keras.Sequential([
+        keras.Input(shape), affine,
+        keras.layers.Conv2D(4, 3, padding="same", activation="relu", data_format=data_format),
+        keras.layers.Flatten(), keras.layers.Dense(3),
+    ])
+    snn = keras_snn.convert_model(ann, images, timesteps=8, initial_membrane=0.5)
+    encoder = snn.network.layers[1]
+    assert isinstance(encoder, keras_snn.layers.AnalogInput) and not encoder.is_identity
+    from keras_snn.conversion.calibration import analog_forward
+    from keras_snn.graph import layer_graph
+
+    graph = layer_graph(snn.network)
+    readout = next(node for node in graph.nodes if node.key == graph.output_keys[0])
+    ann_mode = np.asarray(analog_forward(graph, images, {})[readout.input_keys[0]])
+    expected = ann.predict(images, verbose=0)
+    np.testing.assert_allclose(ann_mode, expected, rtol=1e-4, atol=1e-4)  # exact conversion
+    assert relative_error(snn(images, timesteps=512).numpy()[:, -1], expected) < 0.05
+    restored = keras_snn.SpikingModel.from_config(snn.get_config())
+    restored.set_weights(snn.get_weights())
+    np.testing.assert_allclose(restored(images[:4]).numpy(), snn(images[:4]).numpy())
+
+
+def test_input_offset_with_spiking_input_is_still_refused_and_nir_names_the_encoder(tmp_path):
+    ann = keras.Sequential([
+        keras.Input((8, 8, 2)), keras.layers.Rescaling(2.0, offset=-1.0),
+        keras.layers.Conv2D(4, 3, padding="same", activation="relu"),
+        keras.layers.Flatten(), keras.layers.Dense(3),
+    ])
+    with pytest.raises(keras_snn.ConversionError, match="padding='same' pads zeros"):
+        keras_snn.convert_model(ann, IMAGES, input_encoding="spiking")
+    snn = keras_snn.convert_model(ann, IMAGES, neuron=keras_snn.neurons.IF(reset="zero"))
+    pytest.importorskip("nir")
+    with pytest.raises(keras_snn.NIRExportError, match="analog_input.*Rescaling"):
+        keras_snn.export_nir(snn, tmp_path / "model.nir")

@@ -162,6 +162,7 @@ def convert_model(
             f"{len(graph.output_keys)} outputs; convert_model supports one of each."
         )
     ops, output_key = _to_ops(graph)
+    input_affine = _input_affine_to_encoder(ops, graph.input_keys[0], options, keras_model)
     _unfoldable_affines_as_layers(ops)
     fold_affines(ops, [output_key])
     output_key = _relu_before_max_pool(ops, output_key)
@@ -183,7 +184,9 @@ def convert_model(
             f"{', '.join(needs_data)} (normalization='{options.normalization}'). Pass a few "
             "hundred to a few thousand training inputs, or normalization='none'."
         )
-    builder = _NetworkBuilder(ops, graph.input_keys[0], output_key, keras_model, options, layout)
+    builder = _NetworkBuilder(
+        ops, graph.input_keys[0], output_key, keras_model, options, layout, input_affine
+    )
     builder.build()
     builder.normalize(calibration_data)
     return SpikingModel(builder.network, timesteps=options.timesteps, head=tail)
@@ -369,6 +372,47 @@ def _to_ops(graph):
             alias[node.key] = inputs[0]
     output_key = alias.get(graph.output_keys[0], graph.output_keys[0])
     return ops, output_key
+
+
+def _input_affine_to_encoder(ops, input_key, options, keras_model):
+    """Move an input Rescaling/Normalization that cannot fold exactly into the encoder.
+
+    Folding `W (scale x + shift)` into a zero-padded convolution is wrong at
+    the borders (the padding adds zeros where the ANN sees zeros of the
+    shifted input), and an affine map followed by padding or pooling has no
+    weighted layer to fold into. With analog input the encoder applies the map
+    itself, once per call (the input is static), which is exact. Returns the
+    encoder's `scale`/`offset` arguments, or None when the map stays (it folds,
+    or the encoding is spiking and must refuse it in folding).
+    """
+    by_key = {op.key: op for op in ops}
+    affine = next(
+        (op for op in ops if isinstance(op, ir.Affine) and op.inputs == [input_key]), None
+    )
+    if affine is None or options.input_encoding != "analog":
+        return None
+    users = ir.consumers(ops, affine.key)
+    shifts = bool(np.any(np.asarray(affine.shift) != 0))
+    folds = bool(users) and all(
+        isinstance(user, ir.Linear)
+        and not (shifts and user.kernel.ndim > 2 and user.config.get("padding", "valid") != "valid")
+        for user in users
+    )
+    if folds:
+        return None
+    frame = tuple(keras_model.inputs[0].shape[1:])
+    shape = ()  # one value for every input element
+    if affine.channel_axis == "last" and np.size(affine.scale) * np.size(affine.shift) > 1:
+        shape = (-1,)
+    elif affine.channel_axis == "first":
+        shape = (-1,) + (1,) * (len(frame) - 1)
+    scale, offset = (np.asarray(v, "float32") for v in (affine.scale, affine.shift))
+    ir.replace_input(ops, affine.key, input_key)
+    ops.remove(by_key[affine.key])
+    return {
+        "scale": scale.reshape(shape) if scale.size > 1 else float(scale.reshape(-1)[0]),
+        "offset": offset.reshape(shape) if offset.size > 1 else float(offset.reshape(-1)[0]),
+    }
 
 
 def _unfoldable_affines_as_layers(ops):
@@ -645,9 +689,11 @@ def _layers_needing_data(ops, options):
 class _NetworkBuilder:
     """Builds the spiking network from the fused ops, then normalises it."""
 
-    def __init__(self, ops, input_key, output_key, keras_model, options, layout=None):
+    def __init__(self, ops, input_key, output_key, keras_model, options, layout=None,
+                 input_affine=None):
         self.ops, self.input_key, self.output_key = ops, input_key, output_key
         self.options = options
+        self.input_affine = input_affine or {}  # AnalogInput's scale and offset, if any
         self.layout = layout  # a layout.ChannelsLastPlan for channels_first models
         self.frame_shape = tuple(keras_model.inputs[0].shape[1:])
         self.layers = {}  # op key -> spiking layer
@@ -664,7 +710,9 @@ class _NetworkBuilder:
         options = self.options
         inputs = keras.Input(self.frame_shape, name=self._name("input"))
         encoder = {
-            "analog": lambda: snn_layers.AnalogInput(name=self._name("analog_input")),
+            "analog": lambda: snn_layers.AnalogInput(
+                name=self._name("analog_input"), **self.input_affine
+            ),
             "spiking": lambda: snn_layers.SpikingInput(
                 neuron=options.make_input_neuron(),
                 name=self._name("spiking_input"),

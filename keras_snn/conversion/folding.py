@@ -7,7 +7,9 @@ Two exact folds (DESIGN.md section 4):
 - input side, `W (scale * x + shift) + b`: scale each input channel's weights,
   and `b <- b + W . shift`. This is BN -> Dense, and Rescaling/Normalization at
   the model input. For a zero-padded convolution the shift is not exact at the
-  borders (padding adds zeros, not `shift`), so that case is refused.
+  borders (padding adds zeros, not `shift`): with analog input the converter
+  moves such an input map into the encoder first (converter.py), and refuses
+  it otherwise.
 """
 
 import numpy as np
@@ -101,7 +103,8 @@ def _fold_into_input(linear, affine):
                 f"Layer '{affine.source}' shifts the input of '{linear.source}', whose "
                 f"padding='{linear.config.get('padding')}' pads zeros rather than the "
                 "shifted value, so folding would be wrong at the borders. Normalise the "
-                "data before the model, or use padding='valid'."
+                "data before the model, use padding='valid', or, for the model's input, "
+                "input_encoding='analog' (its encoder applies the shift exactly)."
             )
         # W . shift: summed over every tap and input channel.
         if _is_depthwise(linear):  # kernel (.., C, M): output c*M + m sees shift[c] only

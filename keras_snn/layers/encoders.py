@@ -40,15 +40,53 @@ class AnalogInput(_Encoder):
     its work is counted as MACs (`input_macs`), not as synaptic events, and
     when the input is static `SpikingModel` computes that current only once.
 
+    Args:
+        scale, offset: an optional affine map of the input, `x * scale +
+            offset` (scalars, or arrays that broadcast against one input
+            sample, e.g. one value per channel). convert_model puts a model's
+            input Rescaling/Normalization here when folding it into the first
+            layer would be wrong (an offset before a zero-padded convolution:
+            the padding must stay 0 after the offset is applied).
+
     Example:
 
     >>> import numpy as np
     >>> tuple(AnalogInput()(np.ones((2, 3), "float32")).shape)
     (2, 3)
+    >>> np.asarray(AnalogInput(scale=2.0, offset=-1.0)(np.ones((1, 2), "float32"))).tolist()
+    [[1.0, 1.0]]
     """
 
     emits_spikes = False
     time_invariant = True
+
+    def __init__(self, scale=1.0, offset=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.scale = np.asarray(scale, "float32")
+        self.offset = np.asarray(offset, "float32")
+
+    @property
+    def is_identity(self):
+        """True when the input passes unchanged (no scale, no offset)."""
+        return bool(np.all(self.scale == 1.0) and np.all(self.offset == 0.0))
+
+    def step(self, inputs, states, timestep):
+        return self.ann_call(inputs), ()
+
+    def ann_call(self, inputs):
+        """The input as the ANN saw it after its input Rescaling/Normalization."""
+        if self.is_identity:
+            return inputs
+        scale = tf.constant(self.scale, dtype=inputs.dtype)
+        offset = tf.constant(self.offset, dtype=inputs.dtype)
+        return inputs * scale + offset
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "scale": self.scale.tolist(),
+            "offset": self.offset.tolist(),
+        }
 
 
 @keras.saving.register_keras_serializable(package="keras_snn")
