@@ -37,9 +37,7 @@ from keras import ops
 
 from keras_snn.layers.base import SynapticLayer
 from keras_snn.layers.pooling import Layout
-from keras_snn.layers.pooling import pool_tuple
-from keras_snn.layers.pooling import pooled_shape
-from keras_snn.layers.pooling import window_counts
+from keras_snn.layers.pooling import PoolingWindow
 
 # Counters stay in float32 whatever the compute dtype: whole numbers are exact
 # there up to 2**24 spikes (bfloat16 would lose them after 256).
@@ -57,8 +55,7 @@ class _MaxPoolingBase(Layout, SynapticLayer, keras.layers.Layer):
 
     rank = None
 
-    def _init_mode(self, cumulative, data_format):
-        self._init_data_format(data_format)
+    def _init_mode(self, cumulative):
         if not isinstance(cumulative, bool):
             raise ValueError(
                 f"Layer '{self.name}': `cumulative` must be True or False; "
@@ -117,7 +114,7 @@ class _MaxPoolingBase(Layout, SynapticLayer, keras.layers.Layer):
         return [m + tf.cast(m > 0, m.dtype) for m in maps]
 
 
-class _SpikingMaxPooling(_MaxPoolingBase):
+class _SpikingMaxPooling(PoolingWindow, _MaxPoolingBase):
     def __init__(
         self,
         pool_size=2,
@@ -128,24 +125,8 @@ class _SpikingMaxPooling(_MaxPoolingBase):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.pool_size = pool_tuple(pool_size, self.rank, "pool_size", self.name)
-        self.strides = pool_tuple(
-            self.pool_size if strides is None else strides, self.rank, "strides", self.name
-        )
-        padding = str(padding).lower()
-        if padding not in ("valid", "same"):
-            raise ValueError(
-                f"Layer '{self.name}': `padding` must be 'valid' or 'same'; "
-                f"received {padding!r}."
-            )
-        self.padding = padding
-        self._init_mode(cumulative, data_format)
-
-    def compute_output_shape(self, input_shape):
-        shape = pooled_shape(
-            self._channels_last_shape(input_shape), self.pool_size, self.strides, self.padding
-        )
-        return self._layout_shape(shape)
+        self._init_window(pool_size, strides, padding, data_format)
+        self._init_mode(cumulative)
 
     def pool(self, inputs):
         return self._channels_last_map(self._window_max, inputs)
@@ -157,21 +138,8 @@ class _SpikingMaxPooling(_MaxPoolingBase):
             data_format="channels_last",
         )
 
-    def connectivity(self, inputs):
-        return self._channels_last_map(self._window_counts, inputs)
-
-    def _window_counts(self, inputs):
-        return window_counts(inputs, self.pool_size, self.strides, self.padding)
-
     def get_config(self):
-        return {
-            **super().get_config(),
-            "pool_size": self.pool_size,
-            "strides": self.strides,
-            "padding": self.padding,
-            "cumulative": self.cumulative,
-            "data_format": self.data_format,
-        }
+        return {**super().get_config(), **self._window_config(), "cumulative": self.cumulative}
 
 
 @keras.saving.register_keras_serializable(package="keras_snn")
@@ -240,7 +208,8 @@ class _SpikingGlobalMaxPooling(_MaxPoolingBase):
     def __init__(self, keepdims=False, cumulative=True, data_format=None, **kwargs):
         super().__init__(**kwargs)
         self.keepdims = bool(keepdims)
-        self._init_mode(cumulative, data_format)
+        self._init_data_format(data_format)
+        self._init_mode(cumulative)
 
     def _spatial_axes(self):
         first = 2 if self.data_format == "channels_first" else 1

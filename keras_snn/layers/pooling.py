@@ -53,7 +53,49 @@ class Layout:
         return transpose_to_channels_first(outputs) if len(outputs.shape) > 2 else outputs
 
 
-class _SpikingAveragePooling(Layout, SynapticLayer, keras.layers.Layer):
+class PoolingWindow(Layout):
+    """A pooling window (size, strides, padding) in a data_format.
+
+    Shared by average and max pooling: the output shape, the connections (one
+    per window and member) and the config of the window.
+    """
+
+    def _init_window(self, pool_size, strides, padding, data_format):
+        self._init_data_format(data_format)
+        self.pool_size = pool_tuple(pool_size, self.rank, "pool_size", self.name)
+        self.strides = pool_tuple(
+            self.pool_size if strides is None else strides, self.rank, "strides", self.name
+        )
+        padding = str(padding).lower()
+        if padding not in ("valid", "same"):
+            raise ValueError(
+                f"Layer '{self.name}': `padding` must be 'valid' or 'same'; "
+                f"received {padding!r}."
+            )
+        self.padding = padding
+
+    def compute_output_shape(self, input_shape):
+        shape = pooled_shape(
+            self._channels_last_shape(input_shape), self.pool_size, self.strides, self.padding
+        )
+        return self._layout_shape(shape)
+
+    def connectivity(self, inputs):
+        return self._channels_last_map(self._window_counts, inputs)
+
+    def _window_counts(self, inputs):
+        return window_counts(inputs, self.pool_size, self.strides, self.padding)
+
+    def _window_config(self):
+        return {
+            "pool_size": self.pool_size,
+            "strides": self.strides,
+            "padding": self.padding,
+            "data_format": self.data_format,
+        }
+
+
+class _SpikingAveragePooling(PoolingWindow, SynapticLayer, keras.layers.Layer):
     rank = None
 
     def __init__(
@@ -67,18 +109,7 @@ class _SpikingAveragePooling(Layout, SynapticLayer, keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self._init_data_format(data_format)
-        self.pool_size = pool_tuple(pool_size, self.rank, "pool_size", self.name)
-        self.strides = pool_tuple(
-            self.pool_size if strides is None else strides, self.rank, "strides", self.name
-        )
-        padding = str(padding).lower()
-        if padding not in ("valid", "same"):
-            raise ValueError(
-                f"Layer '{self.name}': `padding` must be 'valid' or 'same'; "
-                f"received {padding!r}."
-            )
-        self.padding = padding
+        self._init_window(pool_size, strides, padding, data_format)
         self._init_neuron(neuron, threshold)
 
     def build(self, input_shape):
@@ -89,12 +120,6 @@ class _SpikingAveragePooling(Layout, SynapticLayer, keras.layers.Layer):
             )
         self._build_neuron(input_shape)
 
-    def compute_output_shape(self, input_shape):
-        shape = pooled_shape(
-            self._channels_last_shape(input_shape), self.pool_size, self.strides, self.padding
-        )
-        return self._layout_shape(shape)
-
     def compute_current(self, inputs):
         return self._channels_last_map(self._average, inputs)
 
@@ -104,19 +129,10 @@ class _SpikingAveragePooling(Layout, SynapticLayer, keras.layers.Layer):
             data_format="channels_last",
         )
 
-    def connectivity(self, inputs):
-        return self._channels_last_map(self._window_sum, inputs)
-
-    def _window_sum(self, inputs):
-        return window_counts(inputs, self.pool_size, self.strides, self.padding)
-
     def get_config(self):
         return {
             **super().get_config(),
-            "pool_size": self.pool_size,
-            "strides": self.strides,
-            "padding": self.padding,
-            "data_format": self.data_format,
+            **self._window_config(),
             **self._neuron_config(),
         }
 
