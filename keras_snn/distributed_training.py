@@ -1,41 +1,47 @@
-"""Spike-based training under tf.distribute.MultiWorkerMirroredStrategy.
+"""Training and evaluation under tf.distribute.MultiWorkerMirroredStrategy.
 
-`keras.Model.fit` (Keras 3.15, TF 2.21) fails under
-MultiWorkerMirroredStrategy: it reduces the first input batch and the
+`keras.Model.fit` and `evaluate` (Keras 3.15, TF 2.21) fail under
+MultiWorkerMirroredStrategy: they reduce the first input batch and the
 per-replica logs with calls that cannot take a worker's single local replica
 ("Attempt to convert a value (PerReplica ...) to a Tensor"; an open Keras
 issue, keras-team/keras#20585). Under MirroredStrategy (one process, several
-devices) Keras's fit works and is used as it is.
+devices) Keras's own fit and evaluate work and are used as they are.
 
-`SpikingModel.fit` therefore hands MultiWorkerMirroredStrategy training to
-`fit_multi_worker`, an epoch loop of its own around Keras's own pieces: the
-model's `train_step` runs on every replica through `strategy.run` (so the
-compiled loss, metrics, loss scaling and the optimizer's all-reduce of the
-gradients are Keras's), the logs are the compiled metrics read in the
-cross-replica context (summed over all workers), and the callbacks are a
-`keras.callbacks.CallbackList`, as in `fit`. Each global batch is split over
-the workers, so the result equals one process trained on the same global
-batches (to float rounding).
+`SpikingModel.fit` and `evaluate` therefore hand MultiWorkerMirroredStrategy
+runs to `fit_multi_worker` and `evaluate_multi_worker`, loops of their own
+around Keras's own pieces: the model's `train_step`/`test_step` runs on every
+replica through `strategy.run` (so the compiled loss, metrics, loss scaling
+and the optimizer's all-reduce of the gradients are Keras's), the logs are
+the compiled metrics read in the cross-replica context (summed over all
+workers), and the callbacks are a `keras.callbacks.CallbackList`, as in
+`fit`. Each global batch is split over the workers, so the result equals one
+process trained on the same global batches (to float rounding).
+
+Every worker runs the same script, with `TF_CONFIG` naming the cluster and
+its own index; nothing else changes from one-process training:
+
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()  # reads TF_CONFIG
+    with strategy.scope():
+        snn = keras_snn.convert_model(ann, x_calibration)  # same ceilings on every worker
+        snn.compile("adam", keras_snn.losses.ReadoutCrossentropy(),
+                    metrics=[keras_snn.metrics.StepAccuracy()])
+    snn.fit(x_train, y_train, batch_size=256, epochs=3)  # 256: the global batch
 """
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-# fit() arguments the multi-worker loop does not implement; each with what to do instead.
-_UNSUPPORTED = {
-    "validation_split": "evaluate on held-out data after fit (keras_snn.simulate)",
-    "validation_data": "evaluate on held-out data after fit (keras_snn.simulate)",
-    "validation_steps": "evaluate on held-out data after fit (keras_snn.simulate)",
-    "validation_batch_size": "evaluate on held-out data after fit (keras_snn.simulate)",
-    "validation_freq": "evaluate on held-out data after fit (keras_snn.simulate)",
-    "class_weight": "pass per-sample weights as `sample_weight`",
-}
-_DEFAULTS = {"validation_split": 0.0, "validation_freq": 1}
-
 
 def is_multi_worker(strategy):
-    """Whether `strategy` is a MultiWorkerMirroredStrategy (Keras's fit fails under it)."""
+    """Whether `strategy` is a MultiWorkerMirroredStrategy (Keras's fit fails under it).
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> is_multi_worker(tf.distribute.get_strategy())  # the default strategy
+    False
+    """
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
@@ -47,26 +53,31 @@ def fit_multi_worker(
     epochs=1,
     verbose="auto",
     callbacks=None,
+    validation_split=0.0,
+    validation_data=None,
     shuffle=True,
+    class_weight=None,
     sample_weight=None,
     initial_epoch=0,
     steps_per_epoch=None,
-    **kwargs,
+    validation_steps=None,
+    validation_batch_size=None,
+    validation_freq=1,
 ):
     """Train `model` with `fit`'s arguments under its MultiWorkerMirroredStrategy.
 
     Called by `SpikingModel.fit` when the model was built in a
-    `tf.distribute.MultiWorkerMirroredStrategy` scope; every worker runs the
-    same script and calls `fit` with the same data. A global batch of
-    `batch_size` samples (or each element of a batched `tf.data.Dataset`) is
-    split over all workers' replicas; each replica computes the compiled loss
-    on its share, scaled by 1 / replicas as Keras does, and the optimizer
-    sums the gradients over all replicas before one update on every worker.
-    With global batches that divide evenly over the replicas this is the
-    gradient of the global batch's mean loss, so the weights equal a
-    one-process `fit` with the same global batches, to float rounding. (An
-    uneven last batch weighs each replica's mean equally, as Keras's own
-    `fit` does under MirroredStrategy.)
+    `tf.distribute.MultiWorkerMirroredStrategy` scope (or fit is called in
+    one); every worker runs the same script and calls `fit` with the same
+    data. A global batch of `batch_size` samples (or each element of a
+    batched `tf.data.Dataset`) is split over all workers' replicas; each
+    replica computes the compiled loss on its share, scaled by 1 / replicas
+    as Keras does, and the optimizer sums the gradients over all replicas
+    before one update on every worker. With global batches that divide
+    evenly over the replicas this is the gradient of the global batch's mean
+    loss, so the weights equal a one-process `fit` with the same global
+    batches, to float rounding. (An uneven last batch weighs each replica's
+    mean equally, as Keras's own `fit` does under MirroredStrategy.)
 
     Args:
         model: a compiled `keras.Model` (normally a `SpikingModel`) created
@@ -80,9 +91,13 @@ def fit_multi_worker(
         verbose: "auto" or 1 (progress bar), 2 (one line per epoch), 0.
         callbacks: Keras callbacks, run on every worker with the same logs
             (summed over all workers), so a callback that stops training
-            (`EarlyStopping` on "loss") stops every worker at the same epoch.
+            (`EarlyStopping`) stops every worker at the same epoch.
+        validation_split, validation_data, validation_steps,
+            validation_batch_size, validation_freq: as in `fit`; validation
+            runs `evaluate_multi_worker` and adds `val_` logs.
         shuffle: shuffle array input every epoch, in the same order on every
             worker (the seed is agreed on through the strategy).
+        class_weight: not supported (a ValueError); pass `sample_weight`.
         sample_weight: per-sample weights for array input.
         steps_per_epoch: batches per epoch (default: the whole data). With
             it the data is read on across epochs, as in `fit`.
@@ -91,24 +106,44 @@ def fit_multi_worker(
         A `keras.callbacks.History`, with the same keys as `fit`'s.
 
     Raises:
-        ValueError: for `fit` arguments this loop does not implement
-            (validation arguments, `class_weight`), for `y` or `batch_size`
-            with a dataset, and for an uncompiled model.
+        ValueError: for `class_weight`, `y`, `sample_weight` or `batch_size`
+            with a dataset, `validation_split` with a dataset, and an
+            uncompiled model.
         TypeError: for inputs that are neither arrays nor a tf.data.Dataset.
+
+    Example:
+
+    >>> import keras, numpy as np, keras_snn
+    >>> ann = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    >>> snn = keras_snn.convert_model(ann, np.ones((8, 4)), timesteps=4)
+    >>> snn.compile("sgd", keras_snn.losses.ReadoutCrossentropy())
+    >>> fit_multi_worker(snn, np.ones((8, 4)), np.zeros(8), class_weight={0: 2.0})
+    Traceback (most recent call last):
+    ...
+    ValueError: `class_weight` is not supported under MultiWorkerMirroredStrategy ...
     """
+    _check_compiled(model, "fit")
+    if class_weight is not None:
+        raise ValueError(
+            "`class_weight` is not supported under MultiWorkerMirroredStrategy (Keras's own "
+            "fit fails there, keras-team/keras#20585, so keras_snn runs its own loop); pass "
+            "per-sample weights as `sample_weight` (e.g. class_weight[y] for each sample)."
+        )
     strategy = model.distribute_strategy
-    _check_arguments(model, kwargs)
-    dataset = _global_dataset(model, x, y, batch_size, sample_weight, shuffle, strategy)
+    if validation_split and validation_data is None:
+        x, y, sample_weight, validation_data = _split_validation(
+            x, y, sample_weight, validation_split
+        )
+    dataset = _global_dataset(x, y, sample_weight, batch_size, shuffle, strategy)
     distributed = strategy.experimental_distribute_dataset(dataset)
-    _build(model, strategy, dataset)
-    train_function = _train_function(model, strategy, distributed)
+    _build_optimizer(model, strategy)
+    train_function = _step_function(model.train_step, model, strategy, distributed)
 
     if verbose == "auto":
         verbose = 1
-    steps = steps_per_epoch or _cardinality(dataset)
     callback_list = keras.callbacks.CallbackList(
         callbacks, add_history=True, add_progbar=verbose != 0, model=model,
-        verbose=verbose, epochs=epochs, steps=steps,
+        verbose=verbose, epochs=epochs, steps=steps_per_epoch or _cardinality(dataset),
     )
     model.stop_training = False
     callback_list.on_train_begin()
@@ -135,6 +170,16 @@ def fit_multi_worker(
             if model.stop_training:
                 break
         epoch_logs = dict(logs)
+        if validation_data is not None and _should_validate(epoch, validation_freq):
+            val_x, val_y, val_weight = keras.utils.unpack_x_y_sample_weight(
+                validation_data if isinstance(validation_data, tuple) else (validation_data,)
+            )
+            val_logs = evaluate_multi_worker(
+                model, val_x, val_y, batch_size=validation_batch_size or batch_size,
+                sample_weight=val_weight, steps=validation_steps, callbacks=callback_list,
+                verbose=0, return_dict=True,
+            )
+            epoch_logs.update({f"val_{name}": value for name, value in val_logs.items()})
         callback_list.on_epoch_end(epoch, epoch_logs)
         if model.stop_training:
             break
@@ -142,24 +187,108 @@ def fit_multi_worker(
     return model.history
 
 
-def _check_arguments(model, kwargs):
-    for name, value in kwargs.items():
-        if name not in _UNSUPPORTED:
-            raise TypeError(f"fit() got an unexpected keyword argument {name!r}.")
-        if value is not None and value != _DEFAULTS.get(name):
-            raise ValueError(
-                f"`{name}` is not supported when training under MultiWorkerMirroredStrategy "
-                f"(Keras's own fit fails there, keras-team/keras#20585, so keras_snn runs its "
-                f"own training loop); {_UNSUPPORTED[name]}."
-            )
-    if getattr(model, "optimizer", None) is None or getattr(model, "compiled", True) is False:
+def evaluate_multi_worker(
+    model,
+    x=None,
+    y=None,
+    batch_size=None,
+    verbose="auto",
+    sample_weight=None,
+    steps=None,
+    callbacks=None,
+    return_dict=False,
+):
+    """`keras.Model.evaluate` under the model's MultiWorkerMirroredStrategy.
+
+    Every worker calls it with the same data; each global batch is split
+    over the replicas and the compiled metrics are summed over all of them,
+    so every worker returns the scores of the whole data, equal to one
+    process's `evaluate` (to float rounding).
+
+    Args:
+        model: a compiled `keras.Model` created in the strategy's scope.
+        x, y, sample_weight: arrays, or a batched `tf.data.Dataset` as `x`.
+        batch_size: global batch size for array input (default 32).
+        verbose: "auto" or 1 (progress bar), 0 (silent).
+        steps: batches to evaluate (default: all).
+        callbacks: Keras callbacks (their `on_test_*` hooks run), or a
+            `keras.callbacks.CallbackList`.
+        return_dict: return `{name: value}` instead of a list (or a scalar
+            when there is one score), as `evaluate` does.
+
+    Returns:
+        The scores, in `evaluate`'s form.
+    """
+    _check_compiled(model, "evaluate")
+    strategy = model.distribute_strategy
+    dataset = _global_dataset(x, y, sample_weight, batch_size, False, strategy)
+    distributed = strategy.experimental_distribute_dataset(dataset)
+    test_function = _step_function(model.test_step, model, strategy, distributed)
+    if verbose == "auto":
+        verbose = 1
+    if not isinstance(callbacks, keras.callbacks.CallbackList):
+        callbacks = keras.callbacks.CallbackList(
+            callbacks, add_progbar=verbose != 0, model=model, verbose=verbose, epochs=1,
+            steps=steps or _cardinality(dataset),
+        )
+    model.stop_evaluating = False
+    callbacks.on_test_begin()
+    model.reset_metrics()
+    logs = {}
+    iterator = iter(distributed)
+    step = 0
+    while steps is None or step < steps:
+        batch = iterator.get_next_as_optional()
+        if not batch.has_value():
+            break
+        callbacks.on_test_batch_begin(step)
+        logs = test_function(batch.get_value())
+        callbacks.on_test_batch_end(step, logs)
+        step += 1
+        if model.stop_evaluating:
+            break
+    logs = {name: float(value) for name, value in logs.items()}
+    callbacks.on_test_end(logs)
+    if return_dict:
+        return logs
+    return _in_metric_order(model, logs)
+
+
+def _check_compiled(model, method):
+    if not getattr(model, "compiled", False) or getattr(model, "optimizer", None) is None:
         raise ValueError(
             f"Model '{model.name}' must be compiled (model.compile(optimizer, loss, metrics)) "
-            "before fit."
+            f"before {method}."
         )
 
 
-def _global_dataset(model, x, y, batch_size, sample_weight, shuffle, strategy):
+def _split_validation(x, y, sample_weight, validation_split):
+    """The last `validation_split` of array data held out, as `fit` does."""
+    if isinstance(x, tf.data.Dataset):
+        raise ValueError(
+            "`validation_split` needs array input; with a tf.data.Dataset pass "
+            "`validation_data`."
+        )
+    count = len(x)
+    split_at = int(np.floor(count * (1.0 - validation_split)))
+    if split_at in (0, count):
+        raise ValueError(
+            f"Training data contains {count} samples, too few to split with "
+            f"validation_split={validation_split}."
+        )
+    parts = [x, y, sample_weight]
+    train = [None if part is None else part[:split_at] for part in parts]
+    held = tuple(part[split_at:] for part in parts if part is not None)
+    return (*train, held)
+
+
+def _should_validate(epoch, validation_freq):
+    if isinstance(validation_freq, int):
+        return (epoch + 1) % validation_freq == 0
+    return epoch + 1 in validation_freq
+
+
+def _global_dataset(x, y, sample_weight, batch_size, shuffle, strategy):
     """A tf.data.Dataset of global batches, the same on every worker."""
     if isinstance(x, tf.data.Dataset):
         if y is not None or sample_weight is not None:
@@ -175,8 +304,8 @@ def _global_dataset(model, x, y, batch_size, sample_weight, shuffle, strategy):
         return x
     if x is None or not (isinstance(x, (np.ndarray, tf.Tensor)) or hasattr(x, "__array__")):
         raise TypeError(
-            "Under MultiWorkerMirroredStrategy, fit takes NumPy arrays/tensors or a "
-            f"tf.data.Dataset; received x of type {type(x).__name__}. Wrap a generator or "
+            "Under MultiWorkerMirroredStrategy, fit and evaluate take NumPy arrays/tensors or "
+            f"a tf.data.Dataset; received x of type {type(x).__name__}. Wrap a generator or "
             "PyDataset in tf.data.Dataset.from_generator."
         )
     parts = tuple(part for part in (x, y, sample_weight) if part is not None)
@@ -209,19 +338,34 @@ def _cardinality(dataset):
     return steps if steps >= 0 else None  # unknown or infinite: the progress bar counts
 
 
-def _build(model, strategy, dataset):
-    """Create the optimizer's and the compiled metrics' variables in the strategy's scope."""
-    del dataset
+def _build_optimizer(model, strategy):
+    """Create the optimizer's variables in the strategy's scope, before tracing.
+
+    (The compiled loss and metrics create theirs on the first traced step,
+    through the strategy's variable creator.)
+    """
     with strategy.scope():
         if not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
 
 
-def _train_function(model, strategy, distributed):
-    """One compiled step: `train_step` on every replica, then the summed metrics."""
+def _step_function(replica_step, model, strategy, distributed):
+    """One compiled step: `replica_step` on every replica, then the summed metrics."""
 
     def step(batch):
-        strategy.run(model.train_step, args=(batch,))
+        strategy.run(replica_step, args=(batch,))
         return model.get_metrics_result()
 
     return tf.function(step, input_signature=[distributed.element_spec])
+
+
+def _in_metric_order(model, logs):
+    """`evaluate`'s list form: the loss and compiled metrics in order, then the rest by name."""
+    names = []
+    for metric in model.metrics:
+        inner = getattr(metric, "metrics", None)  # Keras's container of compiled metrics
+        names += [m.name for m in inner] if inner else [metric.name]
+    names = [name for name in names if name in logs]
+    names += sorted(name for name in logs if name not in names)
+    values = [logs[name] for name in names]
+    return values[0] if len(values) == 1 else values

@@ -42,8 +42,9 @@ WORKER = textwrap.dedent("""
     rng = np.random.default_rng(0)
     X_DENSE = rng.random((16, 6)).astype("float32")
     Y_DENSE = rng.integers(0, 3, 16)
-    X_CONV = rng.random((24, 6, 6, 1)).astype("float32")
-    Y_CONV = rng.integers(0, 3, 24)
+    W_DENSE = (0.5 + rng.random(16)).astype("float32")
+    X_CONV = rng.random((32, 6, 6, 1)).astype("float32")
+    Y_CONV = rng.integers(0, 3, 32)
 
     class Batches(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
@@ -52,13 +53,14 @@ WORKER = textwrap.dedent("""
             self.losses.append(float(logs["loss"]))
 
     def compiled(snn):
-        snn.compile(keras.optimizers.SGD(0.5), keras_snn.losses.ReadoutCrossentropy(),
+        snn.compile(keras.optimizers.SGD(0.2), keras_snn.losses.ReadoutCrossentropy(),
                     metrics=[keras_snn.metrics.StepAccuracy(), keras_snn.metrics.SynapticOps()])
         return snn
 
     def run(scope):
         weights, report = {}, {}
-        # Dense, array input: 2 epochs of 2 global batches of 8.
+        # Dense, weighted array input, the last quarter held out for validation:
+        # 2 epochs of 2 global batches (8 and 4), then evaluate in batches of 4.
         with scope():
             keras.utils.set_random_seed(0)
             ann = keras.Sequential([keras.Input((6,)), keras.layers.Dense(12, activation="relu"),
@@ -67,22 +69,36 @@ WORKER = textwrap.dedent("""
         weights["dense_converted"] = snn.get_weights()
         batches = Batches()
         history = snn.fit(X_DENSE, Y_DENSE, batch_size=8, epochs=2, shuffle=False, verbose=0,
-                          callbacks=[batches])
+                          callbacks=[batches], sample_weight=W_DENSE, validation_split=0.25)
         weights["dense_trained"] = snn.get_weights()
+        report["dense_evaluate"] = snn.evaluate(X_DENSE, Y_DENSE, batch_size=4, verbose=0)
         report["dense_history"] = history.history
         report["dense_batch_losses"] = batches.losses
-        # Conv, tf.data input: 3 global batches of 8, per-channel ceilings.
+        # Conv, tf.data input: 3 global batches of 8, per-channel ceilings,
+        # validation on arrays.
         with scope():
             keras.utils.set_random_seed(1)
             ann = keras.Sequential([
                 keras.Input((6, 6, 1)), keras.layers.Conv2D(4, 3, activation="relu"),
                 keras.layers.AveragePooling2D(2), keras.layers.Flatten(), keras.layers.Dense(3)])
-            snn = compiled(keras_snn.convert_model(ann, X_CONV, timesteps=5, per_channel=True))
+            snn = compiled(keras_snn.convert_model(ann, X_CONV[:24], timesteps=5, per_channel=True))
         weights["conv_converted"] = snn.get_weights()
-        data = tf.data.Dataset.from_tensor_slices((X_CONV, Y_CONV)).batch(8)
-        history = snn.fit(data, epochs=1, verbose=0)
+        data = tf.data.Dataset.from_tensor_slices((X_CONV[:24], Y_CONV[:24])).batch(8)
+        history = snn.fit(data, epochs=1, verbose=0, validation_data=(X_CONV[24:], Y_CONV[24:]))
         weights["conv_trained"] = snn.get_weights()
         report["conv_history"] = history.history
+        # A repeating dataset read on across epochs (steps_per_epoch), stopped
+        # by a callback after 2 of 4 epochs: 3 + 3 global batches of 8.
+        with scope():
+            keras.utils.set_random_seed(2)
+            ann = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"),
+                                    keras.layers.Dense(3)])
+            snn = compiled(keras_snn.convert_model(ann, X_DENSE, timesteps=4))
+        data = tf.data.Dataset.from_tensor_slices((X_DENSE, Y_DENSE)).batch(8).repeat()
+        stop = keras.callbacks.EarlyStopping(monitor="loss", patience=0, min_delta=10.0)
+        history = snn.fit(data, epochs=4, steps_per_epoch=3, verbose=2, callbacks=[stop])
+        weights["repeat_trained"] = snn.get_weights()
+        report["repeat_history"] = history.history
         return weights, report
 
     def save(name, weights, report):
@@ -108,7 +124,7 @@ WORKER = textwrap.dedent("""
             snn = compiled(keras_snn.convert_model(
                 keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)]), X_DENSE, timesteps=4))
         try:
-            snn.fit(X_DENSE, Y_DENSE, validation_split=0.25, verbose=0)
+            snn.fit(X_DENSE, Y_DENSE, class_weight={0: 2.0}, verbose=0)
         except ValueError as error:
             report["refusal"] = str(error)
         save(f"worker{strategy.cluster_resolver.task_id}", weights, report)
@@ -208,34 +224,43 @@ def test_calibration_under_a_strategy_equals_one_process(runs, run):
 def test_fit_under_a_strategy_equals_one_process(runs, run):
     single, single_report = runs["single"]
     weights, report = runs[run]
-    for model in ("dense_trained", "conv_trained"):
+    for model in ("dense", "conv"):
         # The weights moved, so this compares training, not the conversion.
         assert any(
-            not np.array_equal(a, b) for a, b in zip(single[model], single[model.replace(
-                "trained", "converted")])
+            not np.array_equal(a, b)
+            for a, b in zip(single[f"{model}_trained"], single[f"{model}_converted"])
         )
-        _assert_weights_close(weights[model], single[model], rtol=1e-5, atol=1e-6)
-    _assert_histories_close(report["dense_history"], single_report["dense_history"])
-    _assert_histories_close(report["conv_history"], single_report["conv_history"])
+    for model in ("dense", "conv", "repeat"):
+        _assert_weights_close(
+            weights[f"{model}_trained"], single[f"{model}_trained"], rtol=1e-5, atol=1e-6
+        )
+        _assert_histories_close(report[f"{model}_history"], single_report[f"{model}_history"])
+    assert len(single_report["repeat_history"]["loss"]) == 2  # EarlyStopping stopped it
+    assert "val_final_accuracy" in single_report["conv_history"]
+    assert "val_loss" in single_report["dense_history"]
+    np.testing.assert_allclose(report["dense_evaluate"], single_report["dense_evaluate"], rtol=1e-5)
     assert len(report["dense_batch_losses"]) == 4  # 2 epochs of 2 global batches
     np.testing.assert_allclose(
         report["dense_batch_losses"], single_report["dense_batch_losses"], rtol=1e-5
     )
 
 
-def test_multi_worker_workers_agree_and_refuse_validation(runs):
+def test_multi_worker_workers_agree_and_refuse_class_weight(runs):
     first, second = runs["worker0"][1], runs["worker1"][1]
     assert first["shared_seed"] == second["shared_seed"]
     for report in (first, second):
-        assert "validation_split" in report["refusal"]
+        assert "class_weight" in report["refusal"]
         assert "keras-team/keras#20585" in report["refusal"]
 
 
-def _tiny_snn():
+def _ann():
     import keras
 
-    ann = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
-    snn = keras_snn.convert_model(ann, np.ones((4, 4), "float32"), timesteps=2)
+    return keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+
+
+def _tiny_snn():
+    snn = keras_snn.convert_model(_ann(), np.ones((4, 4), "float32"), timesteps=2)
     snn.compile("sgd", keras_snn.losses.ReadoutCrossentropy())
     return snn
 
@@ -243,8 +268,8 @@ def _tiny_snn():
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
-        ({"validation_data": (np.ones((2, 4)), np.zeros(2))}, ValueError, "validation_data"),
         ({"class_weight": {0: 1.0}}, ValueError, "sample_weight"),
+        ({"validation_split": 1.0}, ValueError, "too few"),
         ({"epoch": 2}, TypeError, "unexpected keyword argument 'epoch'"),
     ],
 )
@@ -262,5 +287,10 @@ def test_multi_worker_fit_checks_its_input():
         distributed_training.fit_multi_worker(snn, data, batch_size=2)
     with pytest.raises(ValueError, match="inside the dataset"):
         distributed_training.fit_multi_worker(snn, data, np.zeros(4))
+    with pytest.raises(ValueError, match="validation_data"):
+        distributed_training.fit_multi_worker(snn, data, validation_split=0.5)
     with pytest.raises(TypeError, match="from_generator"):
         distributed_training.fit_multi_worker(snn, (row for row in np.ones((4, 4))))
+    uncompiled = keras_snn.convert_model(_ann(), np.ones((4, 4)), timesteps=2)
+    with pytest.raises(ValueError, match="must be compiled"):
+        distributed_training.fit_multi_worker(uncompiled, np.ones((4, 4)), np.zeros(4))
