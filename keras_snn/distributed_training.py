@@ -134,25 +134,31 @@ def fit_multi_worker(
         x, y, sample_weight, validation_data = _split_validation(
             x, y, sample_weight, validation_split
         )
-    dataset = _global_dataset(x, y, sample_weight, batch_size, shuffle, strategy)
-    distributed = strategy.experimental_distribute_dataset(dataset)
+    data = _GlobalBatches(x, y, sample_weight, batch_size, shuffle, strategy)
+    if steps_per_epoch:  # read on across epochs, as fit does
+        iterator = iter(strategy.experimental_distribute_dataset(data.from_epoch(initial_epoch)))
     _build_optimizer(model, strategy)
-    train_function = _step_function(model.train_step, model, strategy, distributed)
+    train_function = None
 
     if verbose == "auto":
         verbose = 1
     callback_list = keras.callbacks.CallbackList(
         callbacks, add_history=True, add_progbar=verbose != 0, model=model,
-        verbose=verbose, epochs=epochs, steps=steps_per_epoch or _cardinality(dataset),
+        verbose=verbose, epochs=epochs, steps=steps_per_epoch or data.steps,
     )
     model.stop_training = False
     callback_list.on_train_begin()
-    iterator = iter(distributed) if steps_per_epoch else None
     logs = {}
+    validation = None  # an _Evaluation, made at the first validation
     for epoch in range(initial_epoch, epochs):
         model.reset_metrics()
         callback_list.on_epoch_begin(epoch)
-        epoch_iterator = iterator if steps_per_epoch else iter(distributed)
+        if steps_per_epoch:
+            epoch_iterator = iterator
+        else:
+            epoch_iterator = iter(strategy.experimental_distribute_dataset(data.epoch(epoch)))
+        if train_function is None:  # every epoch's batches have the same element spec
+            train_function = _step_function(model.train_step, model, strategy, epoch_iterator)
         step = 0
         while steps_per_epoch is None or step < steps_per_epoch:
             batch = epoch_iterator.get_next_as_optional()
@@ -174,11 +180,12 @@ def fit_multi_worker(
             val_x, val_y, val_weight = keras.utils.unpack_x_y_sample_weight(
                 validation_data if isinstance(validation_data, tuple) else (validation_data,)
             )
-            val_logs = evaluate_multi_worker(
-                model, val_x, val_y, batch_size=validation_batch_size or batch_size,
-                sample_weight=val_weight, steps=validation_steps, callbacks=callback_list,
-                verbose=0, return_dict=True,
-            )
+            if validation is None:
+                val_data = _GlobalBatches(
+                    val_x, val_y, val_weight, validation_batch_size or batch_size, False, strategy
+                )
+                validation = _Evaluation(model, strategy, val_data)
+            val_logs = validation.run(validation_steps, callback_list)
             epoch_logs.update({f"val_{name}": value for name, value in val_logs.items()})
         callback_list.on_epoch_end(epoch, epoch_logs)
         if model.stop_training:
@@ -221,37 +228,50 @@ def evaluate_multi_worker(
     """
     _check_compiled(model, "evaluate")
     strategy = model.distribute_strategy
-    dataset = _global_dataset(x, y, sample_weight, batch_size, False, strategy)
-    distributed = strategy.experimental_distribute_dataset(dataset)
-    test_function = _step_function(model.test_step, model, strategy, distributed)
+    data = _GlobalBatches(x, y, sample_weight, batch_size, False, strategy)
     if verbose == "auto":
         verbose = 1
     if not isinstance(callbacks, keras.callbacks.CallbackList):
         callbacks = keras.callbacks.CallbackList(
             callbacks, add_progbar=verbose != 0, model=model, verbose=verbose, epochs=1,
-            steps=steps or _cardinality(dataset),
+            steps=steps or data.steps,
         )
-    model.stop_evaluating = False
-    callbacks.on_test_begin()
-    model.reset_metrics()
-    logs = {}
-    iterator = iter(distributed)
-    step = 0
-    while steps is None or step < steps:
-        batch = iterator.get_next_as_optional()
-        if not batch.has_value():
-            break
-        callbacks.on_test_batch_begin(step)
-        logs = test_function(batch.get_value())
-        callbacks.on_test_batch_end(step, logs)
-        step += 1
-        if model.stop_evaluating:
-            break
-    logs = {name: float(value) for name, value in logs.items()}
-    callbacks.on_test_end(logs)
+    logs = _Evaluation(model, strategy, data).run(steps, callbacks)
     if return_dict:
         return logs
     return _in_metric_order(model, logs)
+
+
+class _Evaluation:
+    """`test_step` on every replica over some data, compiled once, run as often as needed."""
+
+    def __init__(self, model, strategy, data):
+        self._model = model
+        self._dataset = strategy.experimental_distribute_dataset(data.epoch(0))
+        self._function = _step_function(model.test_step, model, strategy, iter(self._dataset))
+
+    def run(self, steps, callbacks):
+        """The scores over the data (at most `steps` batches), with the `on_test_*` hooks."""
+        model = self._model
+        model.stop_evaluating = False
+        callbacks.on_test_begin()
+        model.reset_metrics()
+        logs = {}
+        iterator = iter(self._dataset)
+        step = 0
+        while steps is None or step < steps:
+            batch = iterator.get_next_as_optional()
+            if not batch.has_value():
+                break
+            callbacks.on_test_batch_begin(step)
+            logs = self._function(batch.get_value())
+            callbacks.on_test_batch_end(step, logs)
+            step += 1
+            if model.stop_evaluating:
+                break
+        logs = {name: float(value) for name, value in logs.items()}
+        callbacks.on_test_end(logs)
+        return logs
 
 
 def _check_compiled(model, method):
@@ -288,37 +308,89 @@ def _should_validate(epoch, validation_freq):
     return epoch + 1 in validation_freq
 
 
-def _global_dataset(x, y, sample_weight, batch_size, shuffle, strategy):
-    """A tf.data.Dataset of global batches, the same on every worker."""
-    if isinstance(x, tf.data.Dataset):
-        if y is not None or sample_weight is not None:
-            raise ValueError(
-                "With a tf.data.Dataset `x`, pass labels and weights inside the dataset "
-                "(elements (x, y) or (x, y, sample_weight)), not as `y`/`sample_weight`."
+class _GlobalBatches:
+    """fit's or evaluate's data as global batches, the same on every worker.
+
+    A `tf.data.Dataset` is used as it is (its elements are the global
+    batches). Arrays are batched here; shuffled, each epoch's order is a
+    stateless permutation of the agreed seed and the epoch
+    (`tf.random.experimental.index_shuffle`), so it depends neither on a
+    worker's global seed nor on how many epochs it has read.
+    """
+
+    def __init__(self, x, y, sample_weight, batch_size, shuffle, strategy):
+        if isinstance(x, tf.data.Dataset):
+            if y is not None or sample_weight is not None:
+                raise ValueError(
+                    "With a tf.data.Dataset `x`, pass labels and weights inside the dataset "
+                    "(elements (x, y) or (x, y, sample_weight)), not as `y`/`sample_weight`."
+                )
+            if batch_size is not None:
+                raise ValueError(
+                    "`batch_size` must be None with a tf.data.Dataset, which is batched "
+                    "already (its batches are the global batches, split over the workers)."
+                )
+            self._dataset = x
+            steps = int(x.cardinality())
+            self.steps = steps if steps >= 0 else None  # unknown or infinite
+            return
+        if x is None or not (isinstance(x, (np.ndarray, tf.Tensor)) or hasattr(x, "__array__")):
+            raise TypeError(
+                "Under MultiWorkerMirroredStrategy, fit and evaluate take NumPy arrays/tensors "
+                f"or a tf.data.Dataset; received x of type {type(x).__name__}. Wrap a "
+                "generator or PyDataset in tf.data.Dataset.from_generator."
             )
-        if batch_size is not None:
-            raise ValueError(
-                "`batch_size` must be None with a tf.data.Dataset, which is batched already "
-                "(its batches are the global batches, split over the workers)."
+        self._dataset = None
+        self._parts = tuple(
+            tf.convert_to_tensor(part) for part in (x, y, sample_weight) if part is not None
+        )
+        self._count = int(self._parts[0].shape[0])
+        self._batch_size = batch_size or 32
+        self._seed = shuffle_seed(strategy) if shuffle else None
+        self.steps = -(-self._count // self._batch_size)
+
+    def epoch(self, epoch):
+        """The global batches of one epoch."""
+        if self._dataset is not None:
+            return self._dataset
+        return self._batches(tf.constant(epoch, tf.int64))
+
+    def from_epoch(self, epoch):
+        """The global batches of every epoch from `epoch` on, one after another."""
+        if self._dataset is not None:
+            return self._dataset
+        return tf.data.Dataset.range(epoch, 2**62).flat_map(self._batches)
+
+    def _batches(self, epoch):
+        indices = tf.data.Dataset.range(self._count)
+        if self._seed is not None:
+            seed = tf.stack([tf.constant(self._seed, tf.int64), epoch])
+            indices = indices.map(
+                lambda i: tf.random.experimental.index_shuffle(i, seed, self._count - 1)
             )
-        return x
-    if x is None or not (isinstance(x, (np.ndarray, tf.Tensor)) or hasattr(x, "__array__")):
-        raise TypeError(
-            "Under MultiWorkerMirroredStrategy, fit and evaluate take NumPy arrays/tensors or "
-            f"a tf.data.Dataset; received x of type {type(x).__name__}. Wrap a generator or "
-            "PyDataset in tf.data.Dataset.from_generator."
+        parts = self._parts
+        return indices.batch(self._batch_size).map(
+            lambda batch: tuple(tf.gather(part, batch) for part in parts)
         )
-    parts = tuple(part for part in (x, y, sample_weight) if part is not None)
-    dataset = tf.data.Dataset.from_tensor_slices(parts)
-    if shuffle:
-        dataset = dataset.shuffle(
-            len(x), seed=_shared_seed(strategy), reshuffle_each_iteration=True
-        )
-    return dataset.batch(batch_size or 32)
 
 
-def _shared_seed(strategy):
-    """A shuffle seed all workers agree on: the first replica's draw.
+def epoch_order(seed, epoch, count):
+    """The sample order of a shuffled epoch, for a seed from `shuffle_seed`.
+
+    Example:
+
+    >>> order = epoch_order(seed=7, epoch=0, count=5)
+    >>> sorted(order.tolist())
+    [0, 1, 2, 3, 4]
+    """
+    seed = tf.constant([seed, epoch], tf.int64)
+    return tf.random.experimental.index_shuffle(
+        tf.range(count, dtype=tf.int64), seed, count - 1
+    ).numpy()
+
+
+def shuffle_seed(strategy):
+    """A shuffle seed all workers agree on: the first replica's NumPy draw.
 
     Every worker must read the samples in the same order, or the split of a
     global batch over the workers would repeat some samples and drop others.
@@ -333,11 +405,6 @@ def _shared_seed(strategy):
     return int(strategy.reduce(tf.distribute.ReduceOp.SUM, local, axis=None))
 
 
-def _cardinality(dataset):
-    steps = int(dataset.cardinality())
-    return steps if steps >= 0 else None  # unknown or infinite: the progress bar counts
-
-
 def _build_optimizer(model, strategy):
     """Create the optimizer's variables in the strategy's scope, before tracing.
 
@@ -349,14 +416,14 @@ def _build_optimizer(model, strategy):
             model.optimizer.build(model.trainable_variables)
 
 
-def _step_function(replica_step, model, strategy, distributed):
+def _step_function(replica_step, model, strategy, iterator):
     """One compiled step: `replica_step` on every replica, then the summed metrics."""
 
     def step(batch):
         strategy.run(replica_step, args=(batch,))
         return model.get_metrics_result()
 
-    return tf.function(step, input_signature=[distributed.element_spec])
+    return tf.function(step, input_signature=[iterator.element_spec])
 
 
 def _in_metric_order(model, logs):

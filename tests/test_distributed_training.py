@@ -101,6 +101,13 @@ WORKER = textwrap.dedent("""
         report["repeat_history"] = history.history
         return weights, report
 
+    def shuffled():  # a fresh compiled Dense SNN for the shuffled-input run
+        keras.utils.set_random_seed(3)
+        snn = keras_snn.convert_model(keras.Sequential([
+            keras.Input((6,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3)]),
+            X_DENSE, timesteps=4)
+        return compiled(snn)
+
     def save(name, weights, report):
         np.savez(os.path.join(out, name + ".npz"), **{
             f"{key}/{i}": w for key, ws in weights.items() for i, w in enumerate(ws)})
@@ -108,7 +115,16 @@ WORKER = textwrap.dedent("""
             json.dump(report, f)
 
     if mode == "mirrored":
-        save("single", *run(contextlib.nullcontext))
+        weights, report = run(contextlib.nullcontext)
+        # The permutations the workers below agree on: worker 0's first NumPy draw.
+        np.random.seed(10)
+        seed = np.random.randint(0, 2**31 - 1)
+        snn = shuffled()
+        for epoch in range(2):
+            order = distributed_training.epoch_order(seed, epoch, len(X_DENSE))
+            snn.fit(X_DENSE[order], Y_DENSE[order], batch_size=8, shuffle=False, verbose=0)
+        weights["shuffled_trained"] = snn.get_weights()
+        save("single", weights, report)
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
         weights, report = run(strategy.scope)
         report["replicas"] = strategy.num_replicas_in_sync
@@ -117,9 +133,16 @@ WORKER = textwrap.dedent("""
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         weights, report = run(strategy.scope)
         report["replicas"] = strategy.num_replicas_in_sync
-        # Workers start from different NumPy states and still shuffle alike.
-        np.random.seed(strategy.cluster_resolver.task_id)
-        report["shared_seed"] = distributed_training._shared_seed(strategy)
+        # Workers with different NumPy states and global seeds still shuffle alike.
+        task = strategy.cluster_resolver.task_id
+        with strategy.scope():
+            snn = shuffled()
+        np.random.seed(10 + task)
+        tf.random.set_seed(100 + task)
+        snn.fit(X_DENSE, Y_DENSE, batch_size=8, epochs=2, shuffle=True, verbose=0)
+        weights["shuffled_trained"] = snn.get_weights()
+        np.random.seed(task)
+        report["shared_seed"] = distributed_training.shuffle_seed(strategy)
         with strategy.scope():
             snn = compiled(keras_snn.convert_model(
                 keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)]), X_DENSE, timesteps=4))
@@ -243,6 +266,14 @@ def test_fit_under_a_strategy_equals_one_process(runs, run):
     np.testing.assert_allclose(
         report["dense_batch_losses"], single_report["dense_batch_losses"], rtol=1e-5
     )
+
+
+def test_multi_worker_shuffle_equals_one_process_in_the_same_order(runs):
+    single, _ = runs["single"]
+    for run in ("worker0", "worker1"):
+        _assert_weights_close(
+            runs[run][0]["shuffled_trained"], single["shuffled_trained"], rtol=1e-5, atol=1e-6
+        )
 
 
 def test_multi_worker_workers_agree_and_refuse_class_weight(runs):
