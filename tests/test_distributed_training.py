@@ -23,7 +23,7 @@ import keras_snn
 from keras_snn import distributed_training
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMEOUT_S = 240
+TIMEOUT_S = 480  # per run; about 60 s on 2 idle cores, 180 s measured under heavy load
 
 # One script for every process: "mirrored" trains the one-process reference,
 # then the same under MirroredStrategy(2 logical CPUs); "mwms" is one worker.
