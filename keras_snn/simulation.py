@@ -750,6 +750,33 @@ class SpikingModel(keras.Model):
         if getattr(self, "optimizer", None) is not None and self.built:
             self.optimizer.build(self.trainable_variables)  # so saved slots can load
 
+    def fit(self, *args, **kwargs):
+        """`keras.Model.fit`, which also works under MultiWorkerMirroredStrategy.
+
+        Keras's own fit fails there (keras-team/keras#20585), so a model
+        created in a `tf.distribute.MultiWorkerMirroredStrategy` scope trains
+        with `keras_snn.distributed_training.fit_multi_worker`: the same
+        arguments (`batch_size` is the global batch; no `class_weight`) and
+        the same History. Every other case is Keras's fit.
+        """
+        from keras_snn import distributed_training
+
+        if distributed_training.is_multi_worker(self.distribute_strategy):
+            return distributed_training.fit_multi_worker(self, *args, **kwargs)
+        return super().fit(*args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        """`keras.Model.evaluate`, which also works under MultiWorkerMirroredStrategy.
+
+        As `fit`: under that strategy it runs
+        `keras_snn.distributed_training.evaluate_multi_worker`.
+        """
+        from keras_snn import distributed_training
+
+        if distributed_training.is_multi_worker(self.distribute_strategy):
+            return distributed_training.evaluate_multi_worker(self, *args, **kwargs)
+        return super().evaluate(*args, **kwargs)
+
     def call(self, inputs, timesteps=None, return_ops=False, training=None, readout_every=None):
         holder = getattr(self, "_ops_metrics", None)
         ops_metrics = holder.items if holder is not None else ()
