@@ -678,7 +678,13 @@ class SpikingModel(keras.Model):
         # (batch, T) -> (batch, T, 1, ...) to broadcast over the readout's shape.
         trailing = tf.ones([tf.rank(readout) - 2], tf.int32)
         bad = tf.reshape(bad, tf.concat([tf.shape(bad), trailing], 0))
-        return tf.where(bad, tf.constant(float("nan"), readout.dtype), readout)
+        # Only when some input is non-finite: tf.where would copy the whole
+        # (batch, T, classes) readout even when nothing changes.
+        return tf.cond(
+            tf.reduce_any(bad),
+            lambda: tf.where(bad, tf.constant(float("nan"), readout.dtype), readout),
+            lambda: readout,
+        )
 
     def _apply_head(self, readout):
         """The ANN head on every step's readout: (batch, T, ...) -> (batch, T, ...)."""
