@@ -133,14 +133,22 @@ def _magnitude_mask(kernel, sparsity):
     """0 for the `sparsity` fraction of smallest-magnitude weights, 1 elsewhere.
 
     `floor(sparsity * size)` weights are pruned, the smallest magnitudes
-    first and, among equal magnitudes, the lower flat index first (a stable
-    sort). Works on tensors, inside or outside a `tf.function`.
+    first and, among equal magnitudes, the lower flat index first (what a
+    stable argsort gives). One sort of the magnitudes finds the cut value;
+    the weights below it and the first few equal to it are pruned. Works on
+    tensors, inside or outside a `tf.function`.
     """
     magnitudes = tf.reshape(tf.abs(kernel), [-1])
     size = tf.cast(tf.size(magnitudes), tf.float64)
     count = tf.cast(tf.floor(tf.cast(sparsity, tf.float64) * size), tf.int32)
-    rank = tf.math.invert_permutation(tf.argsort(magnitudes, stable=True))
-    return tf.reshape(tf.cast(rank >= count, kernel.dtype), tf.shape(kernel))
+    # +inf at the end keeps the gather valid for an empty kernel.
+    ordered = tf.concat([tf.sort(magnitudes), [float("inf")]], axis=0)
+    cut = ordered[tf.maximum(count - 1, 0)]
+    below = magnitudes < cut
+    at_cut = tf.equal(magnitudes, cut)
+    ties_to_prune = count - tf.reduce_sum(tf.cast(below, tf.int32))  # 0 when count is 0
+    pruned = below | (at_cut & (tf.cumsum(tf.cast(at_cut, tf.int32)) <= ties_to_prune))
+    return tf.reshape(tf.cast(~pruned, kernel.dtype), tf.shape(kernel))
 
 
 class SparsityMonitor(keras.callbacks.Callback):

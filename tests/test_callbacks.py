@@ -163,6 +163,15 @@ def test_magnitude_mask_breaks_ties_by_index_like_a_stable_sort():
     np.testing.assert_array_equal(mask, [[1, 0, 0], [0, 1, 1]])
     assert _magnitude_mask(kernel, 0.0).numpy().all()
     assert not _magnitude_mask(kernel, 1.0).numpy().any()
+    # Many ties (weights rounded to one decimal) at several sparsities: a stable argsort's choice.
+    rounded = np.round(np.random.default_rng(3).normal(size=(40, 30)), 1).astype("float32")
+    for sparsity in (0.05, 0.3, 0.77, 0.999):
+        # Schedules return float32 sparsities, and the old code floored float32 * size too.
+        count = int(np.floor(float(np.float32(sparsity)) * rounded.size))
+        expected = np.ones(rounded.size, "float32")
+        expected[np.argsort(np.abs(rounded).reshape(-1), kind="stable")[:count]] = 0
+        np.testing.assert_array_equal(_magnitude_mask(rounded, sparsity), expected.reshape(40, 30))
+    assert _magnitude_mask(np.zeros((0, 3), "float32"), 0.5).shape == (0, 3)
 
 
 def test_monitor_logs_sparsity_and_snn_ops_in_history():
