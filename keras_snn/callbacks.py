@@ -1,24 +1,35 @@
 """Callbacks for `model.fit`: magnitude pruning on a schedule, sparsity monitoring.
 
-Weight pruning keeps one mask per kernel in the callback (not in the model):
-at every pruning step of a tensorflow-model-optimization schedule it prunes
-the smallest-magnitude weights of each kernel to the scheduled sparsity, and
-after every training batch it multiplies the kernels by their masks, so pruned
-weights stay exactly zero through training, saving and conversion. The model
-stays a plain Keras model: there is no wrapper to strip afterwards.
-(tfmot's own `prune_low_magnitude` accepts only tf_keras models; its
-schedules work with any model.)
+Weight pruning keeps one mask per kernel in the callback (not in the model),
+as a variable next to the kernel: at every pruning step of a
+tensorflow-model-optimization schedule it prunes the smallest-magnitude
+weights of each kernel to the scheduled sparsity, and after every training
+batch it multiplies the kernels by their masks, so pruned weights stay exactly
+zero through training, saving and conversion. Both run as one compiled
+TensorFlow function on the variables (schedule, mask update and masking in
+the graph, as tfmot's pruning wrapper does), so a batch costs no copy of the
+kernels to the host. The model stays a plain Keras model: there is no wrapper
+to strip afterwards. (tfmot's own `prune_low_magnitude` accepts only tf_keras
+models; its schedules work with any model.)
 """
 
 import keras
-import numpy as np
+import tensorflow as tf
 
 from keras_snn.graph import layer_graph
 from keras_snn.sparsity import WEIGHTED_LAYERS
 from keras_snn.sparsity import measure_sparsity
 
+
 class WeightPruning(keras.callbacks.Callback):
     """Magnitude pruning of Dense/Conv kernels driven by a tfmot schedule.
+
+    At every step where the schedule says to prune, each kernel's mask keeps
+    all but the `floor(sparsity * size)` smallest-magnitude weights (ties:
+    the lower index is pruned first); after every batch each kernel is
+    multiplied by its mask. Weights already zero when training begins start
+    masked. The schedule is evaluated inside a `tf.function` on the
+    optimizer's int64 step, as tfmot evaluates it.
 
     Args:
         schedule: a `tensorflow_model_optimization.sparsity.keras`
@@ -27,7 +38,9 @@ class WeightPruning(keras.callbacks.Callback):
         layers: names of the layers to prune (default: every Dense/Conv).
 
     Attributes:
-        masks: dict layer name -> NumPy 0/1 mask of the kernel's shape.
+        mask_variables: dict layer name -> non-trainable `tf.Variable` 0/1
+            mask of the kernel's shape and dtype (1 = kept).
+        masks: dict layer name -> NumPy copy of that mask.
 
     Example:
 
@@ -50,7 +63,14 @@ class WeightPruning(keras.callbacks.Callback):
             )
         self.schedule = schedule
         self.layer_names = None if layers is None else list(layers)
-        self.masks = {}
+        self.mask_variables = {}
+        self._pruned_layers = []
+        self._step = None
+
+    @property
+    def masks(self):
+        """Dict layer name -> NumPy copy of the 0/1 mask (a snapshot)."""
+        return {name: mask.numpy() for name, mask in self.mask_variables.items()}
 
     def _layers(self):
         graph = layer_graph(self.model, flatten=True)
@@ -70,34 +90,65 @@ class WeightPruning(keras.callbacks.Callback):
         return chosen
 
     def on_train_begin(self, logs=None):
-        for layer in self._layers():
-            kernel = layer.kernel.numpy()
-            self.masks.setdefault(layer.name, (kernel != 0).astype(kernel.dtype))
+        # The graph is read once per fit, not per batch.
+        self._pruned_layers = self._layers()
+        for layer in self._pruned_layers:
+            if layer.name not in self.mask_variables:
+                kernel = tf.convert_to_tensor(layer.kernel)
+                self.mask_variables[layer.name] = tf.Variable(
+                    tf.cast(tf.not_equal(kernel, 0), kernel.dtype),
+                    trainable=False, name=f"{layer.name}_pruning_mask",
+                )
+        self._step = tf.function(self._prune_and_mask)
 
     def on_train_batch_end(self, batch, logs=None):
-        should_prune, sparsity = self.schedule(int(self.model.optimizer.iterations.numpy()))
-        layers = self._layers()
-        if bool(should_prune):
-            for layer in layers:
-                self.masks[layer.name] = _magnitude_mask(layer.kernel.numpy(), float(sparsity))
-        self.apply_masks(layers)
+        self._step()
+
+    def _prune_and_mask(self):
+        """One batch: update the masks if the schedule prunes now, then mask the kernels."""
+        should_prune, sparsity = self.schedule(self.model.optimizer.iterations)
+        pairs = [(layer.kernel, self.mask_variables[layer.name]) for layer in self._pruned_layers]
+
+        def update_masks():
+            for kernel, mask in pairs:
+                mask.assign(_magnitude_mask(tf.convert_to_tensor(kernel), sparsity))
+            return tf.constant(True)
+
+        def keep_masks():
+            return tf.constant(False)
+
+        with tf.control_dependencies([tf.cond(should_prune, update_masks, keep_masks)]):
+            for kernel, mask in pairs:
+                kernel.assign(tf.convert_to_tensor(kernel) * mask)
 
     def apply_masks(self, layers=None):
         """Zero the pruned weights of every masked kernel."""
         for layer in layers or self._layers():
-            if layer.name in self.masks:
+            if layer.name in self.mask_variables:
                 kernel = layer.kernel
-                kernel.assign(kernel.numpy() * self.masks[layer.name])
+                kernel.assign(tf.convert_to_tensor(kernel) * self.mask_variables[layer.name])
 
 
 def _magnitude_mask(kernel, sparsity):
-    """0 for the `sparsity` fraction of smallest-magnitude weights, 1 elsewhere."""
-    count = int(np.floor(sparsity * kernel.size))
-    mask = np.ones(kernel.size, kernel.dtype)
-    if count > 0:
-        order = np.argsort(np.abs(kernel).reshape(-1), kind="stable")
-        mask[order[:count]] = 0
-    return mask.reshape(kernel.shape)
+    """0 for the `sparsity` fraction of smallest-magnitude weights, 1 elsewhere.
+
+    `floor(sparsity * size)` weights are pruned, the smallest magnitudes
+    first and, among equal magnitudes, the lower flat index first (what a
+    stable argsort gives). One sort of the magnitudes finds the cut value;
+    the weights below it and the first few equal to it are pruned. Works on
+    tensors, inside or outside a `tf.function`.
+    """
+    magnitudes = tf.reshape(tf.abs(kernel), [-1])
+    size = tf.cast(tf.size(magnitudes), tf.float64)
+    count = tf.cast(tf.floor(tf.cast(sparsity, tf.float64) * size), tf.int32)
+    # +inf at the end keeps the gather valid for an empty kernel.
+    ordered = tf.concat([tf.sort(magnitudes), [float("inf")]], axis=0)
+    cut = ordered[tf.maximum(count - 1, 0)]
+    below = magnitudes < cut
+    at_cut = tf.equal(magnitudes, cut)
+    ties_to_prune = count - tf.reduce_sum(tf.cast(below, tf.int32))  # 0 when count is 0
+    pruned = below | (at_cut & (tf.cumsum(tf.cast(at_cut, tf.int32)) <= ties_to_prune))
+    return tf.reshape(tf.cast(~pruned, kernel.dtype), tf.shape(kernel))
 
 
 class SparsityMonitor(keras.callbacks.Callback):

@@ -1,9 +1,13 @@
 """Spiking neuron models: the per-step update rules as pure TensorFlow functions.
 
 Every rule works per element and per timestep on the weighted input current
-`z(t) = W . s_in(t) + b` and returns `(spikes, new_state)`. Nothing here knows
-about Keras: the spiking layers own the threshold (and leak) variables and pass
-them in, so the same rule serves inference, conversion and training.
+`z(t) = W . s_in(t) + b` and returns `(spikes, new_state)`. The maths knows
+nothing about Keras: the spiking layers own the threshold (and leak) variables
+and pass them in, so the same rule serves inference, conversion and training.
+Keras is used only to serialize neurons and surrogates: both are registered
+with `keras.saving.register_keras_serializable` and saved with
+`keras.saving.serialize_keras_object`, so a custom subclass registered the same
+way saves and loads with the model.
 
 The equations follow shared/DESIGN.md section 2 and the low-latency conversion
 paper (seed 004):
@@ -21,6 +25,7 @@ layers use: `initial_state(shape, threshold)` and
 `step(current, state, threshold, **parameters) -> (spikes, state)`.
 """
 
+import keras
 import tensorflow as tf
 
 
@@ -54,6 +59,26 @@ class Surrogate:
     has zero derivative almost everywhere; training replaces it by
     `derivative(u)`. Gradients reach the membrane (so the weights and the
     leak) and the threshold through `u`.
+
+    A custom surrogate implements `derivative` and, if it takes arguments,
+    `get_config`; decorated with `keras.saving.register_keras_serializable()`
+    it saves and loads with the model.
+
+    Example:
+
+    >>> import keras
+    >>> import tensorflow as tf
+    >>> @keras.saving.register_keras_serializable(package="docs")
+    ... class Box(Surrogate):
+    ...     def __init__(self, width=0.5):
+    ...         self.width = width
+    ...     def derivative(self, u):
+    ...         return tf.cast(tf.abs(u - 1.0) < self.width, u.dtype)
+    ...     def get_config(self):
+    ...         return {"width": self.width}
+    >>> neuron = IF(surrogate=Box(0.25))
+    >>> deserialize(serialize(neuron)).surrogate.width
+    0.25
     """
 
     def derivative(self, u):
@@ -62,13 +87,27 @@ class Surrogate:
     def get_config(self):
         return {}
 
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        return _repr(self)
+
     def __eq__(self, other):
         return type(self) is type(other) and self.get_config() == other.get_config()
 
     def __hash__(self):
-        return hash((type(self).__name__, tuple(sorted(self.get_config().items()))))
+        return hash((type(self).__name__, repr(sorted(self.get_config().items()))))
 
 
+def _repr(obj):
+    # Config keys are attribute names: show the objects (a surrogate), not their configs.
+    args = ", ".join(f"{k}={getattr(obj, k, v)!r}" for k, v in obj.get_config().items())
+    return f"{type(obj).__name__}({args})"
+
+
+@keras.saving.register_keras_serializable(package="keras_snn")
 class PiecewiseLinear(Surrogate):
     """DIET-SNN's surrogate: `slope * max(0, 1 - |u - 1| / width)`, peaked at threshold.
 
@@ -95,6 +134,7 @@ class PiecewiseLinear(Surrogate):
         return {"slope": self.slope, "width": self.width}
 
 
+@keras.saving.register_keras_serializable(package="keras_snn")
 class FastSigmoid(Surrogate):
     """SuperSpike's surrogate: `1 / (1 + slope * |u - 1|)**2`."""
 
@@ -110,20 +150,60 @@ class FastSigmoid(Surrogate):
         return {"slope": self.slope}
 
 
-_SURROGATES = {"PiecewiseLinear": PiecewiseLinear, "FastSigmoid": FastSigmoid}
-_SURROGATE_ALIASES = {"piecewise_linear": "PiecewiseLinear", "fast_sigmoid": "FastSigmoid"}
+_SURROGATE_ALIASES = {"piecewise_linear": PiecewiseLinear, "fast_sigmoid": FastSigmoid}
+# Files saved before surrogates went through Keras serialization hold
+# {"class_name": ..., "config": ...} with the bare class name of a built-in.
+_LEGACY_SURROGATES = {"PiecewiseLinear": PiecewiseLinear, "FastSigmoid": FastSigmoid}
+
+
+def _is_keras_serialized(config):
+    return "registered_name" in config or "module" in config
+
+
+def _check_registered(config, base, kind):
+    """Check that a Keras-serialized config names a registered subclass of `base`.
+
+    Looks in the classes registered with `keras.saving.register_keras_serializable`
+    and in any `custom_objects` scope (`keras.saving.load_model(custom_objects=...)`),
+    where `keras.saving.deserialize_keras_object` will look; raises ValueError
+    naming the class and the fix rather than Keras's generic TypeError.
+    """
+    name = config.get("registered_name") or config.get("class_name")
+    cls = keras.saving.get_registered_object(name)
+    if cls is not None and not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ValueError(
+            f"{name!r} names {cls!r}, which is not a keras_snn.neurons.{base.__name__}; "
+            f"a {kind} must subclass it."
+        )
+    if cls is None:
+        raise ValueError(
+            f"Unknown {kind} class {name!r}. Decorate a custom {kind} class with "
+            "@keras.saving.register_keras_serializable() (or pass it in custom_objects "
+            "when loading)."
+        )
 
 
 def get_surrogate(identifier):
-    """Resolve a surrogate from an instance, an alias, a serialized dict or None."""
+    """Resolve a surrogate from an instance, an alias, a serialized dict or None.
+
+    Dicts come from `keras.saving.serialize_keras_object` (custom classes must
+    be registered with `keras.saving.register_keras_serializable`) or, for the
+    built-in surrogates, from files saved by earlier keras_snn versions
+    (`{"class_name": "PiecewiseLinear", "config": {...}}`).
+    """
     if identifier is None or isinstance(identifier, Surrogate):
         return identifier
-    if isinstance(identifier, dict) and identifier.get("class_name") in _SURROGATES:
-        return _SURROGATES[identifier["class_name"]](**identifier.get("config", {}))
-    if isinstance(identifier, str):
-        name = _SURROGATE_ALIASES.get(identifier, identifier)
-        if name in _SURROGATES:
-            return _SURROGATES[name]()
+    if isinstance(identifier, dict):
+        if _is_keras_serialized(identifier):
+            _check_registered(identifier, Surrogate, "surrogate")
+            return keras.saving.deserialize_keras_object(identifier)
+        legacy = _LEGACY_SURROGATES.get(identifier.get("class_name"))
+        if legacy is not None:
+            return legacy.from_config(identifier.get("config", {}))
+    if isinstance(identifier, str) and identifier in _SURROGATE_ALIASES:
+        return _SURROGATE_ALIASES[identifier]()
+    if isinstance(identifier, str) and identifier in _LEGACY_SURROGATES:
+        return _LEGACY_SURROGATES[identifier]()
     raise ValueError(
         f"Unknown surrogate {identifier!r}: use one of {sorted(_SURROGATE_ALIASES)}, a "
         "keras_snn.neurons.Surrogate, or None (no gradient through spikes)."
@@ -133,7 +213,7 @@ def get_surrogate(identifier):
 def _serialize_surrogate(surrogate):
     if surrogate is None:
         return None
-    return {"class_name": type(surrogate).__name__, "config": surrogate.get_config()}
+    return keras.saving.serialize_keras_object(surrogate)
 
 
 def _spike_count(potential, threshold, spike_max):
@@ -317,8 +397,7 @@ class Neuron:
         return cls(**config)
 
     def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
+        return _repr(self)
 
     def __eq__(self, other):
         return type(self) is type(other) and self.get_config() == other.get_config()
@@ -448,23 +527,60 @@ class BufferedIF(Neuron):
         return spikes, new_state
 
 
-_NEURONS = {}
-_ALIASES = {"if": "IF", "lif": "LIF", "buffered": "BufferedIF", "buffered_if": "BufferedIF"}
+_NEURONS = {}  # class name -> Neuron subclass (also reads files saved before Keras serialization)
+_ALIASES = {}  # lower-case short name -> Neuron subclass
 
 
-def register_neuron(cls):
-    """Class decorator: make a `Neuron` subclass known to `get`/`deserialize`."""
-    if not (isinstance(cls, type) and issubclass(cls, Neuron)):
-        raise TypeError(f"register_neuron expects a Neuron subclass; received {cls!r}.")
-    _NEURONS[cls.__name__] = cls
-    return cls
+def register_neuron(cls=None, *, name=None):
+    """Class decorator: make a `Neuron` subclass known by name.
+
+    The class becomes available to `get` (and so to the spiking layers'
+    `neuron=` argument and to `convert_model(neuron=...)`) under its class
+    name and, if given, the short `name`. A class not yet registered with
+    `keras.saving.register_keras_serializable` is registered there too
+    (package "Custom", Keras's default), so layers using it save and load.
+
+    Args:
+        cls: the `Neuron` subclass (when used as a bare decorator).
+        name: optional short alias, matched case-insensitively (e.g. "if").
+
+    Returns:
+        The class, unchanged.
+
+    Raises:
+        TypeError: if `cls` is not a `Neuron` subclass.
+
+    Example:
+
+    >>> @register_neuron(name="half_if")
+    ... class HalfIF(IF):
+    ...     def step(self, current, state, threshold, **parameters):
+    ...         return super().step(0.5 * current, state, threshold, **parameters)
+    >>> type(get("half_if")).__name__
+    'HalfIF'
+    """
+
+    def decorator(cls):
+        if not (isinstance(cls, type) and issubclass(cls, Neuron)):
+            raise TypeError(f"register_neuron expects a Neuron subclass; received {cls!r}.")
+        if keras.saving.get_registered_name(cls) == cls.__name__:  # not yet known to Keras
+            keras.saving.register_keras_serializable()(cls)
+        _NEURONS[cls.__name__] = cls
+        if name is not None:
+            _ALIASES[str(name).lower()] = cls
+        return cls
+
+    return decorator if cls is None else decorator(cls)
 
 
-for _cls in (IF, LIF, BufferedIF):
-    register_neuron(_cls)
+for _cls, _alias in ((IF, "if"), (LIF, "lif"), (BufferedIF, "buffered")):
+    keras.saving.register_keras_serializable(package="keras_snn")(_cls)
+    register_neuron(_cls, name=_alias)
+_ALIASES["buffered_if"] = BufferedIF
 
 
 @register_neuron
+@keras.saving.register_keras_serializable(package="keras_snn")
 class SignedIF(Neuron):
     """IF neuron with symmetric positive and negative spikes, for linear values.
 
@@ -505,16 +621,28 @@ class SignedIF(Neuron):
 
 
 def serialize(neuron):
-    """Neuron (or None) -> JSON-able dict (or None) for layer configs."""
+    """Neuron (or None) -> JSON-able dict (or None) for layer configs.
+
+    The dict is `keras.saving.serialize_keras_object`'s, so a custom neuron
+    class registered with `keras.saving.register_keras_serializable` (or
+    `register_neuron`) loads back with the model.
+    """
     if neuron is None:
         return None
-    return {"class_name": type(neuron).__name__, "config": neuron.get_config()}
+    return keras.saving.serialize_keras_object(neuron)
 
 
 def deserialize(config):
-    """Inverse of `serialize`."""
+    """Inverse of `serialize`; also reads the `{"class_name", "config"}` dicts of older files.
+
+    Raises:
+        ValueError: if the class is not registered (or not a `Neuron`).
+    """
     if config is None:
         return None
+    if _is_keras_serialized(config):
+        _check_registered(config, Neuron, "neuron")
+        return keras.saving.deserialize_keras_object(config)
     name = config.get("class_name")
     if name not in _NEURONS:
         raise ValueError(
@@ -525,23 +653,37 @@ def deserialize(config):
 
 
 def get(identifier):
-    """Resolve a neuron from an instance, an alias or a serialized dict.
+    """Resolve a neuron from an instance, a name or a serialized dict.
 
-    Aliases: "if", "lif", "buffered" (and the class names). `None` means a
-    non-spiking layer (it passes its current on, e.g. into a readout).
+    Names: the aliases "if", "lif", "buffered" (any case), the class names
+    ("IF", "SignedIF", ...), those of classes added with `register_neuron`,
+    and Keras registered names ("keras_snn>IF"). A name gives the class with
+    its default arguments. `None` means a non-spiking layer (it passes its
+    current on, e.g. into a readout).
 
     Raises:
-        ValueError: for an unknown alias or object.
+        ValueError: for an unknown name or object.
+
+    Example:
+
+    >>> get("LIF")
+    LIF(leak=1.0, spike_max=1, initial_membrane=0.0, surrogate=PiecewiseLinear(...), ...)
     """
     if identifier is None or isinstance(identifier, Neuron):
         return identifier
     if isinstance(identifier, dict):
         return deserialize(identifier)
     if isinstance(identifier, str):
-        name = _ALIASES.get(identifier.lower(), identifier)
-        if name in _NEURONS:
-            return _NEURONS[name]()
+        cls = _ALIASES.get(identifier.lower()) or _NEURONS.get(identifier)
+        if cls is None:
+            registered = keras.saving.get_registered_object(identifier)
+            if isinstance(registered, type) and issubclass(registered, Neuron):
+                cls = registered
+        if cls is not None:
+            return cls()
     raise ValueError(
-        f"Unknown neuron {identifier!r}: use one of {sorted(_ALIASES)}, a "
-        "keras_snn.neurons.Neuron instance, or None for a non-spiking layer."
+        f"Unknown neuron {identifier!r}: use one of {sorted(_ALIASES)} or a registered "
+        f"class name ({', '.join(sorted(_NEURONS))}), a keras_snn.neurons.Neuron instance, "
+        "or None for a non-spiking layer. Register a custom neuron class with "
+        "keras_snn.neurons.register_neuron."
     )

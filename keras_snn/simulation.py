@@ -26,7 +26,6 @@ import tensorflow as tf
 from keras_snn.graph import layer_graph
 from keras_snn.layers.base import SpikingLayer
 from keras_snn.layers.base import SynapticLayer
-from keras_snn.layers.encoders import PoissonInput
 from keras_snn.layers.passthrough import is_passthrough
 from keras_snn.layers.passthrough import passthrough_layer_names
 from keras_snn.layers.readout import Readout
@@ -178,12 +177,7 @@ class _Plan:
                 out_static, current_static = in_static, False
             kinds[node.key], static[node.key] = kind, out_static
             if isinstance(layer, SpikingLayer):
-                neuron = getattr(layer, "neuron", None)
-                is_binary = kind == "spikes" and (
-                    isinstance(layer, PoissonInput)
-                    or (neuron is not None and neuron.spike_max == 1
-                        and not neuron.emits_negative_spikes)
-                )
+                is_binary = kind == "spikes" and layer.emits_binary_spikes
             else:
                 is_binary = all(binary[key] for key in node.input_keys)
             binary[node.key] = is_binary

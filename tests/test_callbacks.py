@@ -97,6 +97,83 @@ def test_polynomial_schedule_reaches_final_sparsity():
         WeightPruning(0.5)
 
 
+class HostPruning(keras.callbacks.Callback):
+    """The host-side WeightPruning this package had before masks moved into the graph.
+
+    Kept as the reference: per batch it copied every kernel to NumPy, argsorted
+    the magnitudes there and assigned the masked kernel back.
+    """
+
+    def __init__(self, schedule):
+        super().__init__()
+        self.schedule, self.masks = schedule, {}
+
+    def _layers(self):
+        return [l for l in self.model.layers if isinstance(l, keras_snn.sparsity.WEIGHTED_LAYERS)]
+
+    def on_train_begin(self, logs=None):
+        for layer in self._layers():
+            kernel = layer.kernel.numpy()
+            self.masks.setdefault(layer.name, (kernel != 0).astype(kernel.dtype))
+
+    def on_train_batch_end(self, batch, logs=None):
+        should_prune, sparsity = self.schedule(int(self.model.optimizer.iterations.numpy()))
+        for layer in self._layers():
+            kernel = layer.kernel.numpy()
+            if bool(should_prune):
+                count = int(np.floor(float(sparsity) * kernel.size))
+                mask = np.ones(kernel.size, kernel.dtype)
+                order = np.argsort(np.abs(kernel).reshape(-1), kind="stable")
+                mask[order[:count]] = 0
+                self.masks[layer.name] = mask.reshape(kernel.shape)
+            layer.kernel.assign(kernel * self.masks[layer.name])
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        tfmot.sparsity.keras.PolynomialDecay(0.1, 0.85, begin_step=1, end_step=9, frequency=2),
+        tfmot.sparsity.keras.ConstantSparsity(0.55, begin_step=2, end_step=7, frequency=1),
+    ],
+    ids=["polynomial", "constant"],
+)
+def test_in_graph_pruning_matches_the_host_implementation(schedule):
+    results = []
+    for callback in (WeightPruning(schedule), HostPruning(schedule)):
+        m = compiled(model())
+        first = m.layers[3].kernel.numpy()
+        first[:2] = 0.0  # zeros before training stay masked
+        m.layers[3].kernel.assign(first)
+        m.fit(X, Y, epochs=4, batch_size=32, shuffle=False, verbose=0, callbacks=[callback])
+        results.append((m.get_weights(), callback.masks))
+    (graph_weights, graph_masks), (host_weights, host_masks) = results
+    for got, expected in zip(graph_weights, host_weights):
+        np.testing.assert_array_equal(got, expected)
+    assert len(graph_masks) == len(host_masks) == 3  # keyed by each model's layer names
+    for got, expected in zip(graph_masks.values(), host_masks.values()):
+        np.testing.assert_array_equal(got, expected)
+    assert 0.5 < (graph_weights[2] == 0).mean() < 0.9  # the Dense(16) kernel was pruned
+
+
+def test_magnitude_mask_breaks_ties_by_index_like_a_stable_sort():
+    from keras_snn.callbacks import _magnitude_mask
+
+    kernel = np.array([[0.5, -0.1, 0.1], [0.0, 0.1, -0.5]], "float32")
+    mask = _magnitude_mask(kernel, 0.5).numpy()  # prune 3: 0.0, then the first two 0.1s
+    np.testing.assert_array_equal(mask, [[1, 0, 0], [0, 1, 1]])
+    assert _magnitude_mask(kernel, 0.0).numpy().all()
+    assert not _magnitude_mask(kernel, 1.0).numpy().any()
+    # Many ties (weights rounded to one decimal) at several sparsities: a stable argsort's choice.
+    rounded = np.round(np.random.default_rng(3).normal(size=(40, 30)), 1).astype("float32")
+    for sparsity in (0.05, 0.3, 0.77, 0.999):
+        # Schedules return float32 sparsities, and the old code floored float32 * size too.
+        count = int(np.floor(float(np.float32(sparsity)) * rounded.size))
+        expected = np.ones(rounded.size, "float32")
+        expected[np.argsort(np.abs(rounded).reshape(-1), kind="stable")[:count]] = 0
+        np.testing.assert_array_equal(_magnitude_mask(rounded, sparsity), expected.reshape(40, 30))
+    assert _magnitude_mask(np.zeros((0, 3), "float32"), 0.5).shape == (0, 3)
+
+
 def test_monitor_logs_sparsity_and_snn_ops_in_history():
     m = compiled(model())
     history = m.fit(X, Y, epochs=2, verbose=0, callbacks=[SparsityMonitor(X[:32], snn_timesteps=4)])

@@ -320,3 +320,15 @@ def test_bfloat16_current_error_is_bounded_by_weight_rounding():
     assert np.all(np.abs(narrow - exact) <= bound)
     # It did run in bfloat16: float32 would be within ~1e-5.
     assert np.abs(narrow - exact).max() > 1e-3
+
+
+def test_layers_say_whether_they_emit_binary_spikes():
+    # The simulator skips the event mask for binary spikes; the layer, not its class, says so.
+    assert layers.PoissonInput(seed=0).emits_binary_spikes
+    assert layers.SpikingInput().emits_binary_spikes
+    assert not layers.SpikingInput(neuron=neurons.IF(spike_max=2)).emits_binary_spikes
+    assert not layers.AnalogInput().emits_binary_spikes
+    assert not layers.EventInput().emits_binary_spikes  # frames may hold counts
+    assert layers.SpikingDense(2).emits_binary_spikes
+    assert not layers.SpikingDense(2, neuron="buffered").emits_binary_spikes
+    assert not layers.SpikingDense(2, neuron=None).emits_binary_spikes

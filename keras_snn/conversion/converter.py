@@ -16,6 +16,7 @@ The pipeline (DESIGN.md section 4), each step on a copy, never the user's model:
    `b <- b / lambda_out`, threshold 1 (seed 004 Alg. 1 with `lambda / S_max`).
 """
 
+import copy
 import itertools
 import os
 import tempfile
@@ -41,8 +42,6 @@ from keras_snn.simulation import SpikingModel
 
 _NORMALIZATIONS = ("auto", "percentile", "max", "none")
 _ENCODINGS = ("analog", "spiking", "poisson")
-_NEURONS = {"if": neurons_lib.IF, "buffered": neurons_lib.BufferedIF, "lif": neurons_lib.LIF}
-_NEURON_CHOICES = ("auto",) + tuple(_NEURONS)
 
 
 def convert_model(
@@ -107,9 +106,12 @@ def convert_model(
         timesteps: default simulation length of the returned model.
         neuron: "if", "buffered" (negative spikes undo over-fire), "lif"
             (leak 1, to be trained), "auto" ("buffered" for models with QReLU
-            activations (seed 004), "if" otherwise), or a
-            `keras_snn.neurons.Neuron` used as the template for every layer
-            (e.g. `IF(reset="zero")` for a NIR-exact model).
+            activations (seed 004), "if" otherwise), any other name
+            `keras_snn.neurons.get` resolves (a class added with
+            `keras_snn.neurons.register_neuron`), built with `spike_max`
+            and `initial_membrane`, or a `keras_snn.neurons.Neuron` used as
+            the template for every layer (e.g. `IF(reset="zero")` for a
+            NIR-exact model).
         spike_max: largest multi-bit spike per step (1 = binary spikes).
         normalization: "auto", "percentile", "max" or "none".
         percentile: the percentile (0, 100] for data ceilings.
@@ -203,11 +205,8 @@ class _Options:
                     "With a Neuron instance as `neuron`, set spike_max and initial_membrane "
                     "on the instance, not as convert_model arguments."
                 )
-        elif neuron not in _NEURON_CHOICES:
-            raise ConversionError(
-                f"`neuron` must be one of {_NEURON_CHOICES} or a keras_snn.neurons.Neuron; "
-                f"received {neuron!r}."
-            )
+        elif neuron != "auto":
+            _check_neuron_name(neuron)
         if normalization not in _NORMALIZATIONS:
             raise ConversionError(
                 f"`normalization` must be one of {_NORMALIZATIONS}; received {normalization!r}."
@@ -244,10 +243,36 @@ class _Options:
 
     def make_neuron(self):
         if isinstance(self.neuron, neurons_lib.Neuron):  # a template: one copy per layer
-            return neurons_lib.deserialize(neurons_lib.serialize(self.neuron))
-        return _NEURONS[self.neuron](
-            spike_max=self.spike_max, initial_membrane=self.initial_membrane
-        )
+            return copy.deepcopy(self.neuron)  # needs no registration, unlike a config copy
+        return _named_neuron(self.neuron, self.spike_max, self.initial_membrane)
+
+
+def _check_neuron_name(neuron):
+    try:
+        if isinstance(neuron, str) and neurons_lib.get(neuron) is not None:
+            return
+    except ValueError:
+        pass
+    raise ConversionError(
+        "`neuron` must be 'auto', a neuron name ('if', 'buffered', 'lif', a Neuron class name, "
+        "or one registered with keras_snn.neurons.register_neuron) or a "
+        f"keras_snn.neurons.Neuron instance; received {neuron!r}."
+    )
+
+
+def _named_neuron(name, spike_max, initial_membrane):
+    """A neuron of the class `neurons.get(name)` names, with convert_model's options."""
+    template = neurons_lib.get(name)
+    try:
+        return type(template).from_config({
+            **template.get_config(), "spike_max": spike_max, "initial_membrane": initial_membrane
+        })
+    except (TypeError, ValueError) as error:
+        raise ConversionError(
+            f"`neuron={name!r}` ({type(template).__name__}) could not be built with "
+            f"spike_max={spike_max!r}, initial_membrane={initial_membrane!r}: {error}. "
+            "Pass a configured keras_snn.neurons.Neuron instance instead."
+        ) from None
 
 
 # ------------------------------------------------------------------ input

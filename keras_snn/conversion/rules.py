@@ -4,7 +4,10 @@ A rule takes `(layer, key, inputs)` and returns the list of intermediate ops
 (`keras_snn.conversion.ir`) the layer stands for; an empty list means the
 layer does nothing at inference (Dropout, noise). Users extend the converter
 with `register_conversion_rule(layer_class, rule)`; classes not registered are
-refused with a `ConversionError` that names them.
+refused with a `ConversionError` that names them. Layer classes registered
+with `keras_snn.layers.register_passthrough_layer` (at any time, before or
+after this module is imported) convert as shape ops unless a rule of their
+own is registered.
 """
 
 import keras
@@ -42,13 +45,20 @@ def register_conversion_rule(layer_class, rule):
 
 
 def find_rule(layer):
-    """The rule for a layer (most specific class first), or raise ConversionError."""
+    """The rule for a layer (most specific class first), or raise ConversionError.
+
+    Per class: a refusal, then a registered rule, then the pass-through
+    registry (read now, so layers registered after import are found).
+    """
+    passthrough = passthrough_layer_classes()
     for cls in type(layer).__mro__:
         if cls in _REFUSALS:
             raise ConversionError(_describe(layer) + _REFUSALS[cls])
         if cls in _RULES:
             return _RULES[cls]
-    supported = ", ".join(sorted(cls.__name__ for cls in _RULES))
+        if cls in passthrough:
+            return _shape_rule
+    supported = ", ".join(sorted({cls.__name__ for cls in (*_RULES, *passthrough)}))
     raise ConversionError(
         f"{_describe(layer)} has no spiking form. Supported layers: {supported}. "
         "Register a rule with keras_snn.register_conversion_rule for custom layers."
@@ -294,10 +304,8 @@ def _shape_rule(layer, key, inputs):
 
 
 # The simulator's pass-through layers are exactly the shape layers the
-# converter keeps (Identity among them is dropped above as a no-op).
-for _cls in passthrough_layer_classes():
-    if _cls not in _RULES:
-        register_conversion_rule(_cls, _shape_rule)
+# converter keeps: `find_rule` maps them to `_shape_rule` (Identity, also a
+# pass-through, is dropped above as a no-op).
 
 
 # ----------------------------------------------------------------- pooling

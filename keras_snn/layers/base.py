@@ -9,7 +9,9 @@ kept per layer so a graph can branch and merge):
 - `initial_state(batch_size)` -> tuple of tensors (empty when stateless);
 - `step(inputs, states, timestep)` -> `(outputs, new_states)`;
 - `emits_spikes`: whether the outputs are spike events (so the next synaptic
-  layer counts synaptic operations) or analog values (so it counts MACs).
+  layer counts synaptic operations) or analog values (so it counts MACs);
+- `emits_binary_spikes`: whether every output is 0 or 1, so a spike is its own
+  event mask (derived from the neuron; an encoder without one says it).
 
 Synaptic layers (weighted layers, pooling, add) split a step into
 `compute_current(inputs)` (the linear map, `z = W.x + b`) and `fire(current,
@@ -35,6 +37,15 @@ class SpikingLayer:
     consumes_sequence = False
     # True for the input encoders, the only layers that may read the model input.
     is_encoder = False
+
+    @property
+    def emits_binary_spikes(self):
+        """True when every output is a 0/1 spike: a binary, non-negative neuron fires it."""
+        neuron = getattr(self, "neuron", None)
+        return bool(
+            self.emits_spikes and neuron is not None and neuron.spike_max == 1
+            and not neuron.emits_negative_spikes
+        )
 
     def initial_state(self, batch_size):
         """Tuple of state tensors at rest for a batch (empty if stateless)."""

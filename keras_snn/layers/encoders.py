@@ -154,12 +154,16 @@ class PoissonInput(_Encoder):
         seed: int; None draws one at construction (stored in the config, so a
             saved model replays the same spikes).
 
+    Its spikes are binary (`emits_binary_spikes`): each is its own event.
+
     Example:
 
     >>> import numpy as np
     >>> tuple(PoissonInput(seed=1)(np.full((1, 3), 0.5, "float32")).shape)
     (1, 3)
     """
+
+    emits_binary_spikes = True
 
     def __init__(self, gain=1.0, seed=None, **kwargs):
         super().__init__(**kwargs)
@@ -195,3 +199,4 @@ class EventInput(_Encoder):
     """
 
     consumes_sequence = True
+    emits_binary_spikes = False  # frames may hold event counts

@@ -29,9 +29,41 @@ def register_passthrough_layer(layer_class):
 
     Only register layers that move or copy values without arithmetic: the
     simulator treats their outputs as spikes when their inputs are spikes.
+    The registry is read when a model is converted or simulated, so a class
+    registered at any time is kept by `keras_snn.convert_model` (as a shape
+    op) and run by `SpikingModel`. The class must implement
+    `compute_output_shape` (the converter and the simulator size the
+    spiking layers after it without running it) and `get_config`.
+
+    Args:
+        layer_class: a `keras.layers.Layer` subclass (subclasses match too).
+
+    Returns:
+        `layer_class`, so it also works as a class decorator.
+
+    Raises:
+        TypeError: if `layer_class` is not a Keras layer class or has no
+            `compute_output_shape`.
+
+    Example:
+
+    >>> import keras
+    >>> @register_passthrough_layer
+    ... class SwapHalves(keras.layers.Layer):
+    ...     def call(self, x):
+    ...         return keras.ops.roll(x, x.shape[-1] // 2, axis=-1)
+    ...     def compute_output_shape(self, input_shape):
+    ...         return input_shape
+    >>> SwapHalves in passthrough_layer_classes()
+    True
     """
     if not (isinstance(layer_class, type) and issubclass(layer_class, keras.layers.Layer)):
         raise TypeError(f"Expected a keras.layers.Layer subclass; received {layer_class!r}.")
+    if layer_class.compute_output_shape is keras.layers.Layer.compute_output_shape:
+        raise TypeError(
+            f"{layer_class.__name__} does not implement `compute_output_shape`, which "
+            "keras_snn needs to size the layers after a pass-through layer; add it."
+        )
     if layer_class not in _PASSTHROUGH:
         _PASSTHROUGH.append(layer_class)
     return layer_class
