@@ -178,6 +178,42 @@ def test_max_value_bounds_need_no_calibration_data():
         keras_snn.convert_model(model, normalization="percentile")
 
 
+def relu6_and_qrelu_model():
+    keras.utils.set_random_seed(9)
+    return keras.Sequential([
+        keras.Input((10,)),
+        keras.layers.Dense(8, activation="relu6", name="clipped"),  # activations far below 6
+        keras.layers.Dense(8, name="quantized_linear"),
+        keras_snn.layers.QReLU(levels=4, name="quantized"),
+        keras.layers.Dense(3, name="logits"),
+    ])
+
+
+def test_auto_measures_clipped_relus_on_data_and_keeps_qrelu_bounds():
+    model = relu6_and_qrelu_model()
+    data = np.random.default_rng(9).random((256, 10)).astype("float32")
+    hidden = keras.Model(model.inputs, model.get_layer("clipped").output).predict(data, verbose=0)
+    assert hidden.max() < 6.0  # the bound is never reached: a data ceiling is tighter
+    with_data = keras_snn.convert_model(model, data)
+    measured = keras_snn.convert_model(model, data, normalization="percentile")
+    without_data = keras_snn.convert_model(model)  # the bounds suffice: no data needed
+
+    def kernel(snn, name):
+        return snn.network.get_layer(name).kernel.numpy()
+
+    # ReLU6: ceiling from the data's percentile, as normalization="percentile" measures it.
+    np.testing.assert_allclose(kernel(with_data, "clipped"), kernel(measured, "clipped"))
+    np.testing.assert_allclose(kernel(without_data, "clipped"), model.layers[0].kernel.numpy() / 6)
+    # QReLU: its learned bound stays its ceiling, so its input weights change only by the
+    # clipped layer's new ceiling: W lambda_clipped / lambda_qrelu.
+    clipped_ratio = kernel(with_data, "clipped") / kernel(without_data, "clipped")  # 6 / lambda
+    quantized_ratio = (
+        kernel(with_data, "quantized_linear") / kernel(without_data, "quantized_linear")
+    )
+    assert np.all(clipped_ratio > 1.5)
+    np.testing.assert_allclose(quantized_ratio * clipped_ratio[0, 0], 1.0, rtol=1e-5)
+
+
 def test_missing_calibration_data_names_the_layers():
     model, _ = nested_model()
     with pytest.raises(keras_snn.ConversionError, match="calibration_data.*block/dense|dense"):

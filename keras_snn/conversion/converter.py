@@ -84,10 +84,12 @@ def convert_model(
 
     Normalisation: every spiking layer fires at most `spike_max` per step at
     its activation ceiling lambda. lambda comes from a QReLU's learned bound
-    or a ReLU's `max_value` ("auto"), or from the `percentile` of the layer's positive activations
-    over `calibration_data` ("auto" where no bound is known, "percentile"
-    everywhere, "max" = percentile 100); "none" keeps the weights as they are
-    (threshold 1).
+    ("auto"), or from the `percentile` of the layer's positive activations
+    over `calibration_data` ("auto": for every layer but QReLU ones when data
+    is given, a clipped ReLU's percentile being at most its `max_value`;
+    without data a ReLU's `max_value`, and layers with no bound need data;
+    "percentile" everywhere, "max" = percentile 100); "none" keeps the
+    weights as they are (threshold 1).
 
     Args:
         model: a built Keras 3 Sequential or functional model (nested models
@@ -706,6 +708,25 @@ def _ceiling_from_data(op, options):
     return options.normalization != "auto" or op.max_value is None
 
 
+def _measured_when_data(op, options):
+    """Whether a spiking op's ceiling is measured when calibration data is given.
+
+    Also a clipped ReLU's (ReLU6, `ReLU(max_value)`): its bound is only an upper
+    limit, which trained networks rarely reach (ReLU6 activations mostly stay
+    under 1-2), and a ceiling far above the activations leaves the neurons
+    firing far below capacity. The data's percentile (clipped by the bound in
+    the ANN forward pass, so never above it) is the better ceiling; the bound
+    remains the fallback without data. A QReLU's bound is exact: it is kept.
+    """
+    if _ceiling_from_data(op, options):
+        return True
+    return (
+        options.normalization == "auto"
+        and isinstance(op, (ir.Linear, ir.Merge)) and op.spiking
+        and op.max_value is not None and not op.quantized
+    )
+
+
 def _layers_needing_data(ops, options):
     return [f"'{op.source}'" for op in ops if _ceiling_from_data(op, options)]
 
@@ -809,7 +830,11 @@ class _NetworkBuilder:
         }
         # Each spiking layer is called once, so its graph key is its name.
         keys = {op.key: self.layers[op.key].name for op in self.ops}
-        data_keys = [op.key for op in self.ops if _ceiling_from_data(op, options)]
+        data_keys = [
+            op.key for op in self.ops
+            if _ceiling_from_data(op, options)
+            or (calibration_data is not None and _measured_when_data(op, options))
+        ]
         by_key = {op.key: op for op in self.ops}
         input_ceiling = 1.0
         encoded = options.input_encoding != "analog"
@@ -824,6 +849,11 @@ class _NetworkBuilder:
                 if encoded:
                     estimator.add("__input__", np.maximum(batch, 0))
             reader.finish()
+            # A clipped ReLU the data never activated keeps its bound: no warning.
+            data_keys = [
+                key for key in data_keys
+                if _ceiling_from_data(by_key[key], options) or estimator.measured(key)
+            ]
             _warn_unmeasured_ceilings(reader, estimator, data_keys, encoded, self.ops)
             if encoded:
                 input_ceiling = float(estimator.ceiling("__input__").max())
