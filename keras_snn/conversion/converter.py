@@ -41,6 +41,8 @@ _NORMALIZATIONS = ("auto", "percentile", "max", "none")
 _ENCODINGS = ("analog", "spiking", "poisson")
 _NEURONS = {"if": neurons_lib.IF, "buffered": neurons_lib.BufferedIF, "lif": neurons_lib.LIF}
 _NEURON_CHOICES = ("auto",) + tuple(_NEURONS)
+# initial_membrane="auto" for layers that are not QReLU (ReLU, pooling, input).
+_RELU_MEMBRANE = 0.0
 
 
 def convert_model(
@@ -54,7 +56,7 @@ def convert_model(
     percentile=99.99,
     per_channel=False,
     input_encoding="analog",
-    initial_membrane=0.0,
+    initial_membrane="auto",
     head=None,
 ):
     """Convert a trained ReLU Keras model into a `keras_snn.SpikingModel`.
@@ -114,7 +116,13 @@ def convert_model(
             input ceiling is the calibration data's percentile, or 1 (inputs
             in [0, 1]) without data.
         initial_membrane: initial membrane as a fraction of the threshold
-            (0.5 halves the rounding error).
+            in [0, 1) (0.5 halves the rounding error), or "auto": a layer
+            with a QReLU starts at the QReLU's `shift` phi, so that its spike
+            count after T steps of a constant input is
+            `clip(floor(T z / theta + phi), 0, T)`, the QReLU's own rounding
+            (its level exactly at T = levels; with phi = 0.5, QCFS, ANN and
+            SNN agree in expectation at every T); other layers (and a
+            spiking input) start at 0. Signed neurons always start at 0.
         head: name of a top-level layer from which the rest of the model runs
             as an ordinary ANN on the spiking part's readout (hybrid inference,
             seed 004 C), for heads without a spiking form.
@@ -166,9 +174,7 @@ def convert_model(
     layout = rewrite_to_channels_last(
         ops, graph.input_keys[0], tuple(keras_model.inputs[0].shape[1:]), output_key
     )
-    if isinstance(options.neuron, str) and options.neuron == "auto":
-        quantized = any(getattr(op, "quantized", False) for op in ops)
-        options.neuron = "buffered" if quantized else "if"
+    options.resolve(ops)
     needs_data = _layers_needing_data(ops, options)
     if needs_data and calibration_data is None:
         raise ConversionError(
@@ -187,8 +193,14 @@ class _Options:
                  per_channel, input_encoding, initial_membrane):
         if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 1:
             raise ConversionError(f"`timesteps` must be an int >= 1; received {timesteps!r}.")
+        auto_membrane = isinstance(initial_membrane, str) and initial_membrane == "auto"
+        if isinstance(initial_membrane, str) and not auto_membrane:
+            raise ConversionError(
+                "`initial_membrane` must be 'auto' or a fraction of the threshold in [0, 1); "
+                f"received {initial_membrane!r}."
+            )
         if isinstance(neuron, neurons_lib.Neuron):
-            if spike_max != 1 or initial_membrane != 0.0:
+            if spike_max != 1 or not (auto_membrane or initial_membrane == 0.0):
                 raise ConversionError(
                     "With a Neuron instance as `neuron`, set spike_max and initial_membrane "
                     "on the instance, not as convert_model arguments."
@@ -209,7 +221,9 @@ class _Options:
         if not 0.0 < float(percentile) <= 100.0:
             raise ConversionError(f"`percentile` must be in (0, 100]; received {percentile!r}.")
         try:  # validate spike_max and initial_membrane once, with the neuron's messages
-            neurons_lib.IF(spike_max=spike_max, initial_membrane=initial_membrane)
+            neurons_lib.IF(
+                spike_max=spike_max, initial_membrane=0.0 if auto_membrane else initial_membrane
+            )
         except ValueError as error:
             raise ConversionError(str(error)) from None
         self.timesteps = timesteps
@@ -219,24 +233,44 @@ class _Options:
         self.percentile = 100.0 if normalization == "max" else float(percentile)
         self.per_channel = bool(per_channel)
         self.input_encoding = input_encoding
-        self.initial_membrane = float(initial_membrane)
+        self.initial_membrane = "auto" if auto_membrane else float(initial_membrane)
+
+    def resolve(self, ops):
+        """Settle the "auto" choices that depend on the model."""
+        if isinstance(self.neuron, str) and self.neuron == "auto":
+            quantized = any(getattr(op, "quantized", False) for op in ops)
+            self.neuron = "buffered" if quantized else "if"
+
+    def membrane_for(self, op):
+        """Initial membrane (fraction of the threshold) of the neurons of `op`.
+
+        "auto": a QReLU layer starts at its shift phi, which makes the spike
+        count after T steps `floor(T z / theta + phi)`, the QReLU's own
+        rounding rule (exact at T = levels); other layers start at
+        `_RELU_MEMBRANE`.
+        """
+        if self.initial_membrane != "auto":
+            return self.initial_membrane
+        if op is not None and getattr(op, "quantized", False):
+            return op.shift
+        return _RELU_MEMBRANE
 
     def make_input_neuron(self):
         """Binary IF for a spiking input layer, sharing the layers' reset and start."""
         template = self.neuron if isinstance(self.neuron, neurons_lib.IF) else None
         if template is None:
-            return neurons_lib.IF(initial_membrane=self.initial_membrane)
+            return neurons_lib.IF(initial_membrane=self.membrane_for(None))
         return neurons_lib.IF(initial_membrane=template.initial_membrane, reset=template.reset)
 
     def make_signed_neuron(self):
         """Signed IF for a layer without ReLU; it starts at 0 to round both signs alike."""
         return neurons_lib.SignedIF(spike_max=self.spike_max)
 
-    def make_neuron(self):
+    def make_neuron(self, op):
         if isinstance(self.neuron, neurons_lib.Neuron):  # a template: one copy per layer
             return neurons_lib.deserialize(neurons_lib.serialize(self.neuron))
         return _NEURONS[self.neuron](
-            spike_max=self.spike_max, initial_membrane=self.initial_membrane
+            spike_max=self.spike_max, initial_membrane=self.membrane_for(op)
         )
 
 
@@ -398,7 +432,7 @@ def _fuse_activations(ops, output_key):
             fusable = isinstance(producer, (ir.Linear, ir.Merge)) and not producer.spiking
             if fusable and ir.consumers(ops, producer.key) == [op]:
                 producer.spiking, producer.max_value = True, op.max_value
-                producer.quantized = op.quantized
+                producer.quantized, producer.shift = op.quantized, op.shift
             elif _nonnegative(producer, by_key) and op.max_value is None:
                 pass  # ReLU of spikes (e.g. after pooling) changes nothing
             elif _relu_as_identity_layer(ops, op, by_key):
@@ -451,7 +485,7 @@ def _relu_as_identity_layer(ops, relu, by_key):
     identity = ir.Linear(
         relu.key, relu.inputs, relu.source, spiking_class, config, kernel,
         np.zeros(channels, "float32"), spiking=True, max_value=relu.max_value,
-        quantized=relu.quantized,
+        quantized=relu.quantized, shift=relu.shift,
     )
     ops[ops.index(relu)] = identity
     by_key[relu.key] = identity
@@ -659,7 +693,9 @@ class _NetworkBuilder:
         neuron = None
         if getattr(op, "spiking", False):
             signed = getattr(op, "signed", False)
-            neuron = self.options.make_signed_neuron() if signed else self.options.make_neuron()
+            neuron = (
+                self.options.make_signed_neuron() if signed else self.options.make_neuron(op)
+            )
         if isinstance(op, ir.Linear):
             return op.spiking_class(**{**op.config, "name": name}, neuron=neuron)
         if isinstance(op, ir.Merge):
@@ -675,8 +711,9 @@ class _NetworkBuilder:
             pool_neuron = None
             if input_spikes:
                 signed = any(key in self.signed for key in op.inputs)
-                make = self.options.make_signed_neuron if signed else self.options.make_neuron
-                pool_neuron = make()
+                pool_neuron = (
+                    self.options.make_signed_neuron() if signed else self.options.make_neuron(op)
+                )
             return op.spiking_class(**{**op.config, "name": name}, neuron=pool_neuron)
         return op.layer
 
