@@ -46,7 +46,10 @@ def test_a_hidden_linear_layer_gets_signed_neurons_scaled_by_its_absolute_ceilin
         keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(12, name="linear"),
         keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3),
     ])
-    snn = keras_snn.convert_model(ann, IMAGES, normalization="max", timesteps=400)
+    # One ceiling for the layer (per_channel=False), the one the kernel is checked against.
+    snn = keras_snn.convert_model(
+        ann, IMAGES, normalization="max", per_channel=False, timesteps=400
+    )
     linear = snn.network.get_layer("linear")
     assert isinstance(linear.neuron, neurons.SignedIF)
     hidden = keras.Model(ann.inputs, ann.get_layer("linear").output).predict(IMAGES, verbose=0)

@@ -42,7 +42,9 @@ _ENCODINGS = ("analog", "spiking", "poisson")
 _NEURONS = {"if": neurons_lib.IF, "buffered": neurons_lib.BufferedIF, "lif": neurons_lib.LIF}
 _NEURON_CHOICES = ("auto",) + tuple(_NEURONS)
 # initial_membrane="auto" for layers that are not QReLU (ReLU, pooling, input).
-_RELU_MEMBRANE = 0.0
+_RELU_MEMBRANE = 0.5
+# per_channel="auto": per-channel ceilings wherever the network can carry them.
+_PER_CHANNEL = True
 
 
 def convert_model(
@@ -54,7 +56,7 @@ def convert_model(
     spike_max=1,
     normalization="auto",
     percentile=99.99,
-    per_channel=False,
+    per_channel="auto",
     input_encoding="analog",
     initial_membrane="auto",
     head=None,
@@ -109,20 +111,27 @@ def convert_model(
         spike_max: largest multi-bit spike per step (1 = binary spikes).
         normalization: "auto", "percentile", "max" or "none".
         percentile: the percentile (0, 100] for data ceilings.
-        per_channel: one ceiling per output channel instead of per layer.
+        per_channel: one ceiling per output channel (True) or per layer
+            (False) for ceilings measured on data; "auto" (default): per
+            channel, except for networks with grouped convolutions or a
+            Reshape between layers (which cannot carry per-channel scales).
         input_encoding: "analog" (the input is the first layer's current),
             "spiking" (IF input neurons, rate = x / input ceiling) or
             "poisson" (Bernoulli spikes with that rate). For the last two the
             input ceiling is the calibration data's percentile, or 1 (inputs
-            in [0, 1]) without data.
+            in [0, 1]) without data; they encode non-negative inputs only, and
+            calibration data with negative values is refused.
         initial_membrane: initial membrane as a fraction of the threshold
             in [0, 1) (0.5 halves the rounding error), or "auto": a layer
             with a QReLU starts at the QReLU's `shift` phi, so that its spike
             count after T steps of a constant input is
             `clip(floor(T z / theta + phi), 0, T)`, the QReLU's own rounding
             (its level exactly at T = levels; with phi = 0.5, QCFS, ANN and
-            SNN agree in expectation at every T); other layers (and a
-            spiking input) start at 0. Signed neurons always start at 0.
+            SNN agree in expectation at every T); other layers (ReLU,
+            pooling, a spiking input) start at 0.5, which centres their
+            rounding error. Signed neurons always start at 0. The "auto"
+            choices were measured on the repo's benchmark models
+            (benchmarks/RESULTS.md, "Conversion defaults").
         head: name of a top-level layer from which the rest of the model runs
             as an ordinary ANN on the spiking part's readout (hybrid inference,
             seed 004 C), for heads without a spiking form.
@@ -135,7 +144,8 @@ def convert_model(
         ConversionError: for an unsupported layer or argument, or missing
             calibration data (naming the layers that need it), or calibration
             data of the wrong shape or type, empty, or holding non-finite
-            values (with their count).
+            values (with their count), or negative values with a spiking or
+            Poisson input encoding (with their count).
 
     Example:
 
@@ -231,7 +241,11 @@ class _Options:
         self.spike_max = neuron.spike_max if isinstance(neuron, neurons_lib.Neuron) else spike_max
         self.normalization = normalization
         self.percentile = 100.0 if normalization == "max" else float(percentile)
-        self.per_channel = bool(per_channel)
+        if isinstance(per_channel, str) and per_channel != "auto":
+            raise ConversionError(
+                f"`per_channel` must be 'auto', True or False; received {per_channel!r}."
+            )
+        self.per_channel = per_channel if isinstance(per_channel, str) else bool(per_channel)
         self.input_encoding = input_encoding
         self.initial_membrane = "auto" if auto_membrane else float(initial_membrane)
 
@@ -240,6 +254,8 @@ class _Options:
         if isinstance(self.neuron, str) and self.neuron == "auto":
             quantized = any(getattr(op, "quantized", False) for op in ops)
             self.neuron = "buffered" if quantized else "if"
+        if isinstance(self.per_channel, str):  # "auto"
+            self.per_channel = _PER_CHANNEL and _per_channel_scales_fit(ops)
 
     def membrane_for(self, op):
         """Initial membrane (fraction of the threshold) of the neurons of `op`.
@@ -272,6 +288,21 @@ class _Options:
         return _NEURONS[self.neuron](
             spike_max=self.spike_max, initial_membrane=self.membrane_for(op)
         )
+
+
+def _per_channel_scales_fit(ops):
+    """Whether every layer can take per-channel input scales.
+
+    A grouped convolution mixes only the channels of its group, and a Reshape
+    between layers moves channels across space; neither can absorb a scale per
+    input channel, so such networks keep one ceiling per layer.
+    """
+    for op in ops:
+        if isinstance(op, ir.Linear) and op.config.get("groups", 1) != 1:
+            return False
+        if isinstance(op, ir.Shape) and isinstance(op.layer, keras.layers.Reshape):
+            return False
+    return True
 
 
 # ------------------------------------------------------------------ input
@@ -732,19 +763,29 @@ class _NetworkBuilder:
         input_ceiling = 1.0
         encoded = options.input_encoding != "analog"
         estimator = CeilingEstimator(options.percentile, options.per_channel)
+        # One input ceiling (an encoder has one threshold), measured over every
+        # value: the batch's last axis is not the channels in channels_first models.
+        input_estimator = CeilingEstimator(options.percentile, per_channel=False)
         if calibration_data is not None and options.normalization != "none" and (data_keys or encoded):
             reader = CalibrationReader(calibration_data, self.frame_shape)
+            negative, lowest = 0, 0.0  # inputs a spike encoder cannot represent
             for batch in reader:
                 values = analog_forward(graph, batch, {keys[k]: v for k, v in max_values.items()})
                 for key in data_keys:
                     value = values[keys[key]]  # a signed layer's ceiling bounds |value|
                     estimator.add(key, np.abs(value) if by_key[key].signed else value)
                 if encoded:
-                    estimator.add("__input__", np.maximum(batch, 0))
+                    input_estimator.add("__input__", np.maximum(batch, 0))
+                    negative += int(np.count_nonzero(batch < 0))
+                    lowest = min(lowest, float(batch.min()))
             reader.finish()
-            _warn_unmeasured_ceilings(reader, estimator, data_keys, encoded, self.ops)
+            if negative:
+                _refuse_negative_encoded_input(options.input_encoding, negative, reader, lowest)
+            _warn_unmeasured_ceilings(
+                reader, estimator, input_estimator, data_keys, encoded, self.ops
+            )
             if encoded:
-                input_ceiling = float(estimator.ceiling("__input__").max())
+                input_ceiling = float(input_estimator.ceiling("__input__").max())
         ceilings = {
             key: estimator.ceiling(key) if key in data_keys else None for key in keys
         }
@@ -810,7 +851,22 @@ class _NetworkBuilder:
             scales[op.key] = np.broadcast_to(out_vec, out_shape).astype("float32")
 
 
-def _warn_unmeasured_ceilings(reader, estimator, data_keys, encoded, ops):
+def _refuse_negative_encoded_input(encoding, negative, reader, lowest):
+    """Spiking and Poisson input fire at rate x / ceiling: a negative x never fires.
+
+    The network would see 0 wherever the ANN saw a negative input (a signed
+    signal, standardised images), which silently costs accuracy.
+    """
+    raise ConversionError(
+        f"input_encoding='{encoding}' encodes only non-negative inputs (a negative value "
+        f"never fires and reads as 0), but {negative} of the {reader.values} calibration input "
+        f"values are negative (the lowest is {lowest:.4g}). Use input_encoding='analog' (the "
+        "input is the first layer's current, any sign), or shift the inputs to be "
+        "non-negative before training."
+    )
+
+
+def _warn_unmeasured_ceilings(reader, estimator, input_estimator, data_keys, encoded, ops):
     """Warn about ceilings the calibration data could not measure.
 
     A layer that never produced a positive activation on the calibration
@@ -819,7 +875,7 @@ def _warn_unmeasured_ceilings(reader, estimator, data_keys, encoded, ops):
     """
     sources = {op.key: op.source for op in ops}
     silent = [f"'{sources[key]}'" for key in data_keys if not estimator.measured(key)]
-    if encoded and not estimator.measured("__input__"):
+    if encoded and not input_estimator.measured("__input__"):
         silent.insert(0, "the input encoder")
     if not silent:
         return
