@@ -41,12 +41,12 @@ def test_relu_defaults_are_per_channel_ceilings_and_half_threshold_start():
     model, x = relu_conv_model(), calibration()
     default = keras_snn.convert_model(model, x)
     explicit = keras_snn.convert_model(
-        model, x, neuron="if", per_channel=True, initial_membrane=0.5
+        model, x, neuron="buffered", per_channel=True, initial_membrane=0.5
     )
     assert_same_network(default, explicit)
     np.testing.assert_array_equal(default(x[:4]), explicit(x[:4]))
     for layer in spiking_layers(default):  # the pooling neuron too
-        assert isinstance(layer.neuron, keras_snn.neurons.IF)
+        assert isinstance(layer.neuron, keras_snn.neurons.BufferedIF)
         assert layer.neuron.initial_membrane == 0.5
     per_layer = keras_snn.convert_model(model, x, per_channel=False)
     kernels = [np.abs(w.get_weights()[0] - v.get_weights()[0]).max()
@@ -71,16 +71,23 @@ def test_grouped_convolutions_keep_one_ceiling_per_layer():
     )
 
 
-@pytest.mark.parametrize("shift", [0.0, 0.5])
-def test_qrelu_layers_start_at_their_shift_and_other_layers_at_half(shift):
+@pytest.mark.parametrize(
+    "shift, rule, expected",
+    [(0.5, "auto", 0.5), (0.25, "auto", 0.25), (0.0, "auto", 0.5),
+     (0.5, "shift", 0.5), (0.25, "shift", 0.25), (0.0, "shift", 0.0)],
+)
+def test_qrelu_layers_start_at_their_shift_and_other_layers_at_half(shift, rule, expected):
+    # "shift": V(0) = phi theta for every QReLU layer; "auto" does the same for
+    # a shifted QReLU but starts an eq. 1 QReLU (phi = 0) at theta / 2 (measured).
     model = keras.Sequential([
         keras.Input((6,)), keras.layers.Dense(5), QReLU(levels=4, shift=shift),
         keras.layers.Dense(5, activation="relu"), keras.layers.Dense(2),
     ])
-    snn = keras_snn.convert_model(model, np.random.default_rng(0).random((32, 6)))
+    snn = keras_snn.convert_model(
+        model, np.random.default_rng(0).random((32, 6)), initial_membrane=rule
+    )
     membranes = [layer.neuron.initial_membrane for layer in spiking_layers(snn)]
-    assert membranes == [shift, 0.5]
-    # Any QReLU makes the model "quantized": buffered neurons throughout.
+    assert membranes == [expected, 0.5]
     assert all(isinstance(layer.neuron, keras_snn.neurons.BufferedIF)
                for layer in spiking_layers(snn))
 

@@ -41,10 +41,12 @@ _NORMALIZATIONS = ("auto", "percentile", "max", "none")
 _ENCODINGS = ("analog", "spiking", "poisson")
 _NEURONS = {"if": neurons_lib.IF, "buffered": neurons_lib.BufferedIF, "lif": neurons_lib.LIF}
 _NEURON_CHOICES = ("auto",) + tuple(_NEURONS)
+_MEMBRANE_RULES = ("auto", "shift")
 # initial_membrane="auto" for layers that are not QReLU (ReLU, pooling, input).
 _RELU_MEMBRANE = 0.5
 # per_channel="auto": per-channel ceilings wherever the network can carry them.
 _PER_CHANNEL = True
+_AUTO_NEURON = "buffered"
 
 
 def convert_model(
@@ -104,8 +106,8 @@ def convert_model(
             data (e.g. all-zero data) gets ceiling 1 with a warning naming it.
         timesteps: default simulation length of the returned model.
         neuron: "if", "buffered" (negative spikes undo over-fire), "lif"
-            (leak 1, to be trained), "auto" ("buffered" for models with QReLU
-            activations (seed 004), "if" otherwise), or a
+            (leak 1, to be trained), "auto" (default: "buffered", measured
+            best for ReLU and QReLU models), or a
             `keras_snn.neurons.Neuron` used as the template for every layer
             (e.g. `IF(reset="zero")` for a NIR-exact model).
         spike_max: largest multi-bit spike per step (1 = binary spikes).
@@ -122,15 +124,17 @@ def convert_model(
             in [0, 1]) without data; they encode non-negative inputs only, and
             calibration data with negative values is refused.
         initial_membrane: initial membrane as a fraction of the threshold
-            in [0, 1) (0.5 halves the rounding error), or "auto": a layer
-            with a QReLU starts at the QReLU's `shift` phi, so that its spike
-            count after T steps of a constant input is
+            in [0, 1) for every layer (0.5 halves the rounding error), or a
+            rule. "shift": a layer with a QReLU starts at the QReLU's `shift`
+            phi, so that its spike count after T steps of a constant input is
             `clip(floor(T z / theta + phi), 0, T)`, the QReLU's own rounding
             (its level exactly at T = levels; with phi = 0.5, QCFS, ANN and
             SNN agree in expectation at every T); other layers (ReLU,
             pooling, a spiking input) start at 0.5, which centres their
-            rounding error. Signed neurons always start at 0. The "auto"
-            choices were measured on the repo's benchmark models
+            rounding error. "auto" (default): as "shift", except that an
+            eq. 1 QReLU (phi = 0) starts at 0.5 too, which was much better on
+            the deeper measured network. Signed neurons always start at 0.
+            The "auto" choices were measured on the repo's benchmark models
             (benchmarks/RESULTS.md, "Conversion defaults").
         head: name of a top-level layer from which the rest of the model runs
             as an ordinary ANN on the spiking part's readout (hybrid inference,
@@ -203,11 +207,11 @@ class _Options:
                  per_channel, input_encoding, initial_membrane):
         if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 1:
             raise ConversionError(f"`timesteps` must be an int >= 1; received {timesteps!r}.")
-        auto_membrane = isinstance(initial_membrane, str) and initial_membrane == "auto"
+        auto_membrane = isinstance(initial_membrane, str) and initial_membrane in _MEMBRANE_RULES
         if isinstance(initial_membrane, str) and not auto_membrane:
             raise ConversionError(
-                "`initial_membrane` must be 'auto' or a fraction of the threshold in [0, 1); "
-                f"received {initial_membrane!r}."
+                f"`initial_membrane` must be one of {_MEMBRANE_RULES} or a fraction of the "
+                f"threshold in [0, 1); received {initial_membrane!r}."
             )
         if isinstance(neuron, neurons_lib.Neuron):
             if spike_max != 1 or not (auto_membrane or initial_membrane == 0.0):
@@ -247,28 +251,32 @@ class _Options:
             )
         self.per_channel = per_channel if isinstance(per_channel, str) else bool(per_channel)
         self.input_encoding = input_encoding
-        self.initial_membrane = "auto" if auto_membrane else float(initial_membrane)
+        self.initial_membrane = initial_membrane if auto_membrane else float(initial_membrane)
 
     def resolve(self, ops):
         """Settle the "auto" choices that depend on the model."""
         if isinstance(self.neuron, str) and self.neuron == "auto":
-            quantized = any(getattr(op, "quantized", False) for op in ops)
-            self.neuron = "buffered" if quantized else "if"
+            # Negative spikes undo the over-fire of an early start (theta/2);
+            # measured better than IF on ReLU and QReLU models alike.
+            self.neuron = _AUTO_NEURON
         if isinstance(self.per_channel, str):  # "auto"
             self.per_channel = _PER_CHANNEL and _per_channel_scales_fit(ops)
 
     def membrane_for(self, op):
         """Initial membrane (fraction of the threshold) of the neurons of `op`.
 
-        "auto": a QReLU layer starts at its shift phi, which makes the spike
+        "shift": a QReLU layer starts at its shift phi, which makes the spike
         count after T steps `floor(T z / theta + phi)`, the QReLU's own
-        rounding rule (exact at T = levels); other layers start at
-        `_RELU_MEMBRANE`.
+        rounding rule (exact at T = levels). "auto": the same for a shifted
+        (QCFS) QReLU, but theta/2 for an eq. 1 QReLU (phi = 0), which was far
+        better on the measured deeper networks (benchmarks/RESULTS.md). Every
+        other layer starts at `_RELU_MEMBRANE`.
         """
-        if self.initial_membrane != "auto":
+        if not isinstance(self.initial_membrane, str):
             return self.initial_membrane
         if op is not None and getattr(op, "quantized", False):
-            return op.shift
+            if self.initial_membrane == "shift" or op.shift > 0.0:
+                return op.shift
         return _RELU_MEMBRANE
 
     def make_input_neuron(self):
