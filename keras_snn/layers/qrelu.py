@@ -30,13 +30,15 @@ class QReLU(keras.layers.Layer):
     `V(0) = phi * theta`, driven by a constant current `z`, has emitted
     `clip(floor(T z / theta + phi), 0, T)` spikes after T steps: at
     `T = levels` exactly the QReLU's level, and at every other T the same
-    rounding rule at resolution 1/T. `convert_model` therefore starts each
-    layer's membrane at `shift` times its threshold
-    (`initial_membrane="auto"`). With `phi = 0.5` the rounding error of
-    both the ANN and the SNN has mean zero, so they agree in expectation at
-    every T (QCFS Theorem 2); with `phi = 0` the SNN's rate is on average
-    `theta / (2T)` under its input, the ANN's `lambda_b / (2P)`, and they
-    agree only at `T = P`.
+    rounding rule at resolution 1/T. `convert_model` therefore starts a
+    shifted QReLU layer's membrane at `shift` times its threshold (the
+    default `initial_membrane="auto"`; "shift" does it for `shift=0` too).
+    With `phi = 0.5` the rounding error of both the ANN and the SNN has mean
+    zero, so they agree in expectation at every T (QCFS Theorem 2); with
+    `phi = 0` the SNN's rate is on average `theta / (2T)` under its input,
+    the ANN's `lambda_b / (2P)`, and they agree only at `T = P`. ("auto"
+    starts eq. 1 layers at theta/2 all the same: on deep networks that was
+    measured far better, benchmarks/RESULTS.md.)
 
     Gradients use a straight-through estimator: the gradient of the clipped
     ReLU, 1 for `0 < x < lambda_b`; the bound gets the gradient of the clip,
