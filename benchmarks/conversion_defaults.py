@@ -41,11 +41,14 @@ flags.DEFINE_integer("levels", 8, "QReLU quantisation levels.")
 flags.DEFINE_integer("test_items", 1000, "Test images evaluated.")
 flags.DEFINE_integer("calibration", 2000, "Training images for data ceilings.")
 flags.DEFINE_string("model_dir", None, "Cache trained ANNs here (reused when present).")
-flags.DEFINE_list("models", ["conv_mnist", "resnet_small"], "keras_snn.applications names.")
+flags.DEFINE_list("models", ["conv_mnist", "resnet_small"],
+                  "keras_snn.applications or benchmarks.common.ARCHITECTURES names.")
 flags.DEFINE_list("activations", ["relu", "qrelu", "qcfs"], "relu, qrelu (shift 0), qcfs (shift 0.5).")
 flags.DEFINE_list("relu_timesteps", ["4", "8", "16", "32", "64", "128"], "T reported, ReLU models.")
 flags.DEFINE_list("qrelu_timesteps", ["1", "2", "4", "8", "16", "32"], "T reported, QReLU models.")
 flags.DEFINE_boolean("train_only", False, "Train and cache the ANNs, convert nothing.")
+flags.DEFINE_boolean("defaults_only", False,
+                     "Only the library default (and, for QReLU models, with spike_max=2).")
 
 SHIFTS = {"qrelu": 0.0, "qcfs": 0.5}
 OLD_DEFAULTS = {"relu": dict(neuron="if", per_channel=False, initial_membrane=0.0),
@@ -53,10 +56,11 @@ OLD_DEFAULTS = {"relu": dict(neuron="if", per_channel=False, initial_membrane=0.
 
 
 def build(name, activation, input_shape):
+    builder = common.ARCHITECTURES.get(name) or getattr(applications, name)
     if activation == "relu":
-        return getattr(applications, name)(input_shape=input_shape)
+        return builder(input_shape=input_shape)
     shift = SHIFTS[activation]
-    return getattr(applications, name)(
+    return builder(
         input_shape=input_shape,
         activation=lambda: QReLU(levels=FLAGS.levels, initial_bound=1.0, shift=shift),
     )
@@ -64,6 +68,9 @@ def build(name, activation, input_shape):
 
 def settings(kind):
     """(label, options) rows: library default, old defaults, then the grid."""
+    if FLAGS.defaults_only:
+        extra = [] if kind == "relu" else [("library default, spike_max=2", {"spike_max": 2})]
+        return [("library default", {})] + extra
     rows = [("library default", {}), ("old defaults", OLD_DEFAULTS[kind])]
     if kind == "relu":
         grid = itertools.product(("if", "buffered"), (False, True), (0.0, 0.5), (1,))
