@@ -176,4 +176,25 @@ def inverted_residual_net(input_shape=(28, 28, 1), classes=10):
     return keras.Model(inputs, outputs, name="inverted_residual")
 
 
-ARCHITECTURES = {"inverted_residual": inverted_residual_net}
+def vgg_small(input_shape=(28, 28, 1), classes=10, activation="relu"):
+    """A VGG-style net with 9 weighted layers: 2x32, pool, 2x64, pool, 3x128, pool, 128, classes.
+
+    3x3 'same' convolutions, each followed by BatchNormalization (momentum 0.9, no scale) and
+    the activation ("relu" or a callable making a layer, e.g. a QReLU); average pooling.
+    """
+    def act():
+        return keras.layers.ReLU() if activation == "relu" else activation()
+
+    layers = [keras.Input(input_shape)]
+    for filters, count in ((32, 2), (64, 2), (128, 3)):
+        for _ in range(count):
+            layers += [keras.layers.Conv2D(filters, 3, padding="same"),
+                       keras.layers.BatchNormalization(momentum=0.9, scale=False), act()]
+        layers.append(keras.layers.AveragePooling2D(2))
+    layers += [keras.layers.Flatten(), keras.layers.Dense(128),
+               keras.layers.BatchNormalization(momentum=0.9, scale=False), act(),
+               keras.layers.Dense(classes)]
+    return keras.Sequential(layers, name="vgg_small")
+
+
+ARCHITECTURES = {"inverted_residual": inverted_residual_net, "vgg_small": vgg_small}

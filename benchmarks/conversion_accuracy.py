@@ -39,6 +39,7 @@ flags.DEFINE_list(
 flags.DEFINE_float("percentile", 99.99, "Normalisation percentile.")
 flags.DEFINE_boolean("per_channel", False, "Per-channel ceilings.")
 flags.DEFINE_float("initial_membrane", 0.0, "Initial membrane (fraction of threshold).")
+flags.DEFINE_string("neuron", "if", "convert_model neuron (the recorded tables used IF).")
 flags.DEFINE_string("model_dir", None, "Cache trained ANNs here (reused when present).")
 flags.DEFINE_string("synapse_dtype", None, "SpikingModel synapse_dtype, e.g. bfloat16.")
 flags.DEFINE_enum("pooling", "average", ["average", "max"], "Pooling of the architectures.")
@@ -67,14 +68,15 @@ def main(_):
         snn = keras_snn.convert_model(
             model, x_train[: FLAGS.calibration], normalization=FLAGS.normalization,
             percentile=FLAGS.percentile, per_channel=FLAGS.per_channel,
-            initial_membrane=FLAGS.initial_membrane,
+            initial_membrane=FLAGS.initial_membrane, neuron=FLAGS.neuron,
         )
         snn = snn.with_options(synapse_dtype=FLAGS.synapse_dtype)
         accuracy = keras_snn.simulate(snn, x_eval, y_eval, timesteps=steps[-1], verbose=0).accuracy
         print(
             f"\n{name}: {FLAGS.epochs} epochs ({seconds:.0f} s training), ANN {100 * ann:.2f}%, "
             f"pooling={FLAGS.pooling}, normalization={FLAGS.normalization}, "
-            f"per_channel={FLAGS.per_channel}, initial_membrane={FLAGS.initial_membrane}"
+            f"per_channel={FLAGS.per_channel}, initial_membrane={FLAGS.initial_membrane}, "
+            f"neuron={FLAGS.neuron}"
         )
         print("| T | SNN top-1 | ANN top-1 | SNN - ANN |")
         print("|---|---|---|---|")

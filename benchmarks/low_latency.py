@@ -58,12 +58,16 @@ def main(_):
     bounds = [float(layer.bound) for layer in qrelu.layers if isinstance(layer, QReLU)]
     print(f"ANN accuracy: ReLU {100 * ann['relu']:.2f}%, QReLU({FLAGS.levels}) "
           f"{100 * ann['qrelu']:.2f}%; learned bounds {[round(b, 3) for b in bounds]}")
+    # Options are explicit (membrane from 0 unless V0 is named, per-layer
+    # ceilings), so the rows mean what they say whatever convert_model's defaults.
     settings = [
         ("ReLU + percentile, IF", relu, "relu",
-         dict(calibration_data=x_train[: FLAGS.calibration], normalization="percentile", neuron="if")),
-        ("QReLU, IF", qrelu, "qrelu", dict(neuron="if")),
-        ("QReLU, buffered", qrelu, "qrelu", dict(neuron="buffered")),
-        ("QReLU, buffered, spike_max=2", qrelu, "qrelu", dict(neuron="buffered", spike_max=2)),
+         dict(calibration_data=x_train[: FLAGS.calibration], normalization="percentile",
+              neuron="if", per_channel=False, initial_membrane=0.0)),
+        ("QReLU, IF", qrelu, "qrelu", dict(neuron="if", initial_membrane=0.0)),
+        ("QReLU, buffered", qrelu, "qrelu", dict(neuron="buffered", initial_membrane=0.0)),
+        ("QReLU, buffered, spike_max=2", qrelu, "qrelu",
+         dict(neuron="buffered", spike_max=2, initial_membrane=0.0)),
         ("QReLU, IF, V0=theta/2", qrelu, "qrelu", dict(neuron="if", initial_membrane=0.5)),
         ("QReLU, buffered, V0=theta/2", qrelu, "qrelu",
          dict(neuron="buffered", initial_membrane=0.5)),

@@ -106,7 +106,7 @@ def keras_snn_rows(model, x_train, x_test, y_test):
 
     snn = keras_snn.convert_model(
         model, x_train[: FLAGS.calibration], timesteps=steps, normalization="percentile",
-        per_channel=FLAGS.per_channel, initial_membrane=FLAGS.initial_membrane,
+        per_channel=FLAGS.per_channel, initial_membrane=FLAGS.initial_membrane, neuron="if",
     )
 
     def simulator(variant):

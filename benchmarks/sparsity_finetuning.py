@@ -43,7 +43,10 @@ flags.DEFINE_string("model_dir", None, "Cache trained ANNs here (reused when pre
 def report(name, model, x_train, x_eval, y_eval):
     ann = common.ann_accuracy(model, x_eval, y_eval)
     sparsity = keras_snn.measure_sparsity(model, x_eval)
-    snn = keras_snn.convert_model(model, x_train[:2000], normalization="percentile")
+    snn = keras_snn.convert_model(  # the defaults when RESULTS.md's table was made
+        model, x_train[:2000], normalization="percentile", neuron="if", per_channel=False,
+        initial_membrane=0.0,
+    )
     result = keras_snn.simulate(snn, x_eval, y_eval, timesteps=FLAGS.timesteps, verbose=0)
     threshold = 0.99 * result.accuracy[-1]
     return {

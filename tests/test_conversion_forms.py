@@ -118,7 +118,10 @@ def test_max_pooling_of_a_linear_layer_pools_signed_counts():
     ])
     kernel, _ = ann.get_layer("linear").get_weights()
     ann.get_layer("linear").set_weights([kernel, np.array([-1.5, -0.3, 0.0], "float32")])
-    snn = keras_snn.convert_model(ann, IMAGES, normalization="max", timesteps=400)
+    # One ceiling for the layer (per_channel=False), the scale the readout is checked in.
+    snn = keras_snn.convert_model(
+        ann, IMAGES, normalization="max", per_channel=False, timesteps=400
+    )
     assert isinstance(snn.network.get_layer("linear").neuron, keras_snn.neurons.SignedIF)
     expected = ann.predict(IMAGES[:16], verbose=0)
     assert expected.min() < 0  # some channel maxima are negative

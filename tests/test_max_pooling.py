@@ -267,7 +267,11 @@ def test_qrelu_model_with_max_pooling_converts_with_buffered_multibit_neurons():
     ann = max_pool_ann([keras.layers.Conv2D(6, 3, padding="same"),
                         layers.QReLU(levels=4, initial_bound=1.0),
                         keras.layers.MaxPooling2D(2)])
-    snn = keras_snn.convert_model(ann, IMAGES, spike_max=2)
+    # The options that were the defaults when this test was written (the
+    # error from rest shrinks with T); "auto" starts near its floor already.
+    snn = keras_snn.convert_model(
+        ann, IMAGES, spike_max=2, per_channel=False, initial_membrane=0.0
+    )
     pool = next(l for l in snn.network.layers if isinstance(l, layers.SpikingMaxPooling2D))
     producer = snn.network.layers[snn.network.layers.index(pool) - 1]
     assert isinstance(producer.neuron, neurons.BufferedIF)

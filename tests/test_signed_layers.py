@@ -46,7 +46,10 @@ def test_a_hidden_linear_layer_gets_signed_neurons_scaled_by_its_absolute_ceilin
         keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(12, name="linear"),
         keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3),
     ])
-    snn = keras_snn.convert_model(ann, IMAGES, normalization="max", timesteps=400)
+    # One ceiling for the layer (per_channel=False), the one the kernel is checked against.
+    snn = keras_snn.convert_model(
+        ann, IMAGES, normalization="max", per_channel=False, timesteps=400
+    )
     linear = snn.network.get_layer("linear")
     assert isinstance(linear.neuron, neurons.SignedIF)
     hidden = keras.Model(ann.inputs, ann.get_layer("linear").output).predict(IMAGES, verbose=0)
@@ -138,7 +141,8 @@ def test_batch_norm_after_an_add_or_a_concatenation_becomes_a_depthwise_layer():
             RNG.uniform(0.5, 1.5, channels), RNG.uniform(0.0, 0.3, channels),
             RNG.normal(0.0, 0.1, channels), RNG.uniform(0.5, 1.5, channels),
         ])
-    snn = keras_snn.convert_model(ann, IMAGES, timesteps=300, normalization="max")
+    # neuron="if": the neuron the ReLU fused into is checked to be the plain, unsigned one.
+    snn = keras_snn.convert_model(ann, IMAGES, timesteps=300, normalization="max", neuron="if")
     preact = snn.network.get_layer("preact_bn")
     assert isinstance(preact, layers.SpikingDepthwiseConv2D) and preact.kernel_size == (1, 1)
     assert isinstance(preact.neuron, neurons.IF)  # the ReLU fused into it
@@ -186,7 +190,8 @@ def test_relu_that_cannot_fuse_becomes_a_spiking_identity_layer():
     x = keras.layers.Add()([keras.layers.Conv2D(4, 3, padding="same")(relu), shortcut])
     outputs = keras.layers.Dense(3)(keras.layers.Flatten()(keras.layers.ReLU()(x)))
     ann = keras.Model(inputs, outputs)
-    snn = keras_snn.convert_model(ann, IMAGES, normalization="max", timesteps=400)
+    # neuron="if": the identity layer's neuron is checked to be the plain, unsigned one.
+    snn = keras_snn.convert_model(ann, IMAGES, normalization="max", timesteps=400, neuron="if")
     identity = snn.network.get_layer("relu")
     assert isinstance(identity, layers.SpikingDepthwiseConv2D)
     assert isinstance(identity.neuron, neurons.IF)

@@ -42,6 +42,12 @@ from keras_snn.simulation import SpikingModel
 
 _NORMALIZATIONS = ("auto", "percentile", "max", "none")
 _ENCODINGS = ("analog", "spiking", "poisson")
+_MEMBRANE_RULES = ("auto", "shift")
+# initial_membrane="auto" for layers that are not QReLU (ReLU, pooling, input).
+_RELU_MEMBRANE = 0.5
+# per_channel="auto": per-channel ceilings wherever the network can carry them.
+_PER_CHANNEL = True
+_AUTO_NEURON = "buffered"
 
 
 def convert_model(
@@ -53,9 +59,9 @@ def convert_model(
     spike_max=1,
     normalization="auto",
     percentile=99.99,
-    per_channel=False,
+    per_channel="auto",
     input_encoding="analog",
-    initial_membrane=0.0,
+    initial_membrane="auto",
     head=None,
 ):
     """Convert a trained ReLU Keras model into a `keras_snn.SpikingModel`.
@@ -107,8 +113,8 @@ def convert_model(
             and input scales are per position); convert again for another.
         timesteps: default simulation length of the returned model.
         neuron: "if", "buffered" (negative spikes undo over-fire), "lif"
-            (leak 1, to be trained), "auto" ("buffered" for models with QReLU
-            activations (seed 004), "if" otherwise), any other name
+            (leak 1, to be trained), "auto" (default: "buffered", measured
+            best for ReLU and QReLU models), any other name
             `keras_snn.neurons.get` resolves (a class added with
             `keras_snn.neurons.register_neuron`), built with `spike_max`
             and `initial_membrane`, or a `keras_snn.neurons.Neuron` used as
@@ -117,14 +123,29 @@ def convert_model(
         spike_max: largest multi-bit spike per step (1 = binary spikes).
         normalization: "auto", "percentile", "max" or "none".
         percentile: the percentile (0, 100] for data ceilings.
-        per_channel: one ceiling per output channel instead of per layer.
+        per_channel: one ceiling per output channel (True) or per layer
+            (False) for ceilings measured on data; "auto" (default): per
+            channel, except for networks with grouped convolutions or a
+            Reshape between layers (which cannot carry per-channel scales).
         input_encoding: "analog" (the input is the first layer's current),
             "spiking" (IF input neurons, rate = x / input ceiling) or
             "poisson" (Bernoulli spikes with that rate). For the last two the
             input ceiling is the calibration data's percentile, or 1 (inputs
-            in [0, 1]) without data.
+            in [0, 1]) without data; they encode non-negative inputs only, and
+            calibration data with negative values is refused.
         initial_membrane: initial membrane as a fraction of the threshold
-            (0.5 halves the rounding error).
+            in [0, 1) for every layer (0.5 halves the rounding error), or a
+            rule. "shift": a layer with a QReLU starts at the QReLU's `shift`
+            phi, so that its spike count after T steps of a constant input is
+            `clip(floor(T z / theta + phi), 0, T)`, the QReLU's own rounding
+            (its level exactly at T = levels; with phi = 0.5, QCFS, ANN and
+            SNN agree in expectation at every T); other layers (ReLU,
+            pooling, a spiking input) start at 0.5, which centres their
+            rounding error. "auto" (default): as "shift", except that an
+            eq. 1 QReLU (phi = 0) starts at 0.5 too, which was much better on
+            the deeper measured network. Signed neurons always start at 0.
+            The "auto" choices were measured on the repo's benchmark models
+            (benchmarks/RESULTS.md, "Conversion defaults").
         head: name of a top-level layer from which the rest of the model runs
             as an ordinary ANN on the spiking part's readout (hybrid inference,
             seed 004 C), for heads without a spiking form.
@@ -137,7 +158,8 @@ def convert_model(
         ConversionError: for an unsupported layer or argument, or missing
             calibration data (naming the layers that need it), or calibration
             data of the wrong shape or type, empty, or holding non-finite
-            values (with their count).
+            values (with their count), or negative values with a spiking or
+            Poisson input encoding (with their count).
 
     Example:
 
@@ -178,9 +200,7 @@ def convert_model(
     layout = rewrite_to_channels_last(
         ops, graph.input_keys[0], tuple(keras_model.inputs[0].shape[1:]), output_key
     )
-    if isinstance(options.neuron, str) and options.neuron == "auto":
-        quantized = any(getattr(op, "quantized", False) for op in ops)
-        options.neuron = "buffered" if quantized else "if"
+    options.resolve(ops)
     needs_data = _layers_needing_data(ops, options)
     if needs_data and calibration_data is None:
         raise ConversionError(
@@ -201,8 +221,14 @@ class _Options:
                  per_channel, input_encoding, initial_membrane):
         if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 1:
             raise ConversionError(f"`timesteps` must be an int >= 1; received {timesteps!r}.")
+        auto_membrane = isinstance(initial_membrane, str) and initial_membrane in _MEMBRANE_RULES
+        if isinstance(initial_membrane, str) and not auto_membrane:
+            raise ConversionError(
+                f"`initial_membrane` must be one of {_MEMBRANE_RULES} or a fraction of the "
+                f"threshold in [0, 1); received {initial_membrane!r}."
+            )
         if isinstance(neuron, neurons_lib.Neuron):
-            if spike_max != 1 or initial_membrane != 0.0:
+            if spike_max != 1 or not (auto_membrane or initial_membrane == 0.0):
                 raise ConversionError(
                     "With a Neuron instance as `neuron`, set spike_max and initial_membrane "
                     "on the instance, not as convert_model arguments."
@@ -220,7 +246,9 @@ class _Options:
         if not 0.0 < float(percentile) <= 100.0:
             raise ConversionError(f"`percentile` must be in (0, 100]; received {percentile!r}.")
         try:  # validate spike_max and initial_membrane once, with the neuron's messages
-            neurons_lib.IF(spike_max=spike_max, initial_membrane=initial_membrane)
+            neurons_lib.IF(
+                spike_max=spike_max, initial_membrane=0.0 if auto_membrane else initial_membrane
+            )
         except ValueError as error:
             raise ConversionError(str(error)) from None
         self.timesteps = timesteps
@@ -228,25 +256,55 @@ class _Options:
         self.spike_max = neuron.spike_max if isinstance(neuron, neurons_lib.Neuron) else spike_max
         self.normalization = normalization
         self.percentile = 100.0 if normalization == "max" else float(percentile)
-        self.per_channel = bool(per_channel)
+        if isinstance(per_channel, str) and per_channel != "auto":
+            raise ConversionError(
+                f"`per_channel` must be 'auto', True or False; received {per_channel!r}."
+            )
+        self.per_channel = per_channel if isinstance(per_channel, str) else bool(per_channel)
         self.input_encoding = input_encoding
-        self.initial_membrane = float(initial_membrane)
+        self.initial_membrane = initial_membrane if auto_membrane else float(initial_membrane)
+
+    def resolve(self, ops):
+        """Settle the "auto" choices that depend on the model."""
+        if isinstance(self.neuron, str) and self.neuron == "auto":
+            # Negative spikes undo the over-fire of an early start (theta/2);
+            # measured better than IF on ReLU and QReLU models alike.
+            self.neuron = _AUTO_NEURON
+        if isinstance(self.per_channel, str):  # "auto"
+            self.per_channel = _PER_CHANNEL and _per_channel_scales_fit(ops)
+
+    def membrane_for(self, op):
+        """Initial membrane (fraction of the threshold) of the neurons of `op`.
+
+        "shift": a QReLU layer starts at its shift phi, which makes the spike
+        count after T steps `floor(T z / theta + phi)`, the QReLU's own
+        rounding rule (exact at T = levels). "auto": the same for a shifted
+        (QCFS) QReLU, but theta/2 for an eq. 1 QReLU (phi = 0), which was far
+        better on the measured deeper networks (benchmarks/RESULTS.md). Every
+        other layer starts at `_RELU_MEMBRANE`.
+        """
+        if not isinstance(self.initial_membrane, str):
+            return self.initial_membrane
+        if op is not None and getattr(op, "quantized", False):
+            if self.initial_membrane == "shift" or op.shift > 0.0:
+                return op.shift
+        return _RELU_MEMBRANE
 
     def make_input_neuron(self):
         """Binary IF for a spiking input layer, sharing the layers' reset and start."""
         template = self.neuron if isinstance(self.neuron, neurons_lib.IF) else None
         if template is None:
-            return neurons_lib.IF(initial_membrane=self.initial_membrane)
+            return neurons_lib.IF(initial_membrane=self.membrane_for(None))
         return neurons_lib.IF(initial_membrane=template.initial_membrane, reset=template.reset)
 
     def make_signed_neuron(self):
         """Signed IF for a layer without ReLU; it starts at 0 to round both signs alike."""
         return neurons_lib.SignedIF(spike_max=self.spike_max)
 
-    def make_neuron(self):
+    def make_neuron(self, op):
         if isinstance(self.neuron, neurons_lib.Neuron):  # a template: one copy per layer
             return copy.deepcopy(self.neuron)  # needs no registration, unlike a config copy
-        return _named_neuron(self.neuron, self.spike_max, self.initial_membrane)
+        return _named_neuron(self.neuron, self.spike_max, self.membrane_for(op))
 
 
 def _check_neuron_name(neuron):
@@ -275,6 +333,21 @@ def _named_neuron(name, spike_max, initial_membrane):
             f"spike_max={spike_max!r}, initial_membrane={initial_membrane!r}: {error}. "
             "Pass a configured keras_snn.neurons.Neuron instance instead."
         ) from None
+
+
+def _per_channel_scales_fit(ops):
+    """Whether every layer can take per-channel input scales.
+
+    A grouped convolution mixes only the channels of its group, and a Reshape
+    between layers moves channels across space; neither can absorb a scale per
+    input channel, so such networks keep one ceiling per layer.
+    """
+    for op in ops:
+        if isinstance(op, ir.Linear) and op.config.get("groups", 1) != 1:
+            return False
+        if isinstance(op, ir.Shape) and isinstance(op.layer, keras.layers.Reshape):
+            return False
+    return True
 
 
 # ------------------------------------------------------------------ input
@@ -515,7 +588,7 @@ def _fuse_activations(ops, output_key):
             fusable = isinstance(producer, (ir.Linear, ir.Merge)) and not producer.spiking
             if fusable and ir.consumers(ops, producer.key) == [op]:
                 producer.spiking, producer.max_value = True, op.max_value
-                producer.quantized = op.quantized
+                producer.quantized, producer.shift = op.quantized, op.shift
             elif _nonnegative(producer, by_key) and op.max_value is None:
                 pass  # ReLU of spikes (e.g. after pooling) changes nothing
             elif _relu_as_identity_layer(ops, op, by_key):
@@ -568,7 +641,7 @@ def _relu_as_identity_layer(ops, relu, by_key):
     identity = ir.Linear(
         relu.key, relu.inputs, relu.source, spiking_class, config, kernel,
         np.zeros(channels, "float32"), spiking=True, max_value=relu.max_value,
-        quantized=relu.quantized,
+        quantized=relu.quantized, shift=relu.shift,
     )
     ops[ops.index(relu)] = identity
     by_key[relu.key] = identity
@@ -799,7 +872,9 @@ class _NetworkBuilder:
         neuron = None
         if getattr(op, "spiking", False):
             signed = getattr(op, "signed", False)
-            neuron = self.options.make_signed_neuron() if signed else self.options.make_neuron()
+            neuron = (
+                self.options.make_signed_neuron() if signed else self.options.make_neuron(op)
+            )
         if isinstance(op, ir.Linear):
             return op.spiking_class(**{**op.config, "name": name}, neuron=neuron)
         if isinstance(op, ir.Merge):
@@ -815,8 +890,9 @@ class _NetworkBuilder:
             pool_neuron = None
             if input_spikes:
                 signed = any(key in self.signed for key in op.inputs)
-                make = self.options.make_signed_neuron if signed else self.options.make_neuron
-                pool_neuron = make()
+                pool_neuron = (
+                    self.options.make_signed_neuron() if signed else self.options.make_neuron(op)
+                )
             return op.spiking_class(**{**op.config, "name": name}, neuron=pool_neuron)
         return op.layer
 
@@ -839,24 +915,34 @@ class _NetworkBuilder:
         input_ceiling = 1.0
         encoded = options.input_encoding != "analog"
         estimator = CeilingEstimator(options.percentile, options.per_channel)
+        # One input ceiling (an encoder has one threshold), measured over every
+        # value: the batch's last axis is not the channels in channels_first models.
+        input_estimator = CeilingEstimator(options.percentile, per_channel=False)
         if calibration_data is not None and options.normalization != "none" and (data_keys or encoded):
             reader = CalibrationReader(calibration_data, self.frame_shape)
+            negative, lowest = 0, 0.0  # inputs a spike encoder cannot represent
             for batch in reader:
                 values = analog_forward(graph, batch, {keys[k]: v for k, v in max_values.items()})
                 for key in data_keys:
                     value = values[keys[key]]  # a signed layer's ceiling bounds |value|
                     estimator.add(key, np.abs(value) if by_key[key].signed else value)
                 if encoded:
-                    estimator.add("__input__", np.maximum(batch, 0))
+                    input_estimator.add("__input__", np.maximum(batch, 0))
+                    negative += int(np.count_nonzero(batch < 0))
+                    lowest = min(lowest, float(batch.min()))
             reader.finish()
+            if negative:
+                _refuse_negative_encoded_input(options.input_encoding, negative, reader, lowest)
             # A clipped ReLU the data never activated keeps its bound: no warning.
             data_keys = [
                 key for key in data_keys
                 if _ceiling_from_data(by_key[key], options) or estimator.measured(key)
             ]
-            _warn_unmeasured_ceilings(reader, estimator, data_keys, encoded, self.ops)
+            _warn_unmeasured_ceilings(
+                reader, estimator, input_estimator, data_keys, encoded, self.ops
+            )
             if encoded:
-                input_ceiling = float(estimator.ceiling("__input__").max())
+                input_ceiling = float(input_estimator.ceiling("__input__").max())
         ceilings = {
             key: estimator.ceiling(key) if key in data_keys else None for key in keys
         }
@@ -922,7 +1008,22 @@ class _NetworkBuilder:
             scales[op.key] = np.broadcast_to(out_vec, out_shape).astype("float32")
 
 
-def _warn_unmeasured_ceilings(reader, estimator, data_keys, encoded, ops):
+def _refuse_negative_encoded_input(encoding, negative, reader, lowest):
+    """Spiking and Poisson input fire at rate x / ceiling: a negative x never fires.
+
+    The network would see 0 wherever the ANN saw a negative input (a signed
+    signal, standardised images), which silently costs accuracy.
+    """
+    raise ConversionError(
+        f"input_encoding='{encoding}' encodes only non-negative inputs (a negative value "
+        f"never fires and reads as 0), but {negative} of the {reader.values} calibration input "
+        f"values are negative (the lowest is {lowest:.4g}). Use input_encoding='analog' (the "
+        "input is the first layer's current, any sign), or shift the inputs to be "
+        "non-negative before training."
+    )
+
+
+def _warn_unmeasured_ceilings(reader, estimator, input_estimator, data_keys, encoded, ops):
     """Warn about ceilings the calibration data could not measure.
 
     A layer that never produced a positive activation on the calibration
@@ -931,7 +1032,7 @@ def _warn_unmeasured_ceilings(reader, estimator, data_keys, encoded, ops):
     """
     sources = {op.key: op.source for op in ops}
     silent = [f"'{sources[key]}'" for key in data_keys if not estimator.measured(key)]
-    if encoded and not estimator.measured("__input__"):
+    if encoded and not input_estimator.measured("__input__"):
         silent.insert(0, "the input encoder")
     if not silent:
         return

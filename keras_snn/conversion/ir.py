@@ -31,6 +31,7 @@ class Linear(Op):
     spiking: bool = False
     max_value: float = None
     quantized: bool = False  # the activation was a QReLU
+    shift: float = 0.0  # that QReLU's phi: the neuron starts at phi * threshold
     signed: bool = False  # no ReLU: signed spikes carry the linear value
 
 
@@ -38,6 +39,7 @@ class Linear(Op):
 class Relu(Op):
     max_value: float = None
     quantized: bool = False  # a QReLU: max_value is its learned bound
+    shift: float = 0.0  # the QReLU's phi (0: eq. 1, 0.5: QCFS)
     shape: tuple = None  # per-sample output shape of a ReLU layer (None: inline)
 
 
@@ -73,6 +75,7 @@ class Merge(Op):
     spiking: bool = False
     max_value: float = None
     quantized: bool = False
+    shift: float = 0.0
     signed: bool = False
 
 

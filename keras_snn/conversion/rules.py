@@ -198,7 +198,10 @@ register_conversion_rule(keras.layers.ReLU, _relu_rule)
 def _qrelu_rule(layer, key, inputs):
     # The learned bound is the activation ceiling (seed 004 Alg. 1).
     bound = float(keras.ops.convert_to_numpy(layer.bound))
-    return [ir.Relu(key, inputs, layer.name, bound, quantized=True, shape=_output_shape(layer))]
+    return [ir.Relu(
+        key, inputs, layer.name, bound, quantized=True, shift=float(layer.shift),
+        shape=_output_shape(layer),
+    )]
 
 
 register_conversion_rule(snn_layers.QReLU, _qrelu_rule)

@@ -1,8 +1,10 @@
-"""QReLU: the quantised clipped ReLU with a learnable bound (seed 004, eq. 1).
+"""QReLU: the quantised clipped ReLU with a learnable bound (seed 004, eq. 1; QCFS).
 
 An ANN trained with QReLU converts to an SNN that matches it in about
 `levels` timesteps: the learned bound is the layer's activation ceiling, and
-each quantisation level is one spike.
+each quantisation level is one spike. With `shift=0.5` it is the QCFS
+activation (Bu et al., ICLR 2022), whose SNN starts its membrane at half the
+threshold and agrees with the ANN in expectation at every timestep.
 """
 
 import keras
@@ -11,13 +13,36 @@ from keras import ops
 
 @keras.saving.register_keras_serializable(package="keras_snn")
 class QReLU(keras.layers.Layer):
-    """Quantised clipped ReLU with a learnable upper bound lambda_b.
+    """Quantised clipped ReLU with a learnable upper bound lambda_b and a shift phi.
 
-    `QReLU(x) = 0` for `x <= 0`, `lambda_b` for `x >= lambda_b`, and
-    `floor(x * P / lambda_b) * lambda_b / P` in between, with `P = levels`
-    (seed 004, eq. 1). Gradients use a straight-through estimator: the
-    gradient of the clipped ReLU, 1 for `0 < x < lambda_b`; the bound gets the
-    gradient of the clip, 1 where `x >= lambda_b` (as in PACT).
+    `QReLU(x) = clip(floor(x * P / lambda_b + phi), 0, P) * lambda_b / P`,
+    with `P = levels` and `phi = shift`:
+
+    - `shift=0` is seed 004's eq. 1: 0 for `x <= 0`, `lambda_b` for
+      `x >= lambda_b`, `floor(x * P / lambda_b) * lambda_b / P` in between
+      (the quantised value is never above the clipped ReLU).
+    - `shift=0.5` is QCFS (quantization clip-floor-shift, Bu et al., ICLR
+      2022): it rounds to the nearest level, so the quantisation error has
+      mean zero.
+
+    The shift fixes how the model converts. An IF neuron with reset by
+    subtraction, threshold theta (one level) and initial membrane
+    `V(0) = phi * theta`, driven by a constant current `z`, has emitted
+    `clip(floor(T z / theta + phi), 0, T)` spikes after T steps: at
+    `T = levels` exactly the QReLU's level, and at every other T the same
+    rounding rule at resolution 1/T. `convert_model` therefore starts a
+    shifted QReLU layer's membrane at `shift` times its threshold (the
+    default `initial_membrane="auto"`; "shift" does it for `shift=0` too).
+    With `phi = 0.5` the rounding error of both the ANN and the SNN has mean
+    zero, so they agree in expectation at every T (QCFS Theorem 2); with
+    `phi = 0` the SNN's rate is on average `theta / (2T)` under its input,
+    the ANN's `lambda_b / (2P)`, and they agree only at `T = P`. ("auto"
+    starts eq. 1 layers at theta/2 all the same: on deep networks that was
+    measured far better, benchmarks/RESULTS.md.)
+
+    Gradients use a straight-through estimator: the gradient of the clipped
+    ReLU, 1 for `0 < x < lambda_b`; the bound gets the gradient of the clip,
+    1 where `x >= lambda_b` (as in PACT). The shift is a constant.
 
     Args:
         levels: number of quantisation steps P (>= 1); the SNN needs about
@@ -30,15 +55,19 @@ class QReLU(keras.layers.Layer):
             smaller rate (0.1x); note that a bound that barely moves stays
             near its initial value (DESIGN.md section 4).
         trainable_bound: learn the bound (default) or keep it fixed.
+        shift: phi in [0, 1): 0 (default) is eq. 1 (floor), 0.5 is QCFS
+            (round to the nearest level). Configs saved without it load as 0.
 
     Input shape: any. Output shape: the same.
 
     Example:
 
     >>> import numpy as np
-    >>> layer = QReLU(levels=4, initial_bound=2.0)
-    >>> np.asarray(layer(np.array([-1.0, 0.3, 0.5, 1.2, 3.0], "float32"))).tolist()
+    >>> x = np.array([-1.0, 0.3, 0.5, 1.2, 3.0], "float32")
+    >>> np.asarray(QReLU(levels=4, initial_bound=2.0)(x)).tolist()
     [0.0, 0.0, 0.5, 1.0, 2.0]
+    >>> np.asarray(QReLU(levels=4, initial_bound=2.0, shift=0.5)(x)).tolist()
+    [0.0, 0.5, 0.5, 1.0, 2.0]
     """
 
     def __init__(
@@ -47,6 +76,7 @@ class QReLU(keras.layers.Layer):
         initial_bound=1.0,
         bound_learning_rate_scale=1.0,
         trainable_bound=True,
+        shift=0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -58,10 +88,15 @@ class QReLU(keras.layers.Layer):
             raise ValueError(
                 f"`bound_learning_rate_scale` must be > 0; received {bound_learning_rate_scale!r}."
             )
+        if isinstance(shift, bool) or not 0.0 <= float(shift) < 1.0:
+            raise ValueError(
+                f"`shift` (phi) must be in [0, 1): 0 is eq. 1, 0.5 is QCFS; received {shift!r}."
+            )
         self.levels = levels
         self.initial_bound = float(initial_bound)
         self.bound_learning_rate_scale = float(bound_learning_rate_scale)
         self.trainable_bound = bool(trainable_bound)
+        self.shift = float(shift)
 
     def build(self, input_shape):
         self.bound_parameter = self.add_weight(
@@ -82,7 +117,9 @@ class QReLU(keras.layers.Layer):
         bound = ops.cast(self.bound, inputs.dtype)
         clipped = ops.minimum(ops.relu(inputs), bound)
         step = bound / self.levels
-        quantised = ops.floor(clipped / step) * step
+        # clipped >= 0 and shift >= 0, so only the upper clip can act.
+        level = ops.minimum(ops.floor(clipped / step + self.shift), self.levels)
+        quantised = level * step
         # Straight-through: the forward value is quantised, the gradient is the clip's.
         return clipped + ops.stop_gradient(quantised - clipped)
 
@@ -96,4 +133,5 @@ class QReLU(keras.layers.Layer):
             "initial_bound": self.initial_bound,
             "bound_learning_rate_scale": self.bound_learning_rate_scale,
             "trainable_bound": self.trainable_bound,
+            "shift": self.shift,
         }

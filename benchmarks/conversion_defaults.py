@@ -1,0 +1,149 @@
+"""Which convert_model defaults to ship: old defaults, "auto" and hand-tuned options.
+
+Trains (or loads from `--model_dir`) the repo's benchmark architectures on
+Fashion-MNIST with ReLU, with QReLU(levels) (eq. 1, shift 0) and with QCFS
+(QReLU shift 0.5), converts each with a grid of options, and prints top-1
+accuracy (%) of the SNN after T steps on the first `--test_items` test
+images. Every row names its options; "library default" is
+`convert_model(model, calibration_data)` with nothing else, i.e. whatever this
+version of keras_snn picks by itself, and "old defaults" is what keras_snn
+picked before "auto" (IF / buffered for QReLU, per-layer ceilings, membrane
+from 0).
+
+    python benchmarks/conversion_defaults.py --data_dir /usr/share/datasets/fashion-mnist \
+        --model_dir /tmp/qcfs_models
+
+`--train_only` trains and caches the ANNs without converting.
+"""
+
+import itertools
+import os
+import sys
+
+import numpy as np
+from absl import app
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import keras_snn  # noqa: E402
+from benchmarks import common  # noqa: E402
+from keras_snn import applications  # noqa: E402
+from keras_snn.datasets import load_dataset  # noqa: E402
+from keras_snn.layers import QReLU  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("dataset", "fashion_mnist", "Dataset name.")
+flags.DEFINE_string("data_dir", None, "Local IDX/.npz directory.")
+flags.DEFINE_integer("epochs", 2, "ANN training epochs.")
+flags.DEFINE_integer("train_items", 30000, "Training images used (the first N).")
+flags.DEFINE_integer("levels", 8, "QReLU quantisation levels.")
+flags.DEFINE_integer("test_items", 1000, "Test images evaluated.")
+flags.DEFINE_integer("calibration", 2000, "Training images for data ceilings.")
+flags.DEFINE_string("model_dir", None, "Cache trained ANNs here (reused when present).")
+flags.DEFINE_list("models", ["conv_mnist", "resnet_small"],
+                  "keras_snn.applications or benchmarks.common.ARCHITECTURES names.")
+flags.DEFINE_list("activations", ["relu", "qrelu", "qcfs"], "relu, qrelu (shift 0), qcfs (shift 0.5).")
+flags.DEFINE_list("relu_timesteps", ["4", "8", "16", "32", "64", "128"], "T reported, ReLU models.")
+flags.DEFINE_list("qrelu_timesteps", ["1", "2", "4", "8", "16", "32"], "T reported, QReLU models.")
+flags.DEFINE_boolean("train_only", False, "Train and cache the ANNs, convert nothing.")
+flags.DEFINE_boolean("defaults_only", False,
+                     "Only the library default (and, for QReLU models, with spike_max=2).")
+
+SHIFTS = {"qrelu": 0.0, "qcfs": 0.5}
+OLD_DEFAULTS = {"relu": dict(neuron="if", per_channel=False, initial_membrane=0.0),
+                "quantized": dict(neuron="buffered", per_channel=False, initial_membrane=0.0)}
+
+
+def build(name, activation, input_shape):
+    builder = common.ARCHITECTURES.get(name) or getattr(applications, name)
+    if activation == "relu":
+        return builder(input_shape=input_shape)
+    shift = SHIFTS[activation]
+    return builder(
+        input_shape=input_shape,
+        activation=lambda: QReLU(levels=FLAGS.levels, initial_bound=1.0, shift=shift),
+    )
+
+
+def settings(kind):
+    """(label, options) rows: library default, old defaults, then the grid."""
+    if FLAGS.defaults_only:
+        extra = [] if kind == "relu" else [("library default, spike_max=2", {"spike_max": 2})]
+        return [("library default", {})] + extra
+    rows = [("library default", {}), ("old defaults", OLD_DEFAULTS[kind])]
+    if kind == "relu":
+        grid = itertools.product(("if", "buffered"), (False, True), (0.0, 0.5), (1,))
+    else:
+        grid = itertools.product(("if", "buffered"), (False,), (0.0, 0.5), (1, 2))
+    for neuron, per_channel, membrane, spike_max in grid:
+        options = dict(neuron=neuron, per_channel=per_channel, initial_membrane=membrane)
+        label = f"{neuron}, per_channel={per_channel}, V0={membrane}"
+        if spike_max != 1:
+            options["spike_max"] = spike_max
+            label += f", spike_max={spike_max}"
+        rows.append((label, options))
+    return rows
+
+
+def same_network(a, b):
+    """Same layers, weights and neurons: the two conversions simulate alike."""
+    if len(a.network.layers) != len(b.network.layers):
+        return False
+    for layer_a, layer_b in zip(a.network.layers, b.network.layers):
+        if type(layer_a) is not type(layer_b):
+            return False
+        if getattr(layer_a, "neuron", None) != getattr(layer_b, "neuron", None):
+            return False
+        weights_a, weights_b = layer_a.get_weights(), layer_b.get_weights()
+        if len(weights_a) != len(weights_b) or any(
+            wa.shape != wb.shape or not np.array_equal(wa, wb)
+            for wa, wb in zip(weights_a, weights_b)
+        ):
+            return False
+    return True
+
+
+def main(_):
+    (x_train, y_train), (x_test, y_test) = load_dataset(FLAGS.dataset, FLAGS.data_dir)
+    x_train, y_train = x_train[: FLAGS.train_items], y_train[: FLAGS.train_items]
+    x_eval, y_eval = x_test[: FLAGS.test_items], y_test[: FLAGS.test_items]
+    x_calibration = x_train[: FLAGS.calibration]
+    print(f"machine: {common.machine()}")
+    print(f"keras_snn {keras_snn.__version__}; ANNs: {FLAGS.epochs} epochs on the first "
+          f"{len(x_train)} training images; {len(x_eval)} test images")
+    for name, activation in itertools.product(FLAGS.models, FLAGS.activations):
+        tag = activation if activation == "relu" else f"{activation}{FLAGS.levels}"
+        model, seconds = common.train_or_load(
+            lambda: build(name, activation, x_train.shape[1:]), x_train, y_train,
+            FLAGS.epochs, FLAGS.model_dir,
+            f"{FLAGS.dataset}_{name}_{tag}_{FLAGS.train_items}x{FLAGS.epochs}",
+        )
+        ann = common.ann_accuracy(model, x_eval, y_eval)
+        print(f"\n{name} {tag}: ANN {100 * ann:.2f}% ({seconds:.0f} s training)", flush=True)
+        if FLAGS.train_only:
+            continue
+        kind = "relu" if activation == "relu" else "quantized"
+        steps = sorted(int(t) for t in (
+            FLAGS.relu_timesteps if kind == "relu" else FLAGS.qrelu_timesteps))
+        print("| options | " + " | ".join(f"T={t}" for t in steps) + " |")
+        print("|---|" + "---|" * len(steps))
+        simulated = []  # (label, snn): a grid row equal to one of these is not rerun
+        for label, options in settings(kind):
+            snn = keras_snn.convert_model(model, x_calibration, **options)
+            twin = next((name for name, other in simulated if same_network(snn, other)), None)
+            if twin is not None:
+                print(f"| {label} | same network as \"{twin}\" |", flush=True)
+                continue
+            simulated.append((label, snn))
+            accuracy = keras_snn.simulate(
+                snn, x_eval, y_eval, timesteps=steps[-1], verbose=0
+            ).accuracy
+            cells = " | ".join(
+                f"{100 * accuracy[t - 1]:.2f} ({100 * (accuracy[t - 1] - ann):+.1f})" for t in steps
+            )
+            print(f"| {label} | {cells} |", flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
