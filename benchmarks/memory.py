@@ -34,6 +34,7 @@ flags.DEFINE_integer("batches", 1, "Inference batches per point.")
 flags.DEFINE_list("batch_sizes", ["250"], "Inference batch sizes.")
 flags.DEFINE_list("inference_steps", ["50", "500", "2000"], "Inference T values.")
 flags.DEFINE_list("modes", ["simulate", "predict", "predict_final"], "Inference calls.")
+flags.DEFINE_integer("parallel_steps", 10, "SpikingModel parallel_steps for inference.")
 flags.DEFINE_integer("train_items", 256, "Training items (one epoch, batch 64).")
 flags.DEFINE_list("training_steps", ["2", "5", "10"], "Training T values ('' to skip).")
 
@@ -47,6 +48,7 @@ def peak_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 mode, steps, items, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+parallel_steps = int(sys.argv[5]) if len(sys.argv) > 5 else 10
 rng = np.random.default_rng(0)
 if mode == "training":
     ann = applications.vgg6()
@@ -62,6 +64,7 @@ else:
     x = rng.random((items, 28, 28, 1)).astype("float32")
     y = rng.integers(0, 10, items)
     snn = keras_snn.convert_model(ann, x[:200], timesteps=steps)
+    snn = snn.with_options(parallel_steps=parallel_steps)
     converted = peak_mib()
     if mode == "simulate":
         result = keras_snn.simulate(snn, x, y, batch_size=batch, verbose=0)
@@ -74,9 +77,10 @@ print(json.dumps({"converted": converted, "peak": peak_mib(), "returned": return
 """
 
 
-def measure(mode, steps, items, batch):
+def measure(mode, steps, items, batch, parallel_steps=10):
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, mode, str(steps), str(items), str(batch)],
+        [sys.executable, "-c", CHILD, mode, str(steps), str(items), str(batch),
+         str(parallel_steps)],
         capture_output=True, text=True, check=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -87,12 +91,13 @@ def main(_):
     steps = sorted(int(t) for t in FLAGS.inference_steps)
     for batch in (int(b) for b in FLAGS.batch_sizes):
         items = batch * FLAGS.batches
-        print(f"Conv MNIST SNN, {items} random images, batch {batch}; peak RSS in MiB "
+        print(f"Conv MNIST SNN, {items} random images, batch {batch}, parallel_steps "
+              f"{FLAGS.parallel_steps}; peak RSS in MiB "
               f"(growth over T={steps[0]}; what the call returns)\n")
         print("| call | " + " | ".join(f"T={t}" for t in steps) + " |")
         print("|---|" + "---|" * len(steps))
         for mode in FLAGS.modes:
-            points = [measure(mode, t, items, batch) for t in steps]
+            points = [measure(mode, t, items, batch, FLAGS.parallel_steps) for t in steps]
             cells = []
             for point in points:
                 growth = point["peak"] - points[0]["peak"]
