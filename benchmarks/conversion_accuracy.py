@@ -44,6 +44,11 @@ flags.DEFINE_string("model_dir", None, "Cache trained ANNs here (reused when pre
 flags.DEFINE_string("synapse_dtype", None, "SpikingModel synapse_dtype, e.g. bfloat16.")
 flags.DEFINE_enum("pooling", "average", ["average", "max"], "Pooling of the architectures.")
 flags.DEFINE_string("normalization", "percentile", "convert_model normalization.")
+flags.DEFINE_boolean(
+    "library_defaults", False,
+    "Convert with convert_model's own defaults (only calibration data passed); the option "
+    "flags above are then ignored.",
+)
 
 
 def build(name, input_shape):
@@ -65,18 +70,23 @@ def main(_):
             f"{FLAGS.dataset}_{name}_relu" + ("_maxpool" if FLAGS.pooling == "max" else ""),
         )
         ann = common.ann_accuracy(model, x_eval, y_eval)
-        snn = keras_snn.convert_model(
-            model, x_train[: FLAGS.calibration], normalization=FLAGS.normalization,
-            percentile=FLAGS.percentile, per_channel=FLAGS.per_channel,
-            initial_membrane=FLAGS.initial_membrane, neuron=FLAGS.neuron,
-        )
+        if FLAGS.library_defaults:
+            snn = keras_snn.convert_model(model, x_train[: FLAGS.calibration])
+        else:
+            snn = keras_snn.convert_model(
+                model, x_train[: FLAGS.calibration], normalization=FLAGS.normalization,
+                percentile=FLAGS.percentile, per_channel=FLAGS.per_channel,
+                initial_membrane=FLAGS.initial_membrane, neuron=FLAGS.neuron,
+            )
         snn = snn.with_options(synapse_dtype=FLAGS.synapse_dtype)
         accuracy = keras_snn.simulate(snn, x_eval, y_eval, timesteps=steps[-1], verbose=0).accuracy
+        options = "convert_model defaults" if FLAGS.library_defaults else (
+            f"normalization={FLAGS.normalization}, per_channel={FLAGS.per_channel}, "
+            f"initial_membrane={FLAGS.initial_membrane}, neuron={FLAGS.neuron}"
+        )
         print(
             f"\n{name}: {FLAGS.epochs} epochs ({seconds:.0f} s training), ANN {100 * ann:.2f}%, "
-            f"pooling={FLAGS.pooling}, normalization={FLAGS.normalization}, "
-            f"per_channel={FLAGS.per_channel}, initial_membrane={FLAGS.initial_membrane}, "
-            f"neuron={FLAGS.neuron}"
+            f"pooling={FLAGS.pooling}, {options}"
         )
         print("| T | SNN top-1 | ANN top-1 | SNN - ANN |")
         print("|---|---|---|---|")
