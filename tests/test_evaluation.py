@@ -334,3 +334,19 @@ def test_readout_every_keeps_nan_propagation_of_event_input():
 def test_bad_readout_every_is_refused(value, match):
     with pytest.raises(ValueError, match=match):
         tiny_snn()(FRAMES, readout_every=value)
+
+
+def test_parallel_steps_changes_memory_overlap_not_results():
+    rng = np.random.default_rng(10)
+    x = rng.random((6, 8, 8, 1)).astype("float32")
+    snn = conv_max_pool_snn(x)
+    one_at_a_time = snn.with_options(parallel_steps=1)
+    np.testing.assert_array_equal(one_at_a_time(x).numpy(), snn(x).numpy())
+    y = rng.integers(0, 4, 6)
+    a = keras_snn.simulate(snn, x, y, verbose=0)
+    b = keras_snn.simulate(one_at_a_time, x, y, verbose=0)
+    np.testing.assert_array_equal(a.accuracy, b.accuracy)
+    np.testing.assert_array_equal(a.synaptic_ops, b.synaptic_ops)
+    assert SpikingModel.from_config(one_at_a_time.get_config()).parallel_steps == 1
+    with pytest.raises(ValueError, match="parallel_steps"):
+        snn.with_options(parallel_steps=0)
