@@ -58,7 +58,7 @@ def test_convert_model_takes_a_registered_neuron_by_name():
 @pytest.mark.parametrize(
     "name, expected",
     [("if", neurons.IF), ("buffered", neurons.BufferedIF), ("lif", neurons.LIF),
-     ("auto", neurons.IF), ("BufferedIF", neurons.BufferedIF)],
+     ("auto", neurons.BufferedIF), ("BufferedIF", neurons.BufferedIF)],  # auto: issue 16
 )
 def test_builtin_neuron_names_still_convert(name, expected):
     snn = keras_snn.convert_model(mlp(), VECTORS, neuron=name, spike_max=2)
