@@ -233,12 +233,12 @@ def simulate(snn, x, y=None, *, timesteps=None, batch_size=256, verbose="auto"):
         raise ValueError(f"`batch_size` must be an int >= 1; received {batch_size!r}.")
     if verbose not in (0, 1, 2, "auto", False, True):
         raise ValueError(f"`verbose` must be 0, 1, 2 or 'auto'; received {verbose!r}.")
+    classes = _readout_classes(snn)
     dataset, has_labels, batches = _as_dataset(
-        x, y, batch_size, classes=_readout_classes(snn), check_shape=snn._check_input_shape
+        x, y, batch_size, classes=classes, check_shape=snn._check_input_shape
     )
     spec = dataset.element_spec[0] if has_labels else dataset.element_spec
     steps = snn.timesteps_for(spec.shape, timesteps)
-    classes = _readout_classes(snn)
     strategy = tf.distribute.get_strategy()
     distributed = tf.distribute.has_strategy()
     step = _compiled_step(snn, steps, has_labels, classes, strategy)
