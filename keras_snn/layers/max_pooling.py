@@ -36,7 +36,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_snn.layers.base import SynapticLayer
-from keras_snn.layers.pooling import Layout
+from keras_snn.layers.pooling import GlobalPoolingAxes
 from keras_snn.layers.pooling import PoolingWindow
 
 # Counters stay in float32 whatever the compute dtype: whole numbers are exact
@@ -44,7 +44,7 @@ from keras_snn.layers.pooling import PoolingWindow
 _COUNT_DTYPE = "float32"
 
 
-class _MaxPoolingBase(Layout, SynapticLayer, keras.layers.Layer):
+class _MaxPoolingBase(SynapticLayer, keras.layers.Layer):
     """The counter state and step shared by windowed and global max pooling.
 
     The `SynapticLayer` protocol holds with no neuron: the "current" is the
@@ -204,36 +204,17 @@ class SpikingMaxPooling1D(_SpikingMaxPooling):
     rank = 1
 
 
-class _SpikingGlobalMaxPooling(_MaxPoolingBase):
+class _SpikingGlobalMaxPooling(GlobalPoolingAxes, _MaxPoolingBase):
     def __init__(self, keepdims=False, cumulative=True, data_format=None, **kwargs):
         super().__init__(**kwargs)
-        self.keepdims = bool(keepdims)
-        self._init_data_format(data_format)
+        self._init_global(keepdims, data_format)
         self._init_mode(cumulative)
-
-    def _spatial_axes(self):
-        first = 2 if self.data_format == "channels_first" else 1
-        return tuple(range(first, first + self.rank))
-
-    def compute_output_shape(self, input_shape):
-        input_shape = self._channels_last_shape(input_shape)
-        if self.keepdims:
-            return self._layout_shape((input_shape[0],) + (1,) * self.rank + (input_shape[-1],))
-        return (input_shape[0], input_shape[-1])
 
     def pool(self, inputs):
         return ops.max(inputs, axis=self._spatial_axes(), keepdims=self.keepdims)
 
-    def connectivity(self, inputs):
-        return ops.sum(inputs, axis=self._spatial_axes(), keepdims=self.keepdims)
-
     def get_config(self):
-        return {
-            **super().get_config(),
-            "keepdims": self.keepdims,
-            "cumulative": self.cumulative,
-            "data_format": self.data_format,
-        }
+        return {**super().get_config(), **self._global_config(), "cumulative": self.cumulative}
 
 
 @keras.saving.register_keras_serializable(package="keras_snn")

@@ -95,6 +95,35 @@ class PoolingWindow(Layout):
         }
 
 
+class GlobalPoolingAxes(Layout):
+    """Pooling over all spatial axes in a data_format: shared by global average and max.
+
+    The output shape, the connections (every position of a channel into its
+    one output) and the config.
+    """
+
+    def _init_global(self, keepdims, data_format):
+        self._init_data_format(data_format)
+        self.keepdims = bool(keepdims)
+
+    def _spatial_axes(self):
+        first = 2 if self.data_format == "channels_first" else 1
+        return tuple(range(first, first + self.rank))
+
+    def compute_output_shape(self, input_shape):
+        input_shape = self._channels_last_shape(input_shape)
+        if self.keepdims:
+            return self._layout_shape((input_shape[0],) + (1,) * self.rank + (input_shape[-1],))
+        return (input_shape[0], input_shape[-1])
+
+    # A reduction over axes needs no layout-specific kernel: no transposes here.
+    def connectivity(self, inputs):
+        return ops.sum(inputs, axis=self._spatial_axes(), keepdims=self.keepdims)
+
+    def _global_config(self):
+        return {"keepdims": self.keepdims, "data_format": self.data_format}
+
+
 class _SpikingAveragePooling(PoolingWindow, SynapticLayer, keras.layers.Layer):
     rank = None
 
@@ -190,13 +219,12 @@ class SpikingAveragePooling1D(_SpikingAveragePooling):
     rank = 1
 
 
-class _SpikingGlobalAveragePooling(Layout, SynapticLayer, keras.layers.Layer):
+class _SpikingGlobalAveragePooling(GlobalPoolingAxes, SynapticLayer, keras.layers.Layer):
     rank = None
 
     def __init__(self, keepdims=False, neuron="if", threshold=1.0, data_format=None, **kwargs):
         super().__init__(**kwargs)
-        self._init_data_format(data_format)
-        self.keepdims = bool(keepdims)
+        self._init_global(keepdims, data_format)
         self._init_neuron(neuron, threshold)
 
     def build(self, input_shape):
@@ -207,30 +235,11 @@ class _SpikingGlobalAveragePooling(Layout, SynapticLayer, keras.layers.Layer):
             )
         self._build_neuron(input_shape)
 
-    def _spatial_axes(self):
-        first = 2 if self.data_format == "channels_first" else 1
-        return tuple(range(first, first + self.rank))
-
-    def compute_output_shape(self, input_shape):
-        input_shape = self._channels_last_shape(input_shape)
-        if self.keepdims:
-            return self._layout_shape((input_shape[0],) + (1,) * self.rank + (input_shape[-1],))
-        return (input_shape[0], input_shape[-1])
-
-    # A mean over axes needs no layout-specific kernel: no transposes here.
     def compute_current(self, inputs):
         return ops.mean(inputs, axis=self._spatial_axes(), keepdims=self.keepdims)
 
-    def connectivity(self, inputs):
-        return ops.sum(inputs, axis=self._spatial_axes(), keepdims=self.keepdims)
-
     def get_config(self):
-        return {
-            **super().get_config(),
-            "keepdims": self.keepdims,
-            "data_format": self.data_format,
-            **self._neuron_config(),
-        }
+        return {**super().get_config(), **self._global_config(), **self._neuron_config()}
 
 
 @keras.saving.register_keras_serializable(package="keras_snn")
