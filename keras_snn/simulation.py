@@ -1102,6 +1102,7 @@ def _check_readout_every(value, timesteps=None):
 
 
 def _check_timesteps(value, name):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    """An int >= 1 (NumPy integers too, as from `np.arange` or array shapes)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"`{name}` must be an int >= 1; received {value!r}.")
-    return value
+    return int(value)

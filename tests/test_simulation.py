@@ -327,3 +327,13 @@ def test_call_and_constructor_errors():
         snn(np.zeros((2, 3, 4), "float32"))
     with pytest.raises(ValueError, match="timesteps"):
         snn(np.zeros((2, 4), "float32"), timesteps=-1)
+
+
+def test_numpy_integer_timesteps_are_accepted_as_ints():
+    inputs = keras.Input((3,))
+    x = layers.SpikingDense(2, neuron=None)(layers.AnalogInput()(inputs))
+    snn = SpikingModel(keras.Model(inputs, layers.Readout()(x)), timesteps=np.int64(6))
+    assert snn.timesteps == 6 and type(snn.timesteps) is int
+    assert tuple(snn(np.ones((1, 3), "float32")).shape) == (1, 6, 2)
+    with pytest.raises(ValueError, match="timesteps"):
+        SpikingModel(snn.network, timesteps=np.int64(0))
