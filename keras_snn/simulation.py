@@ -448,9 +448,7 @@ class SpikingModel(keras.Model):
             return events, counts
 
         if record == "totals":
-            return self._simulate_totals(
-                one_step, spike_sums, timesteps, states, labels, fanouts
-            )
+            return self._simulate_totals(one_step, spike_sums, timesteps, states, labels)
 
         def body(step, states, readout_ta, ops_ta, events_ta, counts_ta):
             values, new_states, ops = one_step(step, states)
@@ -492,7 +490,7 @@ class SpikingModel(keras.Model):
             )
         return result
 
-    def _simulate_totals(self, one_step, spike_sums, timesteps, states, labels, fanouts):
+    def _simulate_totals(self, one_step, spike_sums, timesteps, states, labels):
         """`_simulate`'s loop for record="totals": batch sums only, O(T x layers).
 
         Sums are float64: a batch's operations per step pass 2**24 (float32's
@@ -532,7 +530,6 @@ class SpikingModel(keras.Model):
             "states": final_states,
             "layer_ops": ops_ta.stack(),  # (T, op layers)
             "spike_counts": spikes,  # (spiking layers,)
-            "input_macs": self._input_macs(fanouts),
         }
         if labels is not None:
             result["correct"] = correct_ta.stack()  # (T,)
