@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_snn import metrics
-from keras_snn.simulation import SpikingModel
+from keras_snn.spiking_model import SpikingModel
 
 
 class SimulationResult:
@@ -269,7 +269,7 @@ def simulate(snn, x, y=None, *, timesteps=None, batch_size=256, verbose="auto"):
         raise ValueError("simulate received no samples (empty input).")
     _check_dataset_totals(totals, classes)
     samples = totals["samples"]
-    plan = snn._plan
+    plan = snn.plan
     record_neurons = snn.neuron_counts()
     return SimulationResult(
         timesteps=steps,
@@ -351,7 +351,7 @@ def _check_dataset_totals(totals, classes):
 
 def _readout_classes(snn):
     """The readout's last dimension (the number of classes), or None if unknown."""
-    frame = snn._plan.frame_shape
+    frame = snn.plan.frame_shape
     steps = (None,) if snn.expects_sequence else ()
     shape = snn.compute_output_shape((None,) + steps + tuple(frame), timesteps=1)
     return shape[-1]

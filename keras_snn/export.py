@@ -236,7 +236,7 @@ class _NIRBuilder:
         # flatten="conv": graph key -> trailing size-1 spatial dims its values carry.
         self.map_dims = {}
         self.graph = layer_graph(snn.network)
-        self.shapes = snn._plan.output_shapes
+        self.shapes = snn.plan.output_shapes
         self.nodes, self.edges, self.notes = {}, [], []
         self.tails = {}  # graph key -> NIR node names whose outputs carry that value
         # Keys whose values Keras already holds channels-first (NIR's order):

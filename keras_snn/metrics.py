@@ -141,13 +141,15 @@ class StepAccuracy(keras.metrics.Metric):
 class SynapticOps(keras.metrics.Metric):
     """Mean synaptic operations per sample, for `SpikingModel.compile(metrics=[...])`.
 
-    Keras metrics see only `(y_true, y_pred)`, and the readout carries no
-    operation counts, so this metric is fed by the model: while a
-    `SpikingModel` is compiled with it (in a list or a dict), every call counts
-    operations and adds them, so `fit` (training batches, with their dropout)
-    and `evaluate` report the real counts. It is reset, reported, saved and
-    restored by Keras like any compiled metric; compiling without it stops
-    the counting. Outside a SpikingModel it stays at 0.
+    The readout carries no operation counts, so a `SpikingModel` compiled with
+    this metric (in a list or a dict, in `metrics` or `weighted_metrics`)
+    counts operations in every forward pass and, in its `compute_metrics`
+    (the step of `fit` and `evaluate` where Keras updates metrics), calls
+    `update_state(y_true, ops, sample_weight)` with that batch's counts. So
+    `fit` (training batches, with their dropout) and `evaluate` report the
+    real counts; the metric is reset, reported and saved with the compile
+    state like any compiled metric, and compiling without it stops the
+    counting.
 
     Args:
         step: 1-based step whose operations are reported (negative counts from
@@ -158,7 +160,8 @@ class SynapticOps(keras.metrics.Metric):
 
     >>> import numpy as np
     >>> metric = SynapticOps()
-    >>> metric.update_ops(np.array([[1.0, 2.0], [3.0, 4.0]], "float32"))  # (batch, T)
+    >>> ops = np.array([[1.0, 2.0], [3.0, 4.0]], "float32")  # (batch, T)
+    >>> metric.update_state(None, ops)
     >>> float(metric.result())  # mean over samples of the total over steps
     5.0
     """
@@ -172,19 +175,34 @@ class SynapticOps(keras.metrics.Metric):
         self.total = self.add_variable(shape=(), initializer="zeros", name="total")
         self.count = self.add_variable(shape=(), initializer="zeros", name="count")
 
-    def update_ops(self, ops):
-        """Add a batch of operation counts, shape `(batch, T)`."""
-        ops = keras.ops.convert_to_tensor(ops, self.dtype)
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        """Add a batch of operation counts.
+
+        Args:
+            y_true: unused (the counts need no labels).
+            y_pred: the operations per sample and step, `(batch, T)`, as
+                `SpikingModel(x, return_ops=True)` returns them.
+            sample_weight: optional `(batch,)` weights of the samples.
+        """
+        ops = keras.ops.convert_to_tensor(y_pred, self.dtype)
+        if len(ops.shape) != 2:
+            raise ValueError(
+                f"SynapticOps '{self.name}' takes operation counts of shape (batch, T); "
+                f"received shape {tuple(ops.shape)}. Compile it into a SpikingModel, which "
+                "passes its counts, or pass snn(x, return_ops=True)[1]."
+            )
         if self.step is None:
             per_sample = keras.ops.sum(ops, axis=1)
         else:
             per_sample = ops[:, self.step - 1 if self.step > 0 else self.step]
-        self.total.assign_add(keras.ops.sum(per_sample))
-        self.count.assign_add(keras.ops.cast(keras.ops.shape(ops)[0], self.dtype))
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        # Fed by the SpikingModel through update_ops; the readout has no counts.
-        return None
+        if sample_weight is None:
+            weights = keras.ops.ones_like(per_sample)
+        else:
+            weights = keras.ops.reshape(
+                keras.ops.convert_to_tensor(sample_weight, self.dtype), (-1,)
+            )
+        self.total.assign_add(keras.ops.sum(per_sample * weights))
+        self.count.assign_add(keras.ops.sum(weights))
 
     def result(self):
         return keras.ops.divide_no_nan(self.total, self.count)

@@ -14,7 +14,7 @@ import keras_snn
 from keras_snn import layers
 from keras_snn import losses
 from keras_snn import metrics
-from keras_snn.simulation import SpikingModel
+from keras_snn.spiking_model import SpikingModel
 
 FEATURES, CLASSES, STEPS = 6, 3, 5
 

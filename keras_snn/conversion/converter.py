@@ -38,7 +38,8 @@ from keras_snn.conversion.folding import fold_affines
 from keras_snn.conversion.layout import rewrite_to_channels_last
 from keras_snn.conversion.rules import find_rule
 from keras_snn.graph import layer_graph
-from keras_snn.simulation import SpikingModel
+from keras_snn.plan import Carries
+from keras_snn.spiking_model import SpikingModel
 
 _NORMALIZATIONS = ("auto", "percentile", "max", "none")
 _ENCODINGS = ("analog", "spiking", "poisson")
@@ -673,31 +674,38 @@ def _nonnegative(op, by_key):
 
 
 def _check_kinds(ops, input_key, output_key):
-    """Every op's inputs must be something a spiking layer can receive."""
-    kinds = {input_key: "analog"}
+    """Every op's inputs must be something its spiking layer can receive.
+
+    Kinds follow `keras_snn.plan.Carries`, the rules the SpikingModel runs
+    by: a weighted layer or Add with a neuron makes spikes, one without makes
+    a current (refused as the input of a weighted layer, which has no
+    neuron to turn it into spikes), pooling and shape layers pass on what
+    they receive.
+    """
+    kinds = {input_key: Carries.ANALOG}
     by_key = {op.key: op for op in ops}
     tail = _readout_tail(ops, output_key)
     for op in ops:
         inputs = [kinds[key] for key in op.inputs]
-        if isinstance(op, ir.Linear):
-            if "current" in inputs:
-                _refuse_current(op, by_key)
-            kinds[op.key] = "spikes" if op.spiking else "current"
-        elif isinstance(op, ir.Merge):
-            if "analog" in inputs:
-                raise ConversionError(f"Add '{op.source}' adds the raw input; unsupported.")
-            kinds[op.key] = "spikes" if op.spiking else "current"
-        elif isinstance(op, ir.Pool):
-            if "current" in inputs and op.key not in tail:
-                _refuse_current(op, by_key)
-            kinds[op.key] = inputs[0]
-        elif isinstance(op, ir.Shape):
-            if len(set(inputs)) != 1:
-                raise ConversionError(
-                    f"Layer '{op.source}' mixes spikes with analog values; unsupported."
-                )
-            kinds[op.key] = inputs[0]
-    if kinds[output_key] == "analog":
+        if isinstance(op, ir.Linear) and Carries.CURRENT in inputs:
+            _refuse_current(op, by_key)
+        elif isinstance(op, ir.Merge) and Carries.ANALOG in inputs:
+            raise ConversionError(f"Add '{op.source}' adds the raw input; unsupported.")
+        elif isinstance(op, ir.Pool) and Carries.CURRENT in inputs and op.key not in tail:
+            _refuse_current(op, by_key)
+        elif isinstance(op, ir.Shape) and len(set(inputs)) != 1:
+            raise ConversionError(
+                f"Layer '{op.source}' mixes spikes with analog values; unsupported."
+            )
+        if isinstance(op, (ir.Linear, ir.Merge)):
+            # Here a weighted layer without neuron is the readout (or feeds
+            # the head), so its output counts as a current even when it reads
+            # the raw input (a one-layer model): only "no weighted layer at
+            # all" leaves the output analog.
+            kinds[op.key] = Carries.SPIKES if op.spiking else Carries.CURRENT
+        else:
+            kinds[op.key] = Carries.passed_on(inputs)
+    if kinds[output_key] is Carries.ANALOG:
         raise ConversionError("The model has no weighted layer between its input and output.")
 
 

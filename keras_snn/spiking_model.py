@@ -1,223 +1,23 @@
-"""SpikingModel: a spiking network run as one compiled loop over timesteps.
+"""SpikingModel: a spiking network as a Keras model, run over timesteps.
 
 The network is an ordinary Keras functional (or Sequential) model built from
-keras_snn layers; it describes one timestep. `SpikingModel` runs it T times in
-a single `tf.while_loop` inside a `tf.function` (optionally XLA-compiled):
-every layer's state (membranes, buffers, the readout sum) is a loop variable,
-no Python runs per step, and per step only the readout and the operation
-counters are written out, so memory does not grow with T beyond the
-`(batch, T, classes)` output itself.
-
-Synaptic operations (anytime paper, eq. A; DESIGN.md section 5): every spike
-event costs one accumulate per nonzero outgoing synapse. Each synaptic layer's
-fan-out map (an input-shaped tensor that accounts for stride, padding,
-dilation and zero weights) is computed once per call, outside the loop, and
-`ops(t) = sum |s(t)| != 0 * fanout`. Negative and multi-bit spikes count as one
-event each. Layers fed by an analog input do multiply-accumulates, not
-synaptic events: their work is reported as `input_macs` (per step).
+keras_snn layers; it describes one timestep. `SpikingModel` is the Keras face
+of the simulation: options, input checks, `call`/`run`, training and metrics,
+serialization and export. How the network runs is worked out once in a
+`keras_snn.plan.Plan`; the steps run in `keras_snn.time_loop.TimeLoop` (one
+compiled `tf.while_loop`); operation and MAC accounting is
+`keras_snn.costs`.
 """
 
-import inspect
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_snn.graph import layer_graph
-from keras_snn.layers.base import SpikingLayer
-from keras_snn.layers.base import SynapticLayer
-from keras_snn.layers.passthrough import is_passthrough
-from keras_snn.layers.passthrough import passthrough_layer_names
-from keras_snn.layers.readout import Readout
-
-
-class _PlanNode:
-    """How one layer call runs: its kind and what its inputs and output carry.
-
-    Values are "spikes" (events: the next synaptic layer counts operations),
-    "analog" (input data: the next synaptic layer does MACs) or "current"
-    (the output of a non-spiking synaptic layer, whose synaptic work was
-    already counted where the spikes arrived).
-    """
-
-    def __init__(self, node, input_kinds, kind, static, static_current, binary, input_binary):
-        self.key = node.key
-        self.layer = node.layer
-        self.input_keys = node.input_keys
-        self.input_kinds = input_kinds
-        self.kind = kind
-        self.static = static  # the output is the same at every step
-        self.static_current = static_current  # the linear current is time-invariant
-        self.synaptic = isinstance(node.layer, SynapticLayer)
-        self.counts_ops = self.synaptic and "spikes" in input_kinds
-        # Weight products on spikes only: these may run in a narrow dtype.
-        self.spike_products = self.synaptic and set(input_kinds) == {"spikes"}
-        # Spikes known to be 0 or 1: they are their own event mask, which
-        # saves a comparison and a cast per element and step.
-        self.binary = binary
-        self.input_binary = input_binary
-
-    def gather(self, values):
-        inputs = [values[key] for key in self.input_keys]
-        return inputs if len(inputs) > 1 else inputs[0]
-
-
-class _Plan:
-    """The network read once: node order, kinds, and the recorded layers.
-
-    Kept in a plain object so Keras does not track the layers a second time.
-    """
-
-    def __init__(self, network):
-        graph = layer_graph(network)
-        if len(graph.input_keys) != 1 or len(graph.output_keys) != 1:
-            raise ValueError(
-                f"A SpikingModel network has one input and one output; '{network.name}' "
-                f"has {len(graph.input_keys)} inputs and {len(graph.output_keys)} outputs."
-            )
-        self.input_key = graph.input_keys[0]
-        self.output_key = graph.output_keys[0]
-        self._check_layers(graph)
-        encoders = [node.layer for node in graph.consumers(self.input_key)]
-        self.sequence_input = encoders[0].consumes_sequence
-        if any(encoder.consumes_sequence != self.sequence_input for encoder in encoders):
-            raise ValueError(
-                "All encoders of one network must agree on static or sequence "
-                f"(EventInput) input; found {[type(e).__name__ for e in encoders]}."
-            )
-        self.nodes = self._classify(graph)
-        by_key = {node.key: node for node in self.nodes}
-        if not isinstance(by_key[self.output_key].layer, Readout):
-            raise ValueError(
-                f"The network's output must come from a keras_snn.layers.Readout; "
-                f"'{self.output_key}' is a {type(by_key[self.output_key].layer).__name__}. "
-                "Add Readout() after the final (usually neuron=None) layer."
-            )
-        self.dynamic = [node for node in self.nodes if not node.static]
-        self.op_nodes = [node for node in self.nodes if node.counts_ops]
-        # Layers whose spikes are recorded (encoders included, shape layers not).
-        self.spiking_nodes = [
-            node for node in self.nodes
-            if node.kind == "spikes" and isinstance(node.layer, SpikingLayer)
-        ]
-        self.frame_shape = tuple(network.inputs[0].shape[1:])
-        self.output_shapes = self._output_shapes()
-
-    def _output_shapes(self):
-        """Per-step output shape (batch None) of every node, from the input shape."""
-        shapes = {self.input_key: (None,) + self.frame_shape}
-        for node in self.nodes:
-            inputs = [shapes[key] for key in node.input_keys]
-            shape = node.layer.compute_output_shape(inputs if len(inputs) > 1 else inputs[0])
-            shapes[node.key] = tuple(shape)
-        return shapes
-
-    def neurons(self, key):
-        """Number of neurons (output elements per sample) of a node."""
-        count = 1
-        for dim in self.output_shapes[key][1:]:
-            count *= dim
-        return count
-
-    def _check_layers(self, graph):
-        for node in graph.nodes:
-            layer = node.layer
-            reads_input = self.input_key in node.input_keys
-            if isinstance(layer, SpikingLayer):
-                if layer.is_encoder and node.input_keys != [self.input_key]:
-                    raise ValueError(
-                        f"Encoder '{layer.name}' ({type(layer).__name__}) must read the "
-                        "network input directly."
-                    )
-                if reads_input and not layer.is_encoder:
-                    raise ValueError(
-                        f"Layer '{layer.name}' ({type(layer).__name__}) reads the network "
-                        "input directly; put an encoder (AnalogInput, SpikingInput, "
-                        "PoissonInput or EventInput) between them."
-                    )
-            elif isinstance(layer, keras.Model):
-                raise ValueError(
-                    f"Layer '{layer.name}' is a nested model; a SpikingModel network must "
-                    "be flat (keras_snn.convert_model flattens nested ANNs)."
-                )
-            elif not is_passthrough(layer):
-                raise ValueError(
-                    f"Layer '{layer.name}' ({type(layer).__name__}) has no spiking form. "
-                    "A spiking network holds keras_snn layers and these shape layers: "
-                    f"{', '.join(passthrough_layer_names())}."
-                )
-            elif reads_input:
-                raise ValueError(
-                    f"Layer '{layer.name}' reads the network input directly; the input "
-                    "must go through an encoder first."
-                )
-
-    def _classify(self, graph):
-        binary = {self.input_key: False}  # event frames may hold counts
-        kinds = {self.input_key: "spikes" if self.sequence_input else "analog"}
-        static = {self.input_key: not self.sequence_input}
-        plan = []
-        for node in graph.nodes:
-            layer = node.layer
-            in_kinds = [kinds[key] for key in node.input_keys]
-            in_static = all(static[key] for key in node.input_keys)
-            if isinstance(layer, SynapticLayer):
-                out_static, current_static = False, in_static
-                if layer.emits_spikes:
-                    kind = "spikes"
-                else:
-                    kind = "analog" if set(in_kinds) == {"analog"} else "current"
-            elif isinstance(layer, SpikingLayer):
-                kind = "spikes" if layer.emits_spikes else (
-                    "analog" if layer.is_encoder else "current"
-                )
-                out_static, current_static = layer.time_invariant and in_static, False
-            else:  # pass-through shape layer: moves whatever it receives
-                kind = in_kinds[0] if len(set(in_kinds)) == 1 else "current"
-                out_static, current_static = in_static, False
-            kinds[node.key], static[node.key] = kind, out_static
-            if isinstance(layer, SpikingLayer):
-                is_binary = kind == "spikes" and layer.emits_binary_spikes
-            else:
-                is_binary = all(binary[key] for key in node.input_keys)
-            binary[node.key] = is_binary
-            in_binary = [binary[key] for key in node.input_keys]
-            plan.append(
-                _PlanNode(node, in_kinds, kind, out_static, current_static, is_binary, in_binary)
-            )
-        return plan
-
-
-def _run_layer(node, inputs, states, timestep, synapse_dtype=None):
-    if synapse_dtype is not None and node.spike_products:
-        current = node.layer.reduced_precision_current(inputs, synapse_dtype)
-        return node.layer.fire(current, states)
-    if isinstance(node.layer, SpikingLayer):
-        return node.layer.step(inputs, states, timestep)
-    return node.layer(inputs), ()
-
-
-def _per_sample_sum(x):
-    return tf.reduce_sum(tf.reshape(x, [tf.shape(x)[0], -1]), axis=1)
-
-
-def _event_mask(x, binary):
-    """1 where a spike event happened; binary spikes are their own mask."""
-    return x if binary else tf.cast(tf.not_equal(x, 0), x.dtype)
-
-
-def _synaptic_ops(node, inputs, fanouts):
-    """Events times fan-out, summed per sample, over the spike inputs.
-
-    One matrix-vector product per input: `(batch, N) @ (N,)`.
-    """
-    inputs = inputs if isinstance(inputs, list) else [inputs]
-    total = 0.0
-    for x, fanout, kind, binary in zip(inputs, fanouts, node.input_kinds, node.input_binary):
-        if kind == "spikes":
-            events = tf.reshape(_event_mask(x, binary), [tf.shape(x)[0], -1])
-            total += tf.linalg.matvec(events, tf.reshape(fanout, [-1]))
-    return total
+from keras_snn import costs
+from keras_snn import objectives
+from keras_snn.plan import Plan
+from keras_snn.time_loop import TimeLoop
 
 
 @keras.saving.register_keras_serializable(package="keras_snn")
@@ -253,8 +53,10 @@ class SpikingModel(keras.Model):
             AMX, TPUs, GPUs from Ampere on); measure the accuracy at your T
             (see benchmarks/RESULTS.md).
         head: optional Keras model applied to the readout after every step
-            (hybrid inference, seed 004 C: the part of a network without a
-            spiking form runs as an ANN on the spiking part's estimate).
+            (hybrid inference, section C of "A High Performance and Low
+            Latency Deep Spiking Neural Networks Conversion Framework": the
+            part of a network without a spiking form runs as an ANN on the
+            spiking part's estimate).
         dropout: in training only, drop this fraction of every spiking
             layer's neurons, with one mask per sample held fixed over all
             timesteps (DIET-SNN; it uses a smaller rate than the ANN did).
@@ -346,8 +148,11 @@ class SpikingModel(keras.Model):
                 f"`parallel_steps` must be an int >= 1; received {parallel_steps!r}."
             )
         self.parallel_steps = parallel_steps
-        self._plan = _Plan(network)
-        self._loop = tf.function(self._simulate, jit_compile=self.xla)
+        self._plan = Plan(network)
+        self._time_loop = TimeLoop(
+            self._plan, self.compute_dtype, self.synapse_dtype, parallel_steps, head
+        )
+        self._loop = tf.function(self._time_loop.run, jit_compile=self.xla)
         self._state = None
         if self.stateful:
             if not (isinstance(batch_size, int) and batch_size > 0):
@@ -363,177 +168,14 @@ class SpikingModel(keras.Model):
         # The network is built already; nothing depends on the call's shape.
         self.built = True
 
+    @property
+    def plan(self):
+        """The network read once (`keras_snn.plan.Plan`): node order, what each
+        connection carries, per-step shapes and the recorded layers."""
+        return self._plan
+
     def _initial_states(self, batch_size):
-        return tuple(
-            node.layer.initial_state(batch_size) if isinstance(node.layer, SpikingLayer) else ()
-            for node in self._plan.dynamic
-        )
-
-    def _dropout_masks(self, batch_size):
-        """One inverted-dropout mask per spiking layer and sample, for every step."""
-        keep = 1.0 - self.dropout
-        masks = {}
-        for node in self._plan.nodes:
-            if node.synaptic and node.kind == "spikes":
-                shape = tf.concat([[batch_size], self._plan.output_shapes[node.key][1:]], 0)
-                draw = tf.random.uniform(shape, dtype=self.compute_dtype)
-                masks[node.key] = tf.cast(draw < keep, self.compute_dtype) / keep
-        return masks
-
-    def _simulate(self, inputs, timesteps, record, states, first_step, masks, labels=None,
-                  readout_every=1):
-        """The compiled time loop. Returns a dict of per-step tensors.
-
-        `record` says what the loop keeps besides the final states:
-        - None: the readout of steps `readout_every`, `2 readout_every`, ...
-          `(T / readout_every, batch, classes)`, nothing else;
-        - "samples": also every sample's operations per layer, spike events
-          and spike counts at every step, O(batch x T x layers) (`run`);
-        - "totals": no readout; per step the operations per layer summed over
-          the batch and, given `labels`, the number of correct predictions,
-          and the spike counts per layer summed over batch and steps: O(T x
-          layers), whatever the batch (`simulate`).
-        """
-        plan = self._plan
-        batch_size = tf.shape(inputs)[0]
-        fanouts = self._fanout_maps() if record else {}
-
-        # Everything that does not change over time is computed once, here.
-        values, currents = {}, {}
-        if not plan.sequence_input:
-            values[plan.input_key] = inputs
-        for node in plan.nodes:
-            if node.static:
-                values[node.key], _ = _run_layer(node, node.gather(values), (), 0)
-            elif node.static_current:
-                currents[node.key] = node.layer.compute_current(node.gather(values))
-        static_values = dict(values)
-
-        def one_step(step, states):
-            """Advance every layer one step: (values, new states, ops per op node)."""
-            timestep = first_step + step
-            values = dict(static_values)
-            if plan.sequence_input:
-                values[plan.input_key] = inputs[:, step]
-            new_states, ops = [], []
-            for node, state in zip(plan.dynamic, states):
-                if node.key in currents:  # time-invariant current: only the neuron runs
-                    node_inputs = None
-                    output, state = node.layer.fire(currents[node.key], state)
-                else:
-                    node_inputs = node.gather(values)
-                    output, state = _run_layer(
-                        node, node_inputs, state, timestep, self.synapse_dtype
-                    )
-                if node.key in masks:
-                    output = output * masks[node.key]
-                values[node.key] = output
-                new_states.append(tuple(state))
-                if record and node.counts_ops:
-                    ops.append(_synaptic_ops(node, node_inputs, fanouts[node.key]))
-            return values, tuple(new_states), ops
-
-        def spike_sums(values, with_events=True):
-            """Per sample and recorded layer: (events, total magnitude |s|)."""
-            events, counts = [], []
-            for node in plan.spiking_nodes:
-                spikes = values[node.key]
-                if node.binary:  # a binary spike is its own event
-                    counts.append(_per_sample_sum(spikes))
-                    events.append(counts[-1])
-                else:
-                    counts.append(_per_sample_sum(tf.abs(spikes)))
-                    if with_events:
-                        events.append(_per_sample_sum(_event_mask(spikes, False)))
-            return events, counts
-
-        if record == "totals":
-            return self._simulate_totals(one_step, spike_sums, timesteps, states, labels)
-
-        def body(step, states, readout_ta, ops_ta, events_ta, counts_ta):
-            values, new_states, ops = one_step(step, states)
-            if record:
-                events, counts = spike_sums(values)
-                ops_ta = ops_ta.write(step, _stack(ops, batch_size))
-                events_ta = events_ta.write(step, _stack(events, batch_size))
-                counts_ta = counts_ta.write(step, _stack(counts, batch_size))
-            readout = values[plan.output_key]
-            if isinstance(readout_every, int) and readout_every == 1:
-                readout_ta = readout_ta.write(step, readout)
-            else:  # only every k-th step's readout is kept
-                readout_ta = tf.cond(
-                    (step + 1) % readout_every == 0,
-                    lambda: readout_ta.write((step + 1) // readout_every - 1, readout),
-                    lambda: readout_ta,
-                )
-            return step + 1, new_states, readout_ta, ops_ta, events_ta, counts_ta
-
-        def array(size):
-            return tf.TensorArray(self.compute_dtype, size=size)
-
-        kept = timesteps if record else 0
-        _, final_states, readout_ta, ops_ta, events_ta, counts_ta = tf.while_loop(
-            lambda step, *_: step < timesteps,
-            body,
-            (tf.constant(0), states, array(timesteps // readout_every), array(kept),
-             array(kept), array(kept)),
-            maximum_iterations=timesteps,
-            parallel_iterations=self.parallel_steps,
-        )
-        result = {"readout": _batch_major(readout_ta.stack()), "states": final_states}
-        if record:
-            result.update(
-                layer_ops=_batch_major(ops_ta.stack()),
-                spike_events=_batch_major(events_ta.stack()),
-                spike_counts=_batch_major(counts_ta.stack()),
-                input_macs=self._input_macs(fanouts),
-            )
-        return result
-
-    def _simulate_totals(self, one_step, spike_sums, timesteps, states, labels):
-        """`_simulate`'s loop for record="totals": batch sums only, O(T x layers).
-
-        Sums are float64: a batch's operations per step pass 2**24 (float32's
-        last exact integer) for networks of a few million synapses.
-        """
-        plan = self._plan
-
-        def batch_sum(per_sample):
-            if not per_sample:
-                return tf.zeros([0], tf.float64)
-            return tf.reduce_sum(tf.cast(tf.stack(per_sample, axis=-1), tf.float64), axis=0)
-
-        def body(step, states, ops_ta, correct_ta, spikes):
-            values, new_states, ops = one_step(step, states)
-            ops_ta = ops_ta.write(step, batch_sum(ops))
-            spikes = spikes + batch_sum(spike_sums(values, with_events=False)[1])
-            if labels is not None:
-                readout = values[plan.output_key]
-                if self.head is not None:
-                    readout = self.head(readout)
-                predictions = tf.argmax(readout, axis=-1, output_type=tf.int32)
-                correct_ta = correct_ta.write(
-                    step, tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.float64))
-                )
-            return step + 1, new_states, ops_ta, correct_ta, spikes
-
-        _, final_states, ops_ta, correct_ta, spikes = tf.while_loop(
-            lambda step, *_: step < timesteps,
-            body,
-            (tf.constant(0), states, tf.TensorArray(tf.float64, size=timesteps),
-             tf.TensorArray(tf.float64, size=timesteps if labels is not None else 0),
-             tf.zeros([len(plan.spiking_nodes)], tf.float64)),
-            maximum_iterations=timesteps,
-            parallel_iterations=self.parallel_steps,
-        )
-        result = {
-            "states": final_states,
-            "layer_ops": ops_ta.stack(),  # (T, op layers)
-            "spike_counts": spikes,  # (spiking layers,)
-        }
-        if labels is not None:
-            result["correct"] = correct_ta.stack()  # (T,)
-        return result
+        return self._time_loop.initial_states(batch_size)
 
     # ------------------------------------------------------------------ call
     def timesteps_for(self, input_shape, timesteps=None):
@@ -561,7 +203,7 @@ class SpikingModel(keras.Model):
 
     def _execute(self, inputs, timesteps, record, training=False, labels=None,
                  readout_every=None):
-        """Run the loop on checked inputs; `record` as for `_simulate`."""
+        """Run the loop on checked inputs; `record` as for `TimeLoop.run`."""
         inputs = self._standardize_inputs(inputs)
         if self._plan.sequence_input and inputs.shape[1] is None and timesteps is None:
             timesteps = tf.shape(inputs)[1]  # unknown frame count: all frames
@@ -582,7 +224,7 @@ class SpikingModel(keras.Model):
             first_step = tf.constant(0)
         masks = {}
         if training and self.dropout:
-            masks = self._dropout_masks(tf.shape(inputs)[0])
+            masks = self._time_loop.dropout_masks(tf.shape(inputs)[0], self.dropout)
         result = self._loop(
             inputs, timesteps, record, states, first_step, masks, labels, readout_every
         )
@@ -715,11 +357,13 @@ class SpikingModel(keras.Model):
         takes `y_pred` of shape `(batch, T, classes)`.
 
         `SynapticOps` metrics (in a list or a dict, in `metrics` or
-        `weighted_metrics`) are reported like any compiled metric, and are fed
-        by the model: while any is compiled, every call (training included)
-        counts operations, and `fit`/`evaluate` log the real counts of the
-        batches they ran. Compiling again without them stops the counting.
-        The compile state round-trips through `get_compile_config` /
+        `weighted_metrics`) take operation counts, not the readout: while any
+        is compiled, every forward pass (training included) counts operations
+        and `compute_metrics` hands each batch's counts to them (with the
+        sample weights, for `weighted_metrics`), so `fit`/`evaluate` log the
+        real counts of the batches they ran. They are reported after the
+        other compiled metrics. Compiling again without them stops the
+        counting. The compile state round-trips through `get_compile_config` /
         `compile_from_config`, so a saved model loads compiled.
 
         Example:
@@ -738,25 +382,48 @@ class SpikingModel(keras.Model):
         ...
         ValueError: `loss`: Keras's loss 'sparse_categorical_crossentropy' expects ...
         """
-        from keras_snn.metrics import SynapticOps
-
-        _refuse_keras_objectives(loss, "loss", keras.losses)
-        _refuse_keras_objectives(metrics, "metrics", keras.metrics)
-        _refuse_keras_objectives(weighted_metrics, "weighted_metrics", keras.metrics)
-        ops_metrics = [
-            m for m in tf.nest.flatten([metrics, weighted_metrics]) if isinstance(m, SynapticOps)
-        ]
+        objectives.refuse_keras_objectives(loss, "loss", keras.losses)
+        objectives.refuse_keras_objectives(metrics, "metrics", keras.metrics)
+        objectives.refuse_keras_objectives(weighted_metrics, "weighted_metrics", keras.metrics)
         if metrics is None and weighted_metrics is None:
             # keras.Model.compile keeps the previous compile's metrics when
             # given none; an empty list replaces them.
             metrics = []
+        # Keras's compiled metrics get the readout; SynapticOps get the
+        # counts, in compute_metrics.
         super().compile(
-            optimizer=optimizer, loss=loss, metrics=metrics, weighted_metrics=weighted_metrics,
-            **kwargs,
+            optimizer=optimizer, loss=loss, metrics=objectives.without_ops_metrics(metrics),
+            weighted_metrics=objectives.without_ops_metrics(weighted_metrics), **kwargs,
         )
-        # A plain holder: Keras tracks these through the compiled metrics
-        # already, and must not keep reporting them after a recompile.
-        self._ops_metrics = _Untracked(ops_metrics)
+        self._ops_metrics = objectives.OpsMetrics(metrics, weighted_metrics)
+
+    @property
+    def metrics(self):
+        holder = getattr(self, "_ops_metrics", None)
+        extra = list(holder.all) if holder is not None and self.compiled else []
+        return super().metrics + extra
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        """Keras's compiled metrics on the readout; `SynapticOps` on this pass's counts."""
+        holder = getattr(self, "_ops_metrics", None)
+        ops = holder.take_ops() if holder is not None else None
+        if ops is not None:
+            for metric in holder.plain:
+                metric.update_state(y, ops)
+            for metric in holder.weighted:
+                metric.update_state(y, ops, sample_weight)
+        return super().compute_metrics(x, y, y_pred, sample_weight)
+
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        holder = getattr(self, "_ops_metrics", None)
+        if config is not None and holder is not None:
+            # The metrics as the user passed them, SynapticOps included.
+            config["metrics"] = keras.saving.serialize_keras_object(holder.metrics_argument)
+            config["weighted_metrics"] = keras.saving.serialize_keras_object(
+                holder.weighted_argument
+            )
+        return config
 
     def compile_from_config(self, config):
         """Compile from `get_compile_config()` (used by `keras.saving.load_model`)."""
@@ -794,15 +461,15 @@ class SpikingModel(keras.Model):
 
     def call(self, inputs, timesteps=None, return_ops=False, training=None, readout_every=None):
         holder = getattr(self, "_ops_metrics", None)
-        ops_metrics = holder.items if holder is not None else ()
-        record = "samples" if return_ops or ops_metrics else None
+        counting = holder is not None and bool(holder.all)
+        record = "samples" if return_ops or counting else None
         result = self._execute(
             inputs, timesteps, record=record, training=bool(training), readout_every=readout_every
         )
         if record:
             ops = tf.reduce_sum(result["layer_ops"], axis=-1)
-            for metric in ops_metrics:
-                metric.update_ops(ops)
+            if counting:
+                holder.put_ops(ops)  # for compute_metrics, in the same step
         if return_ops:
             return result["readout"], ops
         return result["readout"]
@@ -847,35 +514,21 @@ class SpikingModel(keras.Model):
         }
 
     # -------------------------------------------------------------- costs
-    def _fanout_maps(self):
-        return {node.key: node.layer.fanout_maps() for node in self._plan.nodes if node.synaptic}
-
     def input_macs(self):
         """MACs per sample and step of synaptic layers fed by analog input.
 
         Direct (analog) input is multiplied, not accumulated as events: each
         input value meets every nonzero outgoing weight once per step.
         """
-        return float(self._input_macs(self._fanout_maps()))
-
-    def _input_macs(self, fanouts):
-        total = tf.constant(0.0)
-        for node in self._plan.nodes:
-            for fanout, kind in zip(fanouts.get(node.key, ()), node.input_kinds):
-                if kind == "analog":
-                    total += tf.reduce_sum(fanout)
-        return total
+        return float(costs.input_macs(self._plan, costs.fanout_maps(self._plan)))
 
     def ann_macs(self):
         """Dict layer name -> MACs of one ANN forward pass (nonzero weights only)."""
-        return {
-            key: float(sum(tf.reduce_sum(fanout) for fanout in maps))
-            for key, maps in self._fanout_maps().items()
-        }
+        return costs.ann_macs(self._plan)
 
     def neuron_counts(self):
         """Dict layer name -> number of spiking neurons, for the recorded layers."""
-        return {node.key: self._plan.neurons(node.key) for node in self._plan.spiking_nodes}
+        return costs.neuron_counts(self._plan)
 
     @property
     def expects_sequence(self):
@@ -998,46 +651,6 @@ class _StreamState:
         self.step.assign(step)
 
 
-class _Untracked:
-    """A plain container Keras's attribute tracking does not look into."""
-
-    def __init__(self, items):
-        self.items = tuple(items)
-
-
-def _is_keras_builtin(obj, namespace):
-    """Whether a loss/metric (object, class, function or name) is Keras's own."""
-    if isinstance(obj, str):
-        if obj in ("accuracy", "acc", "crossentropy", "ce"):
-            return True  # names Keras resolves only once it sees the labels
-        try:
-            obj = namespace.get(obj)
-        except (ValueError, TypeError):
-            return False  # Keras reports unknown names itself
-    # A wrapped function (LossFunctionWrapper, MeanMetricWrapper) is judged by the function.
-    obj = getattr(obj, "fn", None) or getattr(obj, "_fn", None) or obj
-    owner = obj if isinstance(obj, type) or inspect.isroutine(obj) else type(obj)
-    module = getattr(owner, "__module__", None) or ""
-    return module == "keras" or module.startswith("keras.")
-
-
-def _refuse_keras_objectives(objectives, argument, namespace):
-    for obj in tf.nest.flatten(objectives):
-        if obj is None or not _is_keras_builtin(obj, namespace):
-            continue
-        name = obj if isinstance(obj, str) else getattr(obj, "name", getattr(
-            obj, "__name__", type(obj).__name__))
-        what = "loss" if argument == "loss" else "metric"
-        raise ValueError(
-            f"`{argument}`: Keras's {what} {name!r} expects predictions of shape "
-            "(batch, classes), but a SpikingModel outputs the readout after every step, "
-            "(batch, T, classes). Use keras_snn.losses.ReadoutCrossentropy() (final step; "
-            "step=k or step='all' for others), keras_snn.metrics.StepAccuracy() and "
-            "keras_snn.metrics.SynapticOps(), or a custom loss/metric that reads "
-            "(batch, T, classes)."
-        )
-
-
 def _first_line(error):
     text = str(error).strip()
     return text.splitlines()[0][:200] if text else type(error).__name__
@@ -1047,18 +660,6 @@ def _shape_text(shape, sequence=False):
     """(batch, T, 28, 28, 1)-style text of an expected shape."""
     names = ["batch", "T"] if sequence else ["batch"]
     return "(" + ", ".join(names + [str(d) for d in shape[len(names):]]) + ")"
-
-
-def _stack(per_layer, batch_size):
-    if not per_layer:
-        return tf.zeros([batch_size, 0])
-    return tf.stack(per_layer, axis=-1)
-
-
-def _batch_major(stacked):
-    """(T, batch, ...) -> (batch, T, ...)."""
-    rank = stacked.shape.rank
-    return tf.transpose(stacked, [1, 0] + list(range(2, rank)))
 
 
 _SYNAPSE_DTYPES = ("bfloat16", "float16")

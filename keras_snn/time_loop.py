@@ -1,0 +1,233 @@
+"""The compiled time loop that runs a spiking network for T steps.
+
+One `tf.while_loop` (inside the `SpikingModel`'s `tf.function`, optionally
+XLA-compiled): every layer's state (membranes, buffers, the readout sum) is a
+loop variable, no Python runs per step, and what is computed once per call
+(static inputs, time-invariant currents, fan-out maps) stays outside the loop.
+The loop keeps only what the caller asks for (`record`), so memory grows with
+T by the kept readout alone, or not at all for `simulate`'s batch sums.
+"""
+
+import tensorflow as tf
+
+from keras_snn import costs
+from keras_snn.layers.base import SpikingLayer
+from keras_snn.plan import Carries
+
+
+class TimeLoop:
+    """Runs a `keras_snn.plan.Plan` for T steps; see `run`.
+
+    Args:
+        plan: the network's `Plan`.
+        dtype: the compute dtype of the values and records.
+        synapse_dtype: None, or the narrow float type of the weight products
+            on spikes (see `SpikingModel`).
+        parallel_steps: `tf.while_loop`'s `parallel_iterations`.
+        head: None, or the Keras model applied to the readout before
+            predictions are compared with labels (`record="totals"`).
+    """
+
+    def __init__(self, plan, dtype, synapse_dtype=None, parallel_steps=10, head=None):
+        self.plan = plan
+        self.dtype = dtype
+        self.synapse_dtype = synapse_dtype
+        self.parallel_steps = parallel_steps
+        self.head = head
+
+    def initial_states(self, batch_size):
+        """Every dynamic layer's state at rest, for a batch."""
+        return tuple(
+            node.layer.initial_state(batch_size) if isinstance(node.layer, SpikingLayer) else ()
+            for node in self.plan.dynamic
+        )
+
+    def dropout_masks(self, batch_size, rate):
+        """One inverted-dropout mask per spiking layer and sample, for every step."""
+        keep = 1.0 - rate
+        masks = {}
+        for node in self.plan.nodes:
+            if node.synaptic and node.kind is Carries.SPIKES:
+                shape = tf.concat([[batch_size], self.plan.output_shapes[node.key][1:]], 0)
+                draw = tf.random.uniform(shape, dtype=self.dtype)
+                masks[node.key] = tf.cast(draw < keep, self.dtype) / keep
+        return masks
+
+    def run(self, inputs, timesteps, record, states, first_step, masks, labels=None,
+            readout_every=1):
+        """Simulate `timesteps` steps from `states`. Returns a dict of tensors.
+
+        `record` says what the loop keeps besides the final states:
+        - None: the readout of steps `readout_every`, `2 readout_every`, ...
+          `(batch, T / readout_every, classes)`, nothing else;
+        - "samples": also every sample's operations per layer, spike events
+          and spike counts at every step, O(batch x T x layers) (`run`);
+        - "totals": no readout; per step the operations per layer summed over
+          the batch and, given `labels`, the number of correct predictions,
+          and the spike counts per layer summed over batch and steps: O(T x
+          layers), whatever the batch (`simulate`).
+        `first_step` is the step count before this call (streaming input);
+        `masks` maps layer keys to dropout masks (training only).
+        """
+        plan = self.plan
+        batch_size = tf.shape(inputs)[0]
+        fanouts = costs.fanout_maps(plan) if record else {}
+
+        # Everything that does not change over time is computed once, here.
+        values, currents = {}, {}
+        if not plan.sequence_input:
+            values[plan.input_key] = inputs
+        for node in plan.nodes:
+            if node.static:
+                values[node.key], _ = self._run_layer(node, node.gather(values), (), 0)
+            elif node.static_current:
+                currents[node.key] = node.layer.compute_current(node.gather(values))
+        static_values = dict(values)
+
+        def one_step(step, states):
+            """Advance every layer one step: (values, new states, ops per op node)."""
+            timestep = first_step + step
+            values = dict(static_values)
+            if plan.sequence_input:
+                values[plan.input_key] = inputs[:, step]
+            new_states, ops = [], []
+            for node, state in zip(plan.dynamic, states):
+                if node.key in currents:  # time-invariant current: only the neuron runs
+                    node_inputs = None
+                    output, state = node.layer.fire(currents[node.key], state)
+                else:
+                    node_inputs = node.gather(values)
+                    output, state = self._run_layer(node, node_inputs, state, timestep)
+                if node.key in masks:
+                    output = output * masks[node.key]
+                values[node.key] = output
+                new_states.append(tuple(state))
+                if record and node.counts_ops:
+                    ops.append(costs.synaptic_ops(node, node_inputs, fanouts[node.key]))
+            return values, tuple(new_states), ops
+
+        if record == "totals":
+            return self._run_totals(one_step, timesteps, states, labels)
+
+        def body(step, states, readout_ta, ops_ta, events_ta, counts_ta):
+            values, new_states, ops = one_step(step, states)
+            if record:
+                events, counts = self._spike_sums(values)
+                ops_ta = ops_ta.write(step, _stack(ops, batch_size))
+                events_ta = events_ta.write(step, _stack(events, batch_size))
+                counts_ta = counts_ta.write(step, _stack(counts, batch_size))
+            readout = values[plan.output_key]
+            if isinstance(readout_every, int) and readout_every == 1:
+                readout_ta = readout_ta.write(step, readout)
+            else:  # only every k-th step's readout is kept
+                readout_ta = tf.cond(
+                    (step + 1) % readout_every == 0,
+                    lambda: readout_ta.write((step + 1) // readout_every - 1, readout),
+                    lambda: readout_ta,
+                )
+            return step + 1, new_states, readout_ta, ops_ta, events_ta, counts_ta
+
+        def array(size):
+            return tf.TensorArray(self.dtype, size=size)
+
+        kept = timesteps if record else 0
+        _, final_states, readout_ta, ops_ta, events_ta, counts_ta = tf.while_loop(
+            lambda step, *_: step < timesteps,
+            body,
+            (tf.constant(0), states, array(timesteps // readout_every), array(kept),
+             array(kept), array(kept)),
+            maximum_iterations=timesteps,
+            parallel_iterations=self.parallel_steps,
+        )
+        result = {"readout": _batch_major(readout_ta.stack()), "states": final_states}
+        if record:
+            result.update(
+                layer_ops=_batch_major(ops_ta.stack()),
+                spike_events=_batch_major(events_ta.stack()),
+                spike_counts=_batch_major(counts_ta.stack()),
+                input_macs=costs.input_macs(plan, fanouts),
+            )
+        return result
+
+    def _run_totals(self, one_step, timesteps, states, labels):
+        """`run`'s loop for record="totals": batch sums only, O(T x layers).
+
+        Sums are float64: a batch's operations per step pass 2**24 (float32's
+        last exact integer) for networks of a few million synapses.
+        """
+        plan = self.plan
+
+        def batch_sum(per_sample):
+            if not per_sample:
+                return tf.zeros([0], tf.float64)
+            return tf.reduce_sum(tf.cast(tf.stack(per_sample, axis=-1), tf.float64), axis=0)
+
+        def body(step, states, ops_ta, correct_ta, spikes):
+            values, new_states, ops = one_step(step, states)
+            ops_ta = ops_ta.write(step, batch_sum(ops))
+            spikes = spikes + batch_sum(self._spike_sums(values, with_events=False)[1])
+            if labels is not None:
+                readout = values[plan.output_key]
+                if self.head is not None:
+                    readout = self.head(readout)
+                predictions = tf.argmax(readout, axis=-1, output_type=tf.int32)
+                correct_ta = correct_ta.write(
+                    step, tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.float64))
+                )
+            return step + 1, new_states, ops_ta, correct_ta, spikes
+
+        _, final_states, ops_ta, correct_ta, spikes = tf.while_loop(
+            lambda step, *_: step < timesteps,
+            body,
+            (tf.constant(0), states, tf.TensorArray(tf.float64, size=timesteps),
+             tf.TensorArray(tf.float64, size=timesteps if labels is not None else 0),
+             tf.zeros([len(plan.spiking_nodes)], tf.float64)),
+            maximum_iterations=timesteps,
+            parallel_iterations=self.parallel_steps,
+        )
+        result = {
+            "states": final_states,
+            "layer_ops": ops_ta.stack(),  # (T, op layers)
+            "spike_counts": spikes,  # (spiking layers,)
+        }
+        if labels is not None:
+            result["correct"] = correct_ta.stack()  # (T,)
+        return result
+
+    def _run_layer(self, node, inputs, states, timestep):
+        if self.synapse_dtype is not None and node.spike_products:
+            current = node.layer.reduced_precision_current(inputs, self.synapse_dtype)
+            return node.layer.fire(current, states)
+        if isinstance(node.layer, SpikingLayer):
+            return node.layer.step(inputs, states, timestep)
+        return node.layer(inputs), ()
+
+    def _spike_sums(self, values, with_events=True):
+        """Per sample and recorded layer: (events, total magnitude |s|)."""
+        events, counts = [], []
+        for node in self.plan.spiking_nodes:
+            spikes = values[node.key]
+            if node.binary:  # a binary spike is its own event
+                counts.append(_per_sample_sum(spikes))
+                events.append(counts[-1])
+            else:
+                counts.append(_per_sample_sum(tf.abs(spikes)))
+                if with_events:
+                    events.append(_per_sample_sum(costs.event_mask(spikes, False)))
+        return events, counts
+
+
+def _per_sample_sum(x):
+    return tf.reduce_sum(tf.reshape(x, [tf.shape(x)[0], -1]), axis=1)
+
+
+def _stack(per_layer, batch_size):
+    if not per_layer:
+        return tf.zeros([batch_size, 0])
+    return tf.stack(per_layer, axis=-1)
+
+
+def _batch_major(stacked):
+    """(T, batch, ...) -> (batch, T, ...)."""
+    rank = stacked.shape.rank
+    return tf.transpose(stacked, [1, 0] + list(range(2, rank)))

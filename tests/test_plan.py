@@ -1,0 +1,87 @@
+"""keras_snn.plan: what each connection carries, and who reads it."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_snn
+from keras_snn import layers
+from keras_snn import metrics
+from keras_snn.plan import Carries
+from keras_snn.plan import Plan
+
+
+def test_synapse_and_passthrough_rules():
+    S, A, C = Carries.SPIKES, Carries.ANALOG, Carries.CURRENT
+    assert Carries.after_synapse([A], emits_spikes=True) is S
+    assert Carries.after_synapse([A], emits_spikes=False) is A  # a linear map of the input
+    assert Carries.after_synapse([S], emits_spikes=False) is C
+    assert Carries.after_synapse([S, A], emits_spikes=False) is C
+    assert Carries.passed_on([S, S]) is S
+    assert Carries.passed_on([A]) is A
+    assert Carries.passed_on([S, C]) is C  # mixed values are not events
+
+
+def residual_network(encoder):
+    inputs = keras.Input((6, 6, 2))
+    x = encoder(inputs)
+    a = layers.SpikingConv2D(3, 3, padding="same")(x)
+    b = layers.SpikingConv2D(3, 1)(a)
+    x = layers.SpikingAdd()([a, b])
+    x = layers.SpikingAveragePooling2D(2)(x)
+    x = keras.layers.Flatten()(x)
+    x = layers.SpikingDense(4, neuron=None)(x)
+    return keras.Model(inputs, layers.Readout()(x))
+
+
+@pytest.mark.parametrize("encoder, first", [
+    (lambda: layers.AnalogInput(), Carries.ANALOG),
+    (lambda: layers.PoissonInput(seed=0), Carries.SPIKES),
+])
+def test_plan_kinds_and_what_the_loop_counts(encoder, first):
+    plan = Plan(residual_network(encoder()))
+    kinds = [node.kind for node in plan.nodes]
+    assert kinds[0] is first
+    assert kinds[1:-2] == [Carries.SPIKES] * (len(kinds) - 3)  # convs, add, pool, flatten
+    assert kinds[-2:] == [Carries.CURRENT, Carries.CURRENT]  # readout layer and Readout
+    # Operations are counted where spikes arrive: not on the analog input.
+    counted = [node.layer.name for node in plan.op_nodes]
+    first_conv = plan.nodes[1].layer.name
+    assert (first_conv in counted) == (first is Carries.SPIKES)
+    # Analog input: the first layer's current is time-invariant, computed once.
+    assert plan.nodes[1].static_current == (first is Carries.ANALOG)
+    # Poisson spikes are binary (their own event mask), by the layer's attribute.
+    assert plan.nodes[0].binary == (first is Carries.SPIKES)
+
+
+def test_spiking_model_exposes_its_plan_and_simulate_reads_it():
+    snn = keras_snn.SpikingModel(residual_network(layers.AnalogInput()), timesteps=3)
+    assert isinstance(snn.plan, Plan)
+    x = np.random.default_rng(0).random((5, 6, 6, 2)).astype("float32")
+    result = keras_snn.simulate(snn, x, verbose=0)
+    assert sorted(result.layer_ops) == sorted(node.key for node in snn.plan.op_nodes)
+    assert sorted(result.spike_rates) == sorted(node.key for node in snn.plan.spiking_nodes)
+
+
+def test_converter_refuses_what_the_plan_cannot_run():
+    # Raw (analog) input added to spikes: no spiking Add takes analog values.
+    inputs = keras.Input((4,))
+    raw_add = keras.layers.Add()([inputs, keras.layers.Dense(4, activation="relu")(inputs)])
+    with pytest.raises(keras_snn.ConversionError, match="adds the raw input"):
+        keras_snn.convert_model(keras.Model(inputs, keras.layers.Dense(2)(raw_add)))
+    # Nothing but the input reaches the output: it stays analog.
+    inputs = keras.Input((4,))
+    with pytest.raises(keras_snn.ConversionError, match="no weighted layer"):
+        keras_snn.convert_model(keras.Model(inputs, keras.layers.Flatten()(inputs)))
+
+
+def test_synaptic_ops_metric_weights_samples_and_checks_the_shape():
+    metric = metrics.SynapticOps()
+    metric.update_state(None, np.array([[1.0, 2.0], [3.0, 4.0]], "float32"),
+                        sample_weight=np.array([1.0, 0.0], "float32"))
+    assert float(metric.result()) == pytest.approx(3.0)  # only the first sample counts
+    last = metrics.SynapticOps(step=-1)
+    last.update_state(None, np.array([[1.0, 2.0], [3.0, 4.0]], "float32"))
+    assert float(last.result()) == pytest.approx(3.0)
+    with pytest.raises(ValueError, match=r"\(batch, T\)"):
+        metric.update_state(None, np.zeros((2, 3, 4), "float32"))
