@@ -73,6 +73,15 @@ class SpikingModel(keras.Model):
             step's, the least memory for large batches (a Conv MNIST batch of
             1000 at T=500 peaked at 1.8 GiB with 1 against 2.7-3.0 GiB with
             10; see benchmarks/RESULTS.md).
+        fused_neurons: run each layer's neuron update (integrate, fire,
+            reset; buffered neurons' negative spikes) as one XLA-compiled
+            kernel inside the loop (default True) while convolutions and
+            matrix products keep TensorFlow's (oneDNN's) kernels. Unfused,
+            every elementwise operation is a separate pass over the layer's
+            neurons: on Conv MNIST with buffered neurons about 25% of the
+            time (benchmarks/RESULTS.md, "Simulator speed"). The maths is the
+            same; XLA may round a fused multiply-add differently in the last
+            bit. Ignored with `xla=True`, which compiles the whole loop.
         **kwargs: `keras.Model` arguments such as `name`.
 
     Call arguments:
@@ -120,6 +129,7 @@ class SpikingModel(keras.Model):
         synapse_dtype=None,
         readout_every=1,
         parallel_steps=10,
+        fused_neurons=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -148,9 +158,11 @@ class SpikingModel(keras.Model):
                 f"`parallel_steps` must be an int >= 1; received {parallel_steps!r}."
             )
         self.parallel_steps = parallel_steps
+        self.fused_neurons = bool(fused_neurons)
         self._plan = Plan(network)
         self._time_loop = TimeLoop(
-            self._plan, self.compute_dtype, self.synapse_dtype, parallel_steps, head
+            self._plan, self.compute_dtype, self.synapse_dtype, parallel_steps, head,
+            fused_neurons=self.fused_neurons and not self.xla,
         )
         self._loop = tf.function(self._time_loop.run, jit_compile=self.xla)
         self._state = None
@@ -553,7 +565,8 @@ class SpikingModel(keras.Model):
         The network (layers and weights) and the head are shared, not copied:
         training one trains the other. Options are the constructor's:
         `timesteps`, `stateful`, `batch_size`, `xla`, `head`, `dropout`,
-        `synapse_dtype`. Not carried over: a stateful model's stream state,
+        `synapse_dtype`, `readout_every`, `parallel_steps`, `fused_neurons`.
+        Not carried over: a stateful model's stream state,
         the model's `name` and its `compile()` state (compile the new model
         to train or evaluate it).
 
@@ -614,6 +627,7 @@ class SpikingModel(keras.Model):
             "synapse_dtype": self.synapse_dtype,
             "readout_every": self.readout_every,
             "parallel_steps": self.parallel_steps,
+            "fused_neurons": self.fused_neurons,
         }
 
     @classmethod

@@ -26,14 +26,31 @@ class TimeLoop:
         parallel_steps: `tf.while_loop`'s `parallel_iterations`.
         head: None, or the Keras model applied to the readout before
             predictions are compared with labels (`record="totals"`).
+        fused_neurons: run each layer's neuron update (add, compare, reset,
+            and for buffered neurons the negative spikes) as one
+            XLA-compiled kernel instead of one TensorFlow kernel per
+            elementwise operation; see `SpikingModel`.
     """
 
-    def __init__(self, plan, dtype, synapse_dtype=None, parallel_steps=10, head=None):
+    def __init__(self, plan, dtype, synapse_dtype=None, parallel_steps=10, head=None,
+                 fused_neurons=True):
         self.plan = plan
         self.dtype = dtype
         self.synapse_dtype = synapse_dtype
         self.parallel_steps = parallel_steps
         self.head = head
+        # Without XLA every elementwise operation of a neuron update is its
+        # own kernel and a full pass over the layer's neurons; compiled, the
+        # update is one pass. The convolutions and matrix products stay
+        # outside (oneDNN's kernels), so only the memory-bound part changes.
+        self._fire = {
+            node.key: (
+                tf.function(node.layer.fire, jit_compile=True, autograph=False)
+                if fused_neurons and getattr(node.layer, "neuron", None) is not None
+                else node.layer.fire
+            )
+            for node in plan.nodes if node.synaptic
+        }
 
     def initial_states(self, batch_size):
         """Every dynamic layer's state at rest, for a batch."""
@@ -94,7 +111,7 @@ class TimeLoop:
             for node, state in zip(plan.dynamic, states):
                 if node.key in currents:  # time-invariant current: only the neuron runs
                     node_inputs = None
-                    output, state = node.layer.fire(currents[node.key], state)
+                    output, state = self._fire[node.key](currents[node.key], state)
                 else:
                     node_inputs = node.gather(values)
                     output, state = self._run_layer(node, node_inputs, state, timestep)
@@ -195,9 +212,12 @@ class TimeLoop:
         return result
 
     def _run_layer(self, node, inputs, states, timestep):
-        if self.synapse_dtype is not None and node.spike_products:
-            current = node.layer.reduced_precision_current(inputs, self.synapse_dtype)
-            return node.layer.fire(current, states)
+        if node.synaptic:
+            if self.synapse_dtype is not None and node.spike_products:
+                current = node.layer.reduced_precision_current(inputs, self.synapse_dtype)
+            else:
+                current = node.layer.compute_current(inputs)
+            return self._fire[node.key](current, tuple(states))
         if isinstance(node.layer, SpikingLayer):
             return node.layer.step(inputs, states, timestep)
         return node.layer(inputs), ()

@@ -337,3 +337,54 @@ def test_numpy_integer_timesteps_are_accepted_as_ints():
     assert tuple(snn(np.ones((1, 3), "float32")).shape) == (1, 6, 2)
     with pytest.raises(ValueError, match="timesteps"):
         SpikingModel(snn.network, timesteps=np.int64(0))
+
+
+def mixed_neuron_network():
+    inputs = keras.Input((6, 6, 2))
+    x = layers.AnalogInput()(inputs)
+    x = layers.SpikingConv2D(4, 3, padding="same", neuron=neurons.BufferedIF(spike_max=2),
+                             threshold=0.7)(x)
+    x = layers.SpikingConv2D(4, 3, neuron=neurons.LIF(initial_membrane=0.5))(x)
+    x = layers.SpikingAveragePooling2D(2, neuron=neurons.IF(reset="zero"))(x)
+    x = keras.layers.Flatten()(x)
+    x = layers.SpikingDense(3, neuron=None)(x)
+    return keras.Model(inputs, layers.Readout()(x))
+
+
+def test_fused_neuron_updates_give_the_unfused_spikes_readout_and_gradients():
+    keras.utils.set_random_seed(3)
+    network = mixed_neuron_network()
+    fused = SpikingModel(network, timesteps=12)
+    plain = fused.with_options(fused_neurons=False)
+    assert fused.fused_neurons and not plain.fused_neurons
+    x = np.random.default_rng(0).random((5, 6, 6, 2)).astype("float32")
+    a, b = fused.run(x), plain.run(x)
+    for layer, events in b["spike_counts"].items():
+        np.testing.assert_array_equal(a["spike_counts"][layer], events)
+    np.testing.assert_array_equal(a["synaptic_ops"], b["synaptic_ops"])
+    np.testing.assert_allclose(a["readout"], b["readout"], atol=1e-5)
+
+    def gradients(model):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(model(x, training=True)[:, -1] ** 2)
+        return tape.gradient(loss, network.trainable_variables)
+
+    for g_fused, g_plain in zip(gradients(fused), gradients(plain)):
+        np.testing.assert_allclose(g_fused, g_plain, rtol=1e-4, atol=1e-5)
+    assert SpikingModel.from_config(plain.get_config()).fused_neurons is False
+
+
+def test_fused_neurons_are_compiled_kernels_inside_the_loop():
+    def compiled_functions(snn):
+        x = tf.constant(np.random.rand(2, 6, 6, 2).astype("float32"))
+        graph = snn._loop.get_concrete_function(
+            x, 3, None, snn._initial_states(2), tf.constant(0), {}
+        ).graph
+        return [
+            f for f in graph.as_graph_def().library.function
+            if f.attr.get("_XlaMustCompile") is not None and f.attr["_XlaMustCompile"].b
+        ]
+
+    snn = SpikingModel(mixed_neuron_network(), timesteps=3)
+    assert len(compiled_functions(snn)) == 3  # one per layer with a neuron
+    assert compiled_functions(snn.with_options(fused_neurons=False)) == []
