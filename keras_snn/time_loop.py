@@ -101,13 +101,15 @@ class TimeLoop:
                 currents[node.key] = node.layer.compute_current(node.gather(values))
         static_values = dict(values)
 
+        op_fanouts = [fanouts[node.key] for node in plan.op_nodes] if record else []
+
         def one_step(step, states):
-            """Advance every layer one step: (values, new states, ops per op node)."""
+            """Advance every layer one step: (values, new states, op nodes' inputs)."""
             timestep = first_step + step
             values = dict(static_values)
             if plan.sequence_input:
                 values[plan.input_key] = inputs[:, step]
-            new_states, ops = [], []
+            new_states, op_inputs = [], []
             for node, state in zip(plan.dynamic, states):
                 if node.key in currents:  # time-invariant current: only the neuron runs
                     node_inputs = None
@@ -119,17 +121,25 @@ class TimeLoop:
                     output = output * masks[node.key]
                 values[node.key] = output
                 new_states.append(tuple(state))
-                if record and node.counts_ops:
-                    ops.append(costs.synaptic_ops(node, node_inputs, fanouts[node.key]))
-            return values, tuple(new_states), ops
+                if record and node.counts_ops:  # all op nodes are dynamic, in plan order
+                    op_inputs.append(node_inputs)
+            return values, tuple(new_states), op_inputs
+
+        def spikes_of(values):
+            return [values[node.key] for node in plan.spiking_nodes]
 
         if record == "totals":
-            return self._run_totals(one_step, timesteps, states, labels)
+            def count_totals(values, op_inputs):
+                return self._count_step(spikes_of(values), op_inputs, op_fanouts, True)
+
+            return self._run_totals(one_step, count_totals, timesteps, states, labels)
 
         def body(step, states, readout_ta, ops_ta, events_ta, counts_ta):
-            values, new_states, ops = one_step(step, states)
+            values, new_states, op_inputs = one_step(step, states)
             if record:
-                events, counts = self._spike_sums(values)
+                ops, events, counts = self._count_step(
+                    spikes_of(values), op_inputs, op_fanouts, False
+                )
                 ops_ta = ops_ta.write(step, _stack(ops, batch_size))
                 events_ta = events_ta.write(step, _stack(events, batch_size))
                 counts_ta = counts_ta.write(step, _stack(counts, batch_size))
@@ -166,23 +176,15 @@ class TimeLoop:
             )
         return result
 
-    def _run_totals(self, one_step, timesteps, states, labels):
-        """`run`'s loop for record="totals": batch sums only, O(T x layers).
-
-        Sums are float64: a batch's operations per step pass 2**24 (float32's
-        last exact integer) for networks of a few million synapses.
-        """
+    def _run_totals(self, one_step, count_totals, timesteps, states, labels):
+        """`run`'s loop for record="totals": batch sums only, O(T x layers)."""
         plan = self.plan
 
-        def batch_sum(per_sample):
-            if not per_sample:
-                return tf.zeros([0], tf.float64)
-            return tf.reduce_sum(tf.cast(tf.stack(per_sample, axis=-1), tf.float64), axis=0)
-
         def body(step, states, ops_ta, correct_ta, spikes):
-            values, new_states, ops = one_step(step, states)
-            ops_ta = ops_ta.write(step, batch_sum(ops))
-            spikes = spikes + batch_sum(self._spike_sums(values, with_events=False)[1])
+            values, new_states, op_inputs = one_step(step, states)
+            ops, spike_counts = count_totals(values, op_inputs)
+            ops_ta = ops_ta.write(step, ops)
+            spikes = spikes + spike_counts
             if labels is not None:
                 readout = values[plan.output_key]
                 if self.head is not None:
@@ -222,19 +224,40 @@ class TimeLoop:
             return node.layer.step(inputs, states, timestep)
         return node.layer(inputs), ()
 
-    def _spike_sums(self, values, with_events=True):
-        """Per sample and recorded layer: (events, total magnitude |s|)."""
+    def _count_step(self, spikes, op_inputs, op_fanouts, totals):
+        """One step's records from the spiking layers' outputs and the op nodes' inputs.
+
+        Per sample (`totals` False): (operations per op node, spike events
+        and spike magnitudes `sum |s|` per spiking node), three lists of
+        `(batch,)` tensors. Summed over the batch (`totals` True): (ops
+        `(op nodes,)`, magnitudes `(spiking nodes,)`), in float64: a batch's
+        operations per step pass 2**24 (float32's last exact integer) for
+        networks of a few million synapses.
+        """
+        plan = self.plan
+        ops = [
+            costs.synaptic_ops(node, inputs, fanouts)
+            for node, inputs, fanouts in zip(plan.op_nodes, op_inputs, op_fanouts)
+        ]
         events, counts = [], []
-        for node in self.plan.spiking_nodes:
-            spikes = values[node.key]
+        for node, values in zip(plan.spiking_nodes, spikes):
             if node.binary:  # a binary spike is its own event
-                counts.append(_per_sample_sum(spikes))
+                counts.append(_per_sample_sum(values))
                 events.append(counts[-1])
             else:
-                counts.append(_per_sample_sum(tf.abs(spikes)))
-                if with_events:
-                    events.append(_per_sample_sum(costs.event_mask(spikes, False)))
-        return events, counts
+                counts.append(_per_sample_sum(tf.abs(values)))
+                if not totals:
+                    events.append(_per_sample_sum(costs.event_mask(values, False)))
+        if totals:
+            return _batch_sum(ops), _batch_sum(counts)
+        return ops, events, counts
+
+
+def _batch_sum(per_sample):
+    """A list of `(batch,)` tensors -> their sums over the batch, float64 `(len,)`."""
+    if not per_sample:
+        return tf.zeros([0], tf.float64)
+    return tf.reduce_sum(tf.cast(tf.stack(per_sample, axis=-1), tf.float64), axis=0)
 
 
 def _per_sample_sum(x):
