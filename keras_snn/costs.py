@@ -20,22 +20,35 @@ def fanout_maps(plan):
     return {node.key: node.layer.fanout_maps() for node in plan.nodes if node.synaptic}
 
 
-def event_mask(x, binary):
-    """1 where a spike event happened; binary spikes are their own mask."""
-    return x if binary else tf.cast(tf.not_equal(x, 0), x.dtype)
+def event_mask(x, binary, unit=False):
+    """1 where a spike event happened.
+
+    Binary spikes (0/1) are their own mask and unit spikes (-1/0/1) their
+    absolute value: one pass fewer than comparing and casting.
+    """
+    if binary:
+        return x
+    if unit:
+        return tf.abs(x)
+    return tf.cast(tf.not_equal(x, 0), x.dtype)
 
 
-def synaptic_ops(node, inputs, fanouts):
+def synaptic_ops(node, inputs, fanouts, scaled=False):
     """A layer's operations per sample: its input events times their fan-out.
 
     One matrix-vector product per spike input, `(batch, N) @ (N,)`; analog
-    inputs and currents cost no synaptic operations.
+    inputs and currents cost no synaptic operations. `scaled`: the spikes
+    were scaled (training-time dropout), so their values are not 0/1 or
+    -1/0/1 and every event is found by comparison.
     """
     inputs = inputs if isinstance(inputs, list) else [inputs]
     total = 0.0
-    for x, fanout, kind, binary in zip(inputs, fanouts, node.input_kinds, node.input_binary):
+    for x, fanout, kind, binary, unit in zip(
+        inputs, fanouts, node.input_kinds, node.input_binary, node.input_unit
+    ):
         if kind is Carries.SPIKES:
-            events = tf.reshape(event_mask(x, binary), [tf.shape(x)[0], -1])
+            mask = event_mask(x, binary and not scaled, unit and not scaled)
+            events = tf.reshape(mask, [tf.shape(x)[0], -1])
             total += tf.linalg.matvec(events, tf.reshape(fanout, [-1]))
     return total
 

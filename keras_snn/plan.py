@@ -75,9 +75,12 @@ class PlanNode:
             in a narrow dtype.
         binary: the output spikes are 0 or 1 (their own event mask);
             input_binary: the same for each input.
+        unit: the output spikes are -1, 0 or 1 (`|s|` is the event mask and
+            the spike magnitude at once); input_unit: the same for each input.
     """
 
-    def __init__(self, node, input_kinds, kind, static, static_current, binary, input_binary):
+    def __init__(self, node, input_kinds, kind, static, static_current, binary, input_binary,
+                 unit=False, input_unit=()):
         self.key = node.key
         self.layer = node.layer
         self.input_keys = node.input_keys
@@ -90,6 +93,8 @@ class PlanNode:
         self.spike_products = self.synaptic and set(input_kinds) == {Carries.SPIKES}
         self.binary = binary
         self.input_binary = input_binary
+        self.unit = unit
+        self.input_unit = list(input_unit) or [False] * len(input_binary)
 
     def gather(self, values):
         """This node's inputs from a dict key -> value (one value or a list)."""
@@ -211,6 +216,7 @@ class Plan:
     def _classify(self, graph):
         # Event frames may hold counts, so a sequence input is not binary.
         binary = {self.input_key: False}
+        unit = {self.input_key: False}
         kinds = {self.input_key: Carries.SPIKES if self.sequence_input else Carries.ANALOG}
         static = {self.input_key: not self.sequence_input}
         plan = []
@@ -233,11 +239,17 @@ class Plan:
             kinds[node.key], static[node.key] = kind, out_static
             if isinstance(layer, SpikingLayer):
                 is_binary = kind is Carries.SPIKES and layer.emits_binary_spikes
+                neuron = getattr(layer, "neuron", None)
+                is_unit = is_binary or (
+                    kind is Carries.SPIKES and neuron is not None and neuron.spike_max == 1
+                )
             else:
                 is_binary = all(binary[key] for key in node.input_keys)
-            binary[node.key] = is_binary
-            in_binary = [binary[key] for key in node.input_keys]
-            plan.append(
-                PlanNode(node, in_kinds, kind, out_static, current_static, is_binary, in_binary)
-            )
+                is_unit = all(unit[key] for key in node.input_keys)
+            binary[node.key], unit[node.key] = is_binary, is_unit
+            plan.append(PlanNode(
+                node, in_kinds, kind, out_static, current_static, is_binary,
+                [binary[key] for key in node.input_keys], is_unit,
+                [unit[key] for key in node.input_keys],
+            ))
         return plan

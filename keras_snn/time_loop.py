@@ -130,7 +130,9 @@ class TimeLoop:
 
         if record == "totals":
             def count_totals(values, op_inputs):
-                return self._count_step(spikes_of(values), op_inputs, op_fanouts, True)
+                return self._count_step(
+                    spikes_of(values), op_inputs, op_fanouts, True, bool(masks)
+                )
 
             return self._run_totals(one_step, count_totals, timesteps, states, labels)
 
@@ -138,7 +140,7 @@ class TimeLoop:
             values, new_states, op_inputs = one_step(step, states)
             if record:
                 ops, events, counts = self._count_step(
-                    spikes_of(values), op_inputs, op_fanouts, False
+                    spikes_of(values), op_inputs, op_fanouts, False, bool(masks)
                 )
                 ops_ta = ops_ta.write(step, _stack(ops, batch_size))
                 events_ta = events_ta.write(step, _stack(events, batch_size))
@@ -224,7 +226,7 @@ class TimeLoop:
             return node.layer.step(inputs, states, timestep)
         return node.layer(inputs), ()
 
-    def _count_step(self, spikes, op_inputs, op_fanouts, totals):
+    def _count_step(self, spikes, op_inputs, op_fanouts, totals, scaled=False):
         """One step's records from the spiking layers' outputs and the op nodes' inputs.
 
         Per sample (`totals` False): (operations per op node, spike events
@@ -232,17 +234,21 @@ class TimeLoop:
         `(batch,)` tensors. Summed over the batch (`totals` True): (ops
         `(op nodes,)`, magnitudes `(spiking nodes,)`), in float64: a batch's
         operations per step pass 2**24 (float32's last exact integer) for
-        networks of a few million synapses.
+        networks of a few million synapses. `scaled`: dropout scaled the
+        spikes (training), so no spike value is known to be 0/1 or -1/0/1.
         """
         plan = self.plan
         ops = [
-            costs.synaptic_ops(node, inputs, fanouts)
+            costs.synaptic_ops(node, inputs, fanouts, scaled)
             for node, inputs, fanouts in zip(plan.op_nodes, op_inputs, op_fanouts)
         ]
         events, counts = [], []
         for node, values in zip(plan.spiking_nodes, spikes):
-            if node.binary:  # a binary spike is its own event
+            if node.binary and not scaled:  # a binary spike is its own event
                 counts.append(_per_sample_sum(values))
+                events.append(counts[-1])
+            elif node.unit and not scaled:  # -1, 0 or 1: the magnitude counts the events
+                counts.append(_per_sample_sum(tf.abs(values)))
                 events.append(counts[-1])
             else:
                 counts.append(_per_sample_sum(tf.abs(values)))

@@ -388,3 +388,20 @@ def test_fused_neurons_are_compiled_kernels_inside_the_loop():
     snn = SpikingModel(mixed_neuron_network(), timesteps=3)
     assert len(compiled_functions(snn)) == 3  # one per layer with a neuron
     assert compiled_functions(snn.with_options(fused_neurons=False)) == []
+
+
+@pytest.mark.parametrize("neuron", [neurons.IF(), neurons.BufferedIF()])
+def test_training_dropout_counts_events_not_scaled_spikes(neuron):
+    # Dropout scales kept spikes by 1/(1 - rate): a spike is still one event
+    # per synapse, so the counts stay whole numbers of (integer) fan-outs.
+    inputs = keras.Input((6,))
+    x = layers.AnalogInput()(inputs)
+    x = layers.SpikingDense(16, neuron=neuron, threshold=0.3)(x)
+    x = layers.SpikingDense(3, neuron=None)(x)
+    snn = SpikingModel(keras.Model(inputs, layers.Readout()(x)), timesteps=6, dropout=0.3)
+    x = np.random.default_rng(0).random((4, 6)).astype("float32")
+    _, ops = snn(x, training=True, return_ops=True)
+    assert np.any(ops > 0)
+    np.testing.assert_array_equal(ops, np.round(ops))
+    _, ops_eval = snn(x, return_ops=True)
+    assert np.all(ops <= ops_eval + 1e-6)  # dropout only removes events
