@@ -4,9 +4,12 @@ For each architecture (Dense MNIST, Conv MNIST, Conv CIFAR) the script times,
 in one process on one machine:
 - the floor: 50 plain forward passes of the same Keras ANN over the same items
   (one compiled forward function called 50 times per batch);
-- the SNN (converted from that ANN) with op counting on and off, with and
-  without XLA, with bfloat16 synapses (`synapse_dtype="bfloat16"`), at
-  several batch sizes;
+- the SNN (converted from that ANN with the library's default options, or
+  `--neuron if` for the IF networks of earlier tables) with op counting on
+  and off, `simulate` over the same items (ops and accuracy summed in the
+  loop), the neuron updates unfused (`fused_neurons=False`, the loop before
+  issue 15), with XLA, with bfloat16 synapses (`synapse_dtype="bfloat16"`),
+  at several batch sizes;
 - for reference, 50 passes of the ANN under Keras's mixed_bfloat16 policy;
 and prints each time and its ratio to the floor. Speed does not depend on the
 weights (every step is dense tensor work), so the ANNs are untrained and
@@ -41,6 +44,7 @@ flags.DEFINE_boolean(
     "bfloat16", True, "Also time bfloat16 synapses and the ANN under mixed_bfloat16."
 )
 flags.DEFINE_integer("repeats", 2, "Timed repeats (the best is reported) after a warm-up.")
+flags.DEFINE_string("neuron", "auto", "convert_model's neuron (auto: the library default).")
 
 SHAPES = {"dense_mnist": (28, 28, 1), "conv_mnist": (28, 28, 1), "conv_cifar": (32, 32, 3)}
 
@@ -66,8 +70,9 @@ def main(_):
     print(f"protocol: {FLAGS.timesteps} steps over {FLAGS.items} items, best of {FLAGS.repeats}\n")
     columns = [
         "model", "batch", "50 ANN passes (s)", "SNN, ops off (s)", "ratio", "SNN, ops on (s)",
-        "ratio", "op counting cost", "XLA, ops on (s)", "ratio",
-        "bf16 synapses, ops on (s)", "ratio", "50 ANN passes, mixed_bfloat16 (s)",
+        "ratio", "op counting cost", "simulate (s)", "ratio", "unfused, ops on (s)", "ratio",
+        "XLA, ops on (s)", "ratio", "bf16 synapses, ops on (s)", "ratio",
+        "50 ANN passes, mixed_bfloat16 (s)",
     ]
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
@@ -76,9 +81,8 @@ def main(_):
         shape = SHAPES[name]
         ann = getattr(applications, name)(input_shape=shape)
         x = rng.random((FLAGS.items, *shape)).astype("float32")
-        snn = keras_snn.convert_model(  # IF neurons, as in RESULTS.md's tables
-            ann, x[:200], timesteps=FLAGS.timesteps, neuron="if"
-        )
+        labels = rng.integers(0, 10, FLAGS.items)
+        snn = keras_snn.convert_model(ann, x[:200], timesteps=FLAGS.timesteps, neuron=FLAGS.neuron)
         snn_xla = snn.with_options(xla=True)
         snn_bf16 = snn.with_options(synapse_dtype="bfloat16")
         forward = tf.function(lambda batch: ann(batch, training=False))
@@ -94,10 +98,18 @@ def main(_):
                         (out[0] if ops else out).numpy()
                 return run
 
+            def simulate_run(bts):
+                items = sum(int(b.shape[0]) for b in bts)
+                keras_snn.simulate(
+                    snn, x[:items], labels[:items], batch_size=batch_size, verbose=0
+                )
+
             variants = {
                 "floor": common.forward_passes(forward, FLAGS.timesteps),
                 "off": snn_run(snn, False),
                 "on": snn_run(snn, True),
+                "simulate": simulate_run,
+                "unfused": snn_run(snn.with_options(fused_neurons=False), True),
             }
             if FLAGS.xla:
                 variants["xla"] = snn_run(snn_xla, True)
@@ -108,12 +120,14 @@ def main(_):
                 list(variants.values()), batches, FLAGS.repeats
             )))
             floor, off, on = seconds["floor"], seconds["off"], seconds["on"]
+            simulated, unfused = seconds["simulate"], seconds["unfused"]
             nan = float("nan")
             xla, bf16 = seconds.get("xla", nan), seconds.get("bf16", nan)
             floor_bf16 = seconds.get("floor_bf16", nan)
             print(
                 f"| {name} | {batch_size} | {floor:.2f} | {off:.2f} | {off / floor:.2f} | "
                 f"{on:.2f} | {on / floor:.2f} | {100 * (on / off - 1):+.0f}% | "
+                f"{simulated:.2f} | {simulated / floor:.2f} | {unfused:.2f} | {unfused / floor:.2f} | "
                 f"{xla:.2f} | {xla / floor:.2f} | {bf16:.2f} | {bf16 / floor:.2f} | "
                 f"{floor_bf16:.2f} |",
                 flush=True,
