@@ -470,15 +470,16 @@ class _NIRBuilder:
         in_shape = tuple(int(d) for d in self.shapes[node.input_keys[0]][1:])
         spatial = in_shape[:-1]
         kernel = np.asarray(layer.kernel)
-        if isinstance(layer, snn_layers.SpikingDepthwiseConv2D):
-            kh, kw, channels, multiplier = kernel.shape
-            weight = kernel.reshape(kh, kw, channels * multiplier)[:, :, :, None]
-            weight = weight.transpose(2, 3, 0, 1)  # (C*M, 1, kh, kw)
-            groups = channels
-        else:
-            groups = getattr(layer, "groups", 1)
-            rank = kernel.ndim - 2
-            weight = kernel.transpose((rank + 1, rank) + tuple(range(rank)))  # (out, in, k..)
+        # NIR holds a grouped convolution's kernel as (out, in / groups, *taps).
+        # Input axes that are also output axes (depthwise: output c*M + m reads
+        # channel c) leave one input per group.
+        in_axes, out_axes = layer.kernel_channel_axes(kernel.ndim)
+        rank = kernel.ndim - 2
+        outputs = int(np.prod([kernel.shape[a] for a in out_axes]))
+        per_group = int(np.prod([kernel.shape[a] for a in in_axes if a not in out_axes]))
+        groups = in_shape[-1] // per_group
+        weight = kernel.reshape(kernel.shape[:rank] + (per_group, outputs))
+        weight = weight.transpose((rank + 1, rank) + tuple(range(rank)))  # (out, in/g, k..)
         if layer.padding == "causal":
             self._refuse(layer, "causal padding has no NIR form.")
         padding = []
