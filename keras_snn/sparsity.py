@@ -18,6 +18,9 @@ from keras_snn.conversion.converter import convert_model
 from keras_snn.graph import layer_graph
 from keras_snn.layers.base import SynapticLayer
 from keras_snn.layers.qrelu import QReLU
+from keras_snn.layers.weighted import find_weighted_layer
+from keras_snn.layers.weighted import has_weighted_kernel
+from keras_snn.layers.weighted import weighted_regularizer_names
 from keras_snn.metrics import combined_sparsity
 
 
@@ -113,15 +116,6 @@ class WeightL1(keras.regularizers.Regularizer):
         return {"strength": self.strength}
 
 
-# The Keras layers whose kernels are penalised and pruned.
-WEIGHTED_LAYERS = (
-    keras.layers.Dense,
-    keras.layers.Conv1D,
-    keras.layers.Conv2D,
-    keras.layers.DepthwiseConv2D,
-)
-
-
 def _relu_output(layer):
     if isinstance(layer, (keras.layers.ReLU, QReLU)):
         return True
@@ -158,8 +152,8 @@ def add_sparsity_penalties(model, activation=0.0, weight=0.0):
             config["activity_regularizer"] = keras.saving.serialize_keras_object(
                 _combine(layer.activity_regularizer, ActivationL1(activation))
             )
-        if weight and isinstance(layer, WEIGHTED_LAYERS):
-            key = "depthwise_regularizer" if "depthwise_regularizer" in config else "kernel_regularizer"
+        if weight and has_weighted_kernel(layer):
+            key = find_weighted_layer(layer).regularizer
             current = getattr(layer, key, None)
             config[key] = keras.saving.serialize_keras_object(_combine(current, WeightL1(weight)))
         return layer.__class__.from_config(config)
@@ -183,7 +177,7 @@ def strip_sparsity_penalties(model):
 
     def clone(layer):
         config = layer.get_config()
-        for key in ("activity_regularizer", "kernel_regularizer", "depthwise_regularizer"):
+        for key in ("activity_regularizer",) + weighted_regularizer_names():
             current = getattr(layer, key, None)
             if isinstance(current, _PENALTIES):
                 config[key] = None
