@@ -18,9 +18,9 @@ from keras_snn.export import export_nir
 from keras_snn.evaluation import SimulationResult
 from keras_snn.evaluation import simulate
 from keras_snn.simulation import SpikingModel
-from keras_snn.sparsity import add_sparsity_penalties
+from keras_snn.penalties import add_sparsity_penalties
+from keras_snn.penalties import strip_sparsity_penalties
 from keras_snn.sparsity import measure_sparsity
-from keras_snn.sparsity import strip_sparsity_penalties
 from keras_snn.version import __version__
 
 __all__ = [

@@ -9,8 +9,8 @@ import keras_snn
 from keras_snn.callbacks import SparsityMonitor
 from keras_snn.callbacks import WeightPruning
 from keras_snn.layers.weighted import has_weighted_kernel
-from keras_snn.sparsity import ActivationL1
-from keras_snn.sparsity import WeightL1
+from keras_snn.penalties import ActivationL1
+from keras_snn.penalties import WeightL1
 
 RNG = np.random.default_rng(0)
 X = RNG.random((96, 6, 6, 1)).astype("float32")
