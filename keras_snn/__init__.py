@@ -1,6 +1,6 @@
 """keras_snn: convert trained Keras models to spiking neural networks and run them fast.
 
-Public API only; see shared/DESIGN.md for the maths and the architecture.
+Public API only; README.md describes the maths, the architecture and the papers.
 """
 
 from keras_snn import applications

@@ -1,7 +1,7 @@
 """Fold per-channel affine maps (BatchNormalization, Rescaling, Normalization)
 into the adjacent weighted layer, so the spiking network has none.
 
-Two exact folds (DESIGN.md section 4):
+Two exact folds:
 - output side, `affine(W x + b)`: scale each output channel's weights, and
   `b <- scale * b + shift`. This is Conv -> BN -> ReLU, the usual placement.
 - input side, `W (scale * x + shift) + b`: scale each input channel's weights,

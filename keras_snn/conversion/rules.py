@@ -202,7 +202,9 @@ register_conversion_rule(keras.layers.ReLU, _relu_rule)
 
 
 def _qrelu_rule(layer, key, inputs):
-    # The learned bound is the activation ceiling (seed 004 Alg. 1).
+    # The learned bound is the activation ceiling (Alg. 1 of "A High
+    # Performance and Low Latency Deep Spiking Neural Networks Conversion
+    # Framework").
     bound = float(keras.ops.convert_to_numpy(layer.bound))
     return [ir.Relu(
         key, inputs, layer.name, bound, quantized=True, shift=float(layer.shift),
