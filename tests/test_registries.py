@@ -137,11 +137,12 @@ class GatedDense(keras.layers.Layer):
                 "activation": keras.activations.serialize(self.activation)}
 
 
-def test_subclass_of_a_weighted_layer_converts_is_penalised_and_pruned():
+def test_subclass_of_a_weighted_layer_converts_is_penalised_and_selected_for_pruning():
     from keras_snn.layers.weighted import find_weighted_layer
     from keras_snn.layers.weighted import has_weighted_kernel
 
     assert find_weighted_layer(ScaledDense).keras_class is keras.layers.Dense
+    # WeightPruning prunes exactly the layers has_weighted_kernel selects.
     assert has_weighted_kernel(ScaledDense(3)) and not has_weighted_kernel(
         keras.layers.SeparableConv2D(2, 3))
     model = mlp(ScaledDense(7, activation="relu", name="scaled"))
