@@ -27,7 +27,7 @@ from benchmarks import common  # noqa: E402
 from keras_snn import applications  # noqa: E402
 from keras_snn.callbacks import WeightPruning  # noqa: E402
 from keras_snn.graph import layer_graph  # noqa: E402
-from keras_snn.sparsity import WEIGHTED_LAYERS  # noqa: E402
+from keras_snn.layers.weighted import has_weighted_kernel  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("repeats", 200, "Callback calls timed per case.")
@@ -46,7 +46,7 @@ class HostPruning(keras.callbacks.Callback):
         graph = layer_graph(self.model, flatten=True)
         return list({
             id(node.layer): node.layer
-            for node in graph.nodes if isinstance(node.layer, WEIGHTED_LAYERS)
+            for node in graph.nodes if has_weighted_kernel(node.layer)
         }.values())
 
     def on_train_begin(self, logs=None):
@@ -110,7 +110,7 @@ def main(argv):
     del argv
     weights = sum(
         layer.kernel.shape.num_elements() for layer in make_model().layers
-        if isinstance(layer, WEIGHTED_LAYERS)
+        if has_weighted_kernel(layer)
     )
     print(common.machine())
     print(f"Conv MNIST net, {weights} kernel weights, batch {FLAGS.batch_size}")

@@ -1,6 +1,6 @@
 """keras_snn: convert trained Keras models to spiking neural networks and run them fast.
 
-Public API only; see shared/DESIGN.md for the maths and the architecture.
+Public API only; README.md describes the maths, the architecture and the papers.
 """
 
 from keras_snn import applications
@@ -17,10 +17,10 @@ from keras_snn.export import NIRExportError
 from keras_snn.export import export_nir
 from keras_snn.evaluation import SimulationResult
 from keras_snn.evaluation import simulate
+from keras_snn.penalties import add_sparsity_penalties
+from keras_snn.penalties import strip_sparsity_penalties
 from keras_snn.spiking_model import SpikingModel
-from keras_snn.sparsity import add_sparsity_penalties
 from keras_snn.sparsity import measure_sparsity
-from keras_snn.sparsity import strip_sparsity_penalties
 from keras_snn.version import __version__
 
 __all__ = [

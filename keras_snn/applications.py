@@ -1,15 +1,19 @@
 """The papers' reference architectures as Keras models, ready to train and convert.
 
-- `dense_mnist`: anytime paper Table B (128-128-classes).
-- `conv_mnist`: anytime paper Table C (two 32-filter convs, pool, two 64-filter
+Tables B-D are those of the supplementary material of "Spike-Based Anytime
+Perception" (Dutson, Li, Gupta); VGG6 is from "DIET-SNN: A Low-Latency Spiking
+Neural Network with Direct Input Encoding & Leakage and Threshold Optimization".
+
+- `dense_mnist`: Table B (128-128-classes).
+- `conv_mnist`: Table C (two 32-filter convs, pool, two 64-filter
   convs, pool, 128, classes).
-- `conv_cifar`: anytime paper Table D (3x64, pool, 3x128, pool, 3x256, pool, 512).
+- `conv_cifar`: Table D (3x64, pool, 3x128, pool, 3x256, pool, 512).
 - `resnet_small`: a post-activation ResNet (conv stem, two stages of two basic
   blocks with BN and identity or 1x1-projection shortcuts, global pooling).
 - `vgg6`: DIET-SNN's VGG6 ({64, A, 128, 128, A}, Linear) with dropout.
 
 Every weighted layer except the last is followed by BatchNormalization (with
-gamma fixed to 1, as in the anytime paper) and an activation; the last layer
+gamma fixed to 1, as in Spike-Based Anytime Perception) and an activation; the last layer
 outputs logits (no softmax: train with `from_logits=True`). Pooling is average
 pooling, which has an exact spiking form.
 """
@@ -37,7 +41,7 @@ def _block(layer, activation, batch_norm):
 
 
 def dense_mnist(input_shape=(28, 28, 1), classes=10, activation="relu", batch_norm=True):
-    """Anytime paper Table B: fully connected 128-128-classes."""
+    """Spike-Based Anytime Perception, Table B: fully connected 128-128-classes."""
     layers = [keras.Input(input_shape), keras.layers.Flatten()]
     for units in (128, 128):
         layers += _block(keras.layers.Dense(units), activation, batch_norm)
@@ -46,7 +50,10 @@ def dense_mnist(input_shape=(28, 28, 1), classes=10, activation="relu", batch_no
 
 
 def conv_mnist(input_shape=(28, 28, 1), classes=10, activation="relu", batch_norm=True):
-    """Anytime paper Table C: 32-32-pool-64-64-pool-128-classes, 3x3 'same' convs."""
+    """Spike-Based Anytime Perception, Table C: 32-32-pool-64-64-pool-128-classes.
+
+    Convolutions are 3x3 with 'same' padding.
+    """
     layers = [keras.Input(input_shape)]
     for filters in (32, 32):
         layers += _block(keras.layers.Conv2D(filters, 3, padding="same"), activation, batch_norm)
@@ -60,7 +67,7 @@ def conv_mnist(input_shape=(28, 28, 1), classes=10, activation="relu", batch_nor
 
 
 def conv_cifar(input_shape=(32, 32, 3), classes=10, activation="relu", batch_norm=True):
-    """Anytime paper Table D: 3x64-pool-3x128-pool-3x256-pool-512-classes."""
+    """Spike-Based Anytime Perception, Table D: 3x64-pool-3x128-pool-3x256-pool-512-classes."""
     layers = [keras.Input(input_shape)]
     for filters in (64, 128, 256):
         for _ in range(3):
@@ -91,7 +98,9 @@ def resnet_small(input_shape=(28, 28, 1), classes=10, activation="relu", width=1
     """A post-activation ResNet: stem, 2 stages x 2 basic blocks, global pooling.
 
     Blocks compute `act(BN(conv(act(BN(conv(x))))) + shortcut(x))`, the form
-    convert_model turns into a weighted spiking add (seed 004 section C).
+    convert_model turns into a weighted spiking add (section C of "A High
+    Performance and Low Latency Deep Spiking Neural Networks Conversion
+    Framework").
     """
     inputs = keras.Input(input_shape)
     x = inputs

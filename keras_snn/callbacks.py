@@ -17,7 +17,8 @@ import keras
 import tensorflow as tf
 
 from keras_snn.graph import layer_graph
-from keras_snn.sparsity import WEIGHTED_LAYERS
+from keras_snn.layers.weighted import has_weighted_kernel
+from keras_snn.layers.weighted import weighted_kernel
 from keras_snn.sparsity import measure_sparsity
 
 
@@ -77,7 +78,7 @@ class WeightPruning(keras.callbacks.Callback):
         # A layer called twice appears once.
         chosen = list({
             id(node.layer): node.layer
-            for node in graph.nodes if isinstance(node.layer, WEIGHTED_LAYERS)
+            for node in graph.nodes if has_weighted_kernel(node.layer)
         }.values())
         if self.layer_names is not None:
             by_name = {layer.name: layer for layer in chosen}
@@ -94,7 +95,7 @@ class WeightPruning(keras.callbacks.Callback):
         self._pruned_layers = self._layers()
         for layer in self._pruned_layers:
             if layer.name not in self.mask_variables:
-                kernel = tf.convert_to_tensor(layer.kernel)
+                kernel = tf.convert_to_tensor(weighted_kernel(layer))
                 self.mask_variables[layer.name] = tf.Variable(
                     tf.cast(tf.not_equal(kernel, 0), kernel.dtype),
                     trainable=False, name=f"{layer.name}_pruning_mask",
@@ -107,7 +108,10 @@ class WeightPruning(keras.callbacks.Callback):
     def _prune_and_mask(self):
         """One batch: update the masks if the schedule prunes now, then mask the kernels."""
         should_prune, sparsity = self.schedule(self.model.optimizer.iterations)
-        pairs = [(layer.kernel, self.mask_variables[layer.name]) for layer in self._pruned_layers]
+        pairs = [
+            (weighted_kernel(layer), self.mask_variables[layer.name])
+            for layer in self._pruned_layers
+        ]
 
         def update_masks():
             for kernel, mask in pairs:
@@ -125,7 +129,7 @@ class WeightPruning(keras.callbacks.Callback):
         """Zero the pruned weights of every masked kernel."""
         for layer in layers or self._layers():
             if layer.name in self.mask_variables:
-                kernel = layer.kernel
+                kernel = weighted_kernel(layer)
                 kernel.assign(tf.convert_to_tensor(kernel) * self.mask_variables[layer.name])
 
 

@@ -1,5 +1,11 @@
 """Datasets for the examples and benchmarks, from Keras or from local files.
 
+It ships with the package (rather than beside the examples) because users
+without internet access need it too: `load_dataset(name, data_dir=...)` reads
+local IDX or .npz directories (e.g. a distribution's dataset package) where
+`keras.datasets` would download, so the examples, benchmarks and a user's own
+scripts load data the same way on an offline machine.
+
 `load_dataset(name, data_dir=None)` returns `((x_train, y_train), (x_test,
 y_test))` with images as float32 in [0, 1], shape (N, H, W, C), and integer
 labels. Without `data_dir`, MNIST, Fashion-MNIST and CIFAR-10 come from

@@ -6,6 +6,12 @@ keras_snn, no Keras code needed), and serves through TF Serving: the
 `serving_default` signature (also named `serve`) takes `inputs`, a batch of
 any size, and returns `readout` `(batch, T, classes)` and `synaptic_ops`
 `(batch, T)`.
+
+The NIR graph is written layer by layer by export rules kept in a registry
+keyed by layer class (most specific class first, so subclasses of a layer
+export as it does); `register_nir_rule` teaches `export_nir` a new class.
+Layers NIR cannot hold (max pooling, Poisson input) are refused by class with
+a `NIRExportError` naming the layer.
 """
 
 import keras
@@ -14,7 +20,6 @@ import tensorflow as tf
 
 from keras_snn import layers as snn_layers
 from keras_snn import neurons as neurons_lib
-from keras_snn.graph import layer_graph
 
 _MAX_POOLING = (
     snn_layers.SpikingMaxPooling1D,
@@ -235,7 +240,8 @@ class _NIRBuilder:
         self.lif_r = lif_r
         # flatten="conv": graph key -> trailing size-1 spatial dims its values carry.
         self.map_dims = {}
-        self.graph = layer_graph(snn.network)
+        # The network as the simulator runs it: node order, per-step shapes.
+        self.plan = snn.plan
         self.shapes = snn.plan.output_shapes
         self.nodes, self.edges, self.notes = {}, [], []
         self.tails = {}  # graph key -> NIR node names whose outputs carry that value
@@ -244,15 +250,15 @@ class _NIRBuilder:
         self.native = set()
 
     def build(self):
-        input_key = self.graph.input_keys[0]
-        if any(_layout_permute(node.layer) == "to_last" for node in self.graph.nodes):
+        input_key = self.plan.input_key
+        if any(_layout_permute(node.layer) == "to_last" for node in self.plan.nodes):
             self.native.add(input_key)
         shape = self._shape(input_key)
         self.nodes["input"] = self.nir.Input(input_type={"input": np.array(shape)})
         self.tails[input_key] = ["input"]
-        for node in self.graph.nodes:
+        for node in self.plan.nodes:
             self._add(node)
-        output_key = self.graph.output_keys[0]
+        output_key = self.plan.output_key
         out_shape = self._shape(output_key)
         self.nodes["output"] = self.nir.Output(output_type={"output": np.array(out_shape)})
         self._connect(self.tails[output_key], "output")
@@ -309,91 +315,57 @@ class _NIRBuilder:
         carried = [self.map_dims[k] for k in node.input_keys if k in self.map_dims]
         if carried:
             self.map_dims[key] = carried[0]
-        if isinstance(layer, snn_layers.AnalogInput) and not layer.is_identity:
-            self._refuse(layer, "NIR's Input cannot scale or offset the input; apply the "
-                         "model's input Rescaling/Normalization to the data before the model.")
-        elif isinstance(layer, (snn_layers.Readout, snn_layers.AnalogInput,
-                                snn_layers.EventInput, keras.layers.Permute)):
-            self._follow_layout(node, sources)  # no node: the values pass straight through
-        elif isinstance(layer, snn_layers.SpikingInput):
-            self._follow_layout(node, sources)
-            self.tails[key] = [self._neuron(layer, layer.neuron, layer.threshold, key, sources)]
-        elif isinstance(layer, snn_layers.PoissonInput):
-            self._refuse(layer, "random rate coding has no NIR node; use AnalogInput or SpikingInput.")
-        elif isinstance(layer, _MAX_POOLING):
-            self._refuse(layer, "NIR has no max-pooling node (its rate form keeps "
-                         "cumulative spike counts); export a model with average pooling.")
-        elif any(k in self.native for k in node.input_keys) and len(self.shapes[key]) > 2:
-            self._refuse(layer, "reads channels_first values that the network did not move "
-                         "channels-last; NIR export expects channels-last Keras layers.")
-        elif isinstance(layer, snn_layers.SynapticLayer):
-            synapse = self._synapse(node, sources)
-            if layer.neuron is None:
-                self.tails[key] = synapse
-            else:
-                threshold = float(np.asarray(layer.threshold))
-                params = {k: float(np.asarray(v)) for k, v in layer.neuron_parameters.items()}
-                if self._sums_pool(layer):
-                    params["input_scale"] = float(np.prod(layer.pool_size))
-                self.tails[key] = [
-                    self._neuron(layer, layer.neuron, threshold, key, synapse, **params)
-                ]
-        elif isinstance(layer, keras.layers.Flatten) and self.flatten == "conv":
-            self.map_dims[key] = len(self._shape(node.input_keys[0])) - 1
-            self.tails[key] = sources  # the next Dense reads the map whole (_dense_as_conv)
-        elif isinstance(layer, keras.layers.Flatten):
-            shape = self._shape(node.input_keys[0])
-            name = self._name(key)
-            self.nodes[name] = self.nir.Flatten(
-                input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1
-            )
-            self._connect(sources, name)
-            self.tails[key] = [name]
-        else:
+        rule = _find_nir_rule(self, layer)  # refusals (max pooling, PoissonInput) first
+        if not (rule is not None and rule.follows_layout):
+            if any(k in self.native for k in node.input_keys) and len(self.shapes[key]) > 2:
+                self._refuse(layer, "reads channels_first values that the network did not "
+                             "move channels-last; NIR export expects channels-last Keras "
+                             "layers.")
+        if rule is None:
             self._refuse(layer, "has no NIR node (NIR holds Affine, Conv, AvgPool, Flatten, "
                          "Scale, IF and LIF).")
+        if isinstance(layer, snn_layers.SynapticLayer):
+            if getattr(layer, "data_format", "channels_last") == "channels_first":
+                self._refuse(layer, "NIR export reads channels_last layers; convert the model "
+                             "with keras_snn.convert_model, which builds channels_last layers "
+                             "from a channels_first model.")
+            synapse = rule.write(self, node, sources)
+            self.tails[key] = self._fire(node, synapse)
+        else:
+            self.tails[key] = rule.write(self, node, sources)
+
+    def _fire(self, node, synapse):
+        """The synaptic layer's neuron on the synapse nodes' summed output (none: the current)."""
+        layer = node.layer
+        if layer.neuron is None:
+            return synapse
+        threshold = float(np.asarray(layer.threshold))
+        params = {k: float(np.asarray(v)) for k, v in layer.neuron_parameters.items()}
+        if self._sums_pool(layer):
+            params["input_scale"] = float(np.prod(layer.pool_size))
+        return [self._neuron(layer, layer.neuron, threshold, node.key, synapse, **params)]
 
     def _name(self, key):
         return key.replace("/", "_")
 
-    def _synapse(self, node, sources):
-        layer, key, nir = node.layer, node.key, self.nir
-        name = self._name(key)
-        if getattr(layer, "data_format", "channels_last") == "channels_first":
-            self._refuse(layer, "NIR export reads channels_last layers; convert the model with "
-                         "keras_snn.convert_model, which builds channels_last layers from a "
-                         "channels_first model.")
-        if isinstance(layer, snn_layers.SpikingAdd):
-            names = []
-            weights = np.asarray(layer.branch_weights)
-            for index, input_key in enumerate(node.input_keys):
-                scale_name = f"{name}_scale{index}"
-                shape = self._shape(input_key)
-                factor = np.broadcast_to(
-                    weights[index].reshape((-1,) + (1,) * (len(shape) - 1)), shape
-                )
-                self.nodes[scale_name] = self._branch_scale(factor)
-                self._connect(self.tails[input_key], scale_name)
-                names.append(scale_name)
-            return names  # NIR sums every edge into the neuron
-        if isinstance(layer, snn_layers.SpikingDense):
-            kernel = np.asarray(layer.kernel)
-            in_shape = self.shapes[node.input_keys[0]][1:]
-            if len(in_shape) != 1:
-                self._refuse(layer, "Dense on a non-flat input has no NIR Affine form.")
-            if node.input_keys[0] in self.map_dims:
-                self.nodes[name] = self._dense_as_conv(node, kernel, np.asarray(layer.bias))
-            else:
-                kernel = self._after_flatten(node, kernel)
-                self.nodes[name] = nir.Affine(weight=kernel.T.copy(), bias=np.asarray(layer.bias))
-        elif isinstance(layer, (snn_layers.SpikingConv2D, snn_layers.SpikingConv1D, snn_layers.SpikingDepthwiseConv2D)):
-            self.nodes[name] = self._conv(node, layer)
-        elif isinstance(layer, snn_layers.SpikingAveragePooling2D):
-            self.nodes[name] = self._average_pooling(layer)
-        else:
-            self._refuse(layer, "has no NIR synapse node.")
+    # The builder as export rules see it (see `register_nir_rule`).
+    def add_node(self, node, nir_node, sources, suffix=""):
+        """Add `nir_node` for graph node `node` (name: its key + `suffix`), fed by `sources`.
+
+        Returns the new NIR node's name.
+        """
+        name = self._name(node.key) + suffix
+        self.nodes[name] = nir_node
         self._connect(sources, name)
-        return [name]
+        return name
+
+    def shape(self, key):
+        """The per-sample shape of a graph value as the NIR graph holds it (channels first)."""
+        return self._shape(key)
+
+    def refuse(self, layer, why):
+        """Raise `NIRExportError` naming `layer` and saying `why` it has no NIR form."""
+        self._refuse(layer, why)
 
     def _branch_scale(self, factor):
         """A residual branch's factor: a Scale node, or a diagonal Affine / 1x1 conv."""
@@ -434,7 +406,7 @@ class _NIRBuilder:
     def _dense_as_conv(self, node, kernel, bias):
         """flatten="conv": a Dense on a (C, *spatial) map as a conv whose kernel covers it."""
         source_key = node.input_keys[0]
-        producer = next((n for n in self.graph.nodes if n.key == source_key), None)
+        producer = next((n for n in self.plan.nodes if n.key == source_key), None)
         if producer is not None and isinstance(producer.layer, keras.layers.Flatten):
             source_key = producer.input_keys[0]  # the map Keras flattened (H, W, C order)
         channels, *spatial = self._shape(source_key)
@@ -454,7 +426,7 @@ class _NIRBuilder:
 
     def _after_flatten(self, node, kernel):
         """Reorder Dense rows from Keras's (H, W, C) flattening to NIR's (C, H, W)."""
-        producer = next((n for n in self.graph.nodes if n.key == node.input_keys[0]), None)
+        producer = next((n for n in self.plan.nodes if n.key == node.input_keys[0]), None)
         if producer is None or not isinstance(producer.layer, keras.layers.Flatten):
             return kernel
         shape = tuple(int(d) for d in self.shapes[producer.input_keys[0]][1:])
@@ -470,15 +442,16 @@ class _NIRBuilder:
         in_shape = tuple(int(d) for d in self.shapes[node.input_keys[0]][1:])
         spatial = in_shape[:-1]
         kernel = np.asarray(layer.kernel)
-        if isinstance(layer, snn_layers.SpikingDepthwiseConv2D):
-            kh, kw, channels, multiplier = kernel.shape
-            weight = kernel.reshape(kh, kw, channels * multiplier)[:, :, :, None]
-            weight = weight.transpose(2, 3, 0, 1)  # (C*M, 1, kh, kw)
-            groups = channels
-        else:
-            groups = getattr(layer, "groups", 1)
-            rank = kernel.ndim - 2
-            weight = kernel.transpose((rank + 1, rank) + tuple(range(rank)))  # (out, in, k..)
+        # NIR holds a grouped convolution's kernel as (out, in / groups, *taps).
+        # Input axes that are also output axes (depthwise: output c*M + m reads
+        # channel c) leave one input per group.
+        in_axes, out_axes = layer.kernel_channel_axes(kernel.ndim)
+        rank = kernel.ndim - 2
+        outputs = int(np.prod([kernel.shape[a] for a in out_axes]))
+        per_group = int(np.prod([kernel.shape[a] for a in in_axes if a not in out_axes]))
+        groups = in_shape[-1] // per_group
+        weight = kernel.reshape(kernel.shape[:rank] + (per_group, outputs))
+        weight = weight.transpose((rank + 1, rank) + tuple(range(rank)))  # (out, in/g, k..)
         if layer.padding == "causal":
             self._refuse(layer, "causal padding has no NIR form.")
         padding = []
@@ -563,6 +536,167 @@ class _NIRBuilder:
             self._refuse(layer, f"{why}; {fix} or pass approximate=True.")
         self.notes.append(f"{layer.name}: {why}")
         return wanted
+
+
+# ---------------------------------------------------------- export rules
+class _NIRRule:
+    """How one layer class is written: `write(builder, node, sources)` -> NIR node names.
+
+    `follows_layout`: the rule reads values in either channel order (encoders,
+    the readout and layout Permutes), so the builder does not refuse a
+    channels_first input before calling it.
+    """
+
+    def __init__(self, write, follows_layout=False):
+        self.write, self.follows_layout = write, follows_layout
+
+
+_NIR_RULES = {}
+_NIR_REFUSALS = {}
+
+
+def register_nir_rule(layer_class, rule):
+    """Teach `export_nir` a layer class (subclasses match too).
+
+    The rule is called as `rule(builder, node, sources)` for every call of a
+    layer of that class in the spiking network, in graph order. `node` is
+    the `keras_snn.plan.PlanNode` (`.layer`, `.key`, `.input_keys`, and
+    `.kind`, what its output carries), `sources` the names of the NIR nodes
+    whose outputs carry its inputs. It returns
+    the names of the NIR nodes whose outputs carry the layer's output (the
+    `sources` themselves for a layer NIR needs no node for). It writes nodes
+    with `builder.add_node(node, nir_node, sources, suffix="")`, reads
+    per-sample shapes (channels first) with `builder.shape(key)`, finds the
+    `nir` module as `builder.nir`, and refuses with
+    `builder.refuse(layer, why)`. For a `keras_snn.layers.SynapticLayer` the
+    rule writes only the synapse: the builder adds the layer's neuron (IF or
+    LIF) after the nodes it returns.
+
+    Args:
+        layer_class: a `keras.layers.Layer` subclass.
+        rule: the callable above.
+
+    Returns:
+        `rule`.
+
+    Example (a custom layer that leaves values as they are needs no node):
+
+    >>> import keras
+    >>> class Tap(keras.layers.Layer):
+    ...     def call(self, x):
+    ...         return x
+    >>> _ = register_nir_rule(Tap, lambda builder, node, sources: sources)
+    """
+    if not (isinstance(layer_class, type) and issubclass(layer_class, keras.layers.Layer)):
+        raise TypeError(f"Expected a keras.layers.Layer subclass; received {layer_class!r}.")
+    if not callable(rule):
+        raise TypeError(f"`rule` must be callable (builder, node, sources); received {rule!r}.")
+    _NIR_RULES[layer_class] = _NIRRule(rule)
+    return rule
+
+
+def _find_nir_rule(builder, layer):
+    """The rule for a layer, most specific class first; refusals raise; None if no rule."""
+    for cls in type(layer).__mro__:
+        if cls in _NIR_REFUSALS:
+            builder._refuse(layer, _NIR_REFUSALS[cls])
+        if cls in _NIR_RULES:
+            return _NIR_RULES[cls]
+    return None
+
+
+def _passes_through(builder, node, sources):
+    """Encoders, readout and layout Permutes: no NIR node; track the value's order."""
+    builder._follow_layout(node, sources)
+    return sources
+
+
+def _analog_input(builder, node, sources):
+    if not node.layer.is_identity:
+        builder._refuse(node.layer, "NIR's Input cannot scale or offset the input; apply the "
+                        "model's input Rescaling/Normalization to the data before the model.")
+    return _passes_through(builder, node, sources)
+
+
+def _spiking_input(builder, node, sources):
+    layer = node.layer
+    builder._follow_layout(node, sources)
+    return [builder._neuron(layer, layer.neuron, layer.threshold, node.key, sources)]
+
+
+def _flatten(builder, node, sources):
+    if builder.flatten == "conv":
+        builder.map_dims[node.key] = len(builder._shape(node.input_keys[0])) - 1
+        return sources  # the next Dense reads the map whole (_dense_as_conv)
+    shape = builder._shape(node.input_keys[0])
+    flatten = builder.nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1)
+    return [builder.add_node(node, flatten, sources)]
+
+
+def _weighted_add(builder, node, sources):
+    """A Scale node per branch (its factors); NIR sums every edge into the neuron."""
+    weights = np.asarray(node.layer.branch_weights)
+    names = []
+    for index, input_key in enumerate(node.input_keys):
+        shape = builder._shape(input_key)
+        factor = np.broadcast_to(
+            weights[index].reshape((-1,) + (1,) * (len(shape) - 1)), shape
+        )
+        names.append(builder.add_node(
+            node, builder._branch_scale(factor), builder.tails[input_key], f"_scale{index}"
+        ))
+    return names
+
+
+def _dense(builder, node, sources):
+    layer = node.layer
+    kernel = np.asarray(layer.kernel)
+    in_shape = builder.shapes[node.input_keys[0]][1:]
+    if len(in_shape) != 1:
+        builder._refuse(layer, "Dense on a non-flat input has no NIR Affine form.")
+    if node.input_keys[0] in builder.map_dims:
+        synapse = builder._dense_as_conv(node, kernel, np.asarray(layer.bias))
+    else:
+        kernel = builder._after_flatten(node, kernel)
+        synapse = builder.nir.Affine(weight=kernel.T.copy(), bias=np.asarray(layer.bias))
+    return [builder.add_node(node, synapse, sources)]
+
+
+def _convolution(builder, node, sources):
+    return [builder.add_node(node, builder._conv(node, node.layer), sources)]
+
+
+def _average_pooling(builder, node, sources):
+    return [builder.add_node(node, builder._average_pooling(node.layer), sources)]
+
+
+def _no_synapse(builder, node, sources):
+    builder._refuse(node.layer, "has no NIR synapse node.")
+
+
+for _cls in (snn_layers.Readout, snn_layers.EventInput, keras.layers.Permute):
+    _NIR_RULES[_cls] = _NIRRule(_passes_through, follows_layout=True)
+_NIR_RULES[snn_layers.AnalogInput] = _NIRRule(_analog_input, follows_layout=True)
+_NIR_RULES[snn_layers.SpikingInput] = _NIRRule(_spiking_input, follows_layout=True)
+register_nir_rule(keras.layers.Flatten, _flatten)
+register_nir_rule(snn_layers.SpikingAdd, _weighted_add)
+register_nir_rule(snn_layers.SpikingDense, _dense)
+for _cls in (snn_layers.SpikingConv1D, snn_layers.SpikingConv2D,
+             snn_layers.SpikingDepthwiseConv2D):
+    register_nir_rule(_cls, _convolution)
+register_nir_rule(snn_layers.SpikingAveragePooling2D, _average_pooling)
+# Any other synaptic layer (1D and global pooling): refused after the
+# channels_first check, as a synapse NIR cannot hold.
+_NIR_RULES[snn_layers.SynapticLayer] = _NIRRule(_no_synapse)  # a mixin, not a Layer
+
+_NIR_REFUSALS[snn_layers.PoissonInput] = (
+    "random rate coding has no NIR node; use AnalogInput or SpikingInput."
+)
+for _cls in _MAX_POOLING:
+    _NIR_REFUSALS[_cls] = (
+        "NIR has no max-pooling node (its rate form keeps cumulative spike counts); export "
+        "a model with average pooling."
+    )
 
 
 def _nir_version():

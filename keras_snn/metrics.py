@@ -1,8 +1,8 @@
 """Per-timestep metrics: anytime accuracy, thresholds, areas, energy, sparsity.
 
 The pure functions here work on the per-step curves a simulation produces
-(DESIGN.md section 6, anytime paper Tables E-G); `StepAccuracy` is a Keras
-metric for `SpikingModel.compile(metrics=[...])`.
+("Spike-Based Anytime Perception", Dutson, Li, Gupta, supplementary Tables
+E-G); `StepAccuracy` is a Keras metric for `SpikingModel.compile(metrics=[...])`.
 """
 
 import keras
@@ -58,7 +58,7 @@ def energy(synaptic_ops, input_macs, ann_macs, e_mac=E_MAC, e_ac=E_AC):
 
 
 def combined_sparsity(activation_sparsity, weight_sparsity):
-    """S_c = 1 - (1 - S_a)(1 - S_w) (anytime paper, Table G)."""
+    """S_c = 1 - (1 - S_a)(1 - S_w) (Spike-Based Anytime Perception, Table G)."""
     return 1.0 - (1.0 - activation_sparsity) * (1.0 - weight_sparsity)
 
 

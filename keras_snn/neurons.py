@@ -9,8 +9,8 @@ with `keras.saving.register_keras_serializable` and saved with
 `keras.saving.serialize_keras_object`, so a custom subclass registered the same
 way saves and loads with the model.
 
-The equations follow shared/DESIGN.md section 2 and the low-latency conversion
-paper (seed 004):
+The equations follow "A High Performance and Low Latency Deep Spiking Neural
+Networks Conversion Framework" (the low-latency conversion paper):
 
 - IF, reset by subtraction: `V' = V + z`; `s = A(floor(V'/theta))`; `V = V' - theta*s`.
 - Buffered IF (eqs. 12-13): also keeps the net number of spikes emitted `B`. A
@@ -30,7 +30,7 @@ import tensorflow as tf
 
 
 def multibit_spike_count(n, spike_max):
-    """The adjust function A of seed 004 eq. 3, applied elementwise.
+    """The adjust function A of the low-latency conversion paper's eq. 3, applied elementwise.
 
     `A(n) = 2**floor(log2(min(n, spike_max)))` for `n >= 1` and 0 otherwise, so
     a step carries a power-of-two number of spikes no larger than `spike_max`.
@@ -264,7 +264,7 @@ _RESETS = {"subtract": reset_by_subtraction, "zero": reset_to_zero}
 def integrate_and_fire(
     membrane, current, threshold, spike_max=1, reset=reset_by_subtraction, surrogate=None
 ):
-    """One step of the non-leaky IF neuron (seed 004 eqs. 4-5, 2-3).
+    """One step of the non-leaky IF neuron (low-latency conversion paper, eqs. 4-5, 2-3).
 
     Args:
         membrane: membrane potential `V(t-1)`.
@@ -290,7 +290,7 @@ def leaky_integrate_and_fire(
 
 
 def buffered_integrate_and_fire(membrane, buffer, current, threshold, spike_max=1, surrogate=None):
-    """One step of the buffered IF neuron with negative spikes (seed 004 eqs. 12-13).
+    """One step of the buffered IF neuron with negative spikes (low-latency paper, eqs. 12-13).
 
     `buffer` holds the net number of spikes emitted so far (the paper's `V^b`
     divided by the threshold, which keeps it an exact whole number).
@@ -352,7 +352,7 @@ class Neuron:
 
     Args:
         spike_max: largest number of spikes one step may carry (multi-bit
-            spikes, seed 004 eqs. 2-3); 1 is the ordinary binary neuron.
+            spikes, low-latency conversion paper, eqs. 2-3); 1 is the ordinary binary neuron.
         initial_membrane: initial membrane potential as a fraction of the
             threshold, in [0, 1). 0.5 centres the rounding error.
         surrogate: surrogate derivative of the spike for training:
@@ -491,7 +491,7 @@ class LIF(IF):
 
 
 class BufferedIF(Neuron):
-    """IF neuron with a spike buffer and negative spikes (seed 004, A.3).
+    """IF neuron with a spike buffer and negative spikes (low-latency conversion paper, A.3).
 
     Keeps the net spike count `B`; when the membrane goes negative after an
     over-fire it emits negative spikes (at most `B`) so that, under the paper's

@@ -1,36 +1,78 @@
-"""Sparsity of a ReLU network (anytime paper, Tables F-G) and the penalties
-that increase it (anytime paper, section D).
+"""Sparsity of a ReLU network, measured on the network itself.
 
-- S_a: fraction of zero hidden activations on data (every ReLU output that
-  becomes a spiking layer; the input and the logits are not counted);
-- S_w: fraction of zero weights over all Dense/Conv kernels;
+Spike-Based Anytime Perception (Dutson, Li, Gupta; supplementary Tables F
+and G) reports three numbers for the ANN before conversion:
+
+- S_a: the fraction of zero hidden activations on data;
+- S_w: the fraction of zero weights over the Dense/Conv kernels;
 - S_c = 1 - (1 - S_a)(1 - S_w): the fraction of synaptic operations a
   sparse network skips compared with a dense one.
+
+The penalties that raise them are in `keras_snn.penalties`.
 """
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_snn.conversion.calibration import analog_forward
 from keras_snn.conversion.calibration import calibration_batches
-from keras_snn.conversion.converter import convert_model
+from keras_snn.conversion.converter import as_keras3_model
 from keras_snn.graph import layer_graph
-from keras_snn.layers.base import SynapticLayer
+from keras_snn.layers.passthrough import is_passthrough
 from keras_snn.layers.qrelu import QReLU
+from keras_snn.layers.weighted import has_weighted_kernel
+from keras_snn.layers.weighted import weighted_kernel
 from keras_snn.metrics import combined_sparsity
+
+# Average pooling of hidden activations is a hidden activation too: in the
+# converted network its neurons fire like any layer's.
+_AVERAGE_POOLING = (
+    keras.layers.AveragePooling1D,
+    keras.layers.AveragePooling2D,
+    keras.layers.GlobalAveragePooling1D,
+    keras.layers.GlobalAveragePooling2D,
+)
+# Layers that pass values on unchanged at inference (or only move them):
+# what they output is as hidden as what they read.
+_VALUE_PRESERVING = (
+    keras.layers.Dropout,
+    keras.layers.SpatialDropout1D,
+    keras.layers.SpatialDropout2D,
+    keras.layers.GaussianNoise,
+    keras.layers.GaussianDropout,
+    keras.layers.AlphaDropout,
+    keras.layers.ActivityRegularization,
+    keras.layers.MaxPooling1D,
+    keras.layers.MaxPooling2D,
+    keras.layers.GlobalMaxPooling1D,
+    keras.layers.GlobalMaxPooling2D,
+)
 
 
 def measure_sparsity(model, x, batch_size=256):
-    """Measure S_a, S_w and S_c of a convertible ReLU Keras model.
+    """Measure S_a, S_w and S_c of a ReLU Keras model on data.
+
+    S_a counts the hidden activations that become spike trains when the
+    model is converted: every ReLU output (inline `relu`/`relu6` activations,
+    `ReLU`, `Activation` and `QReLU` layers, after any BatchNormalization
+    before them) that is not a model output, and the average pooling of
+    such activations. A ReLU of values that are already hidden activations
+    (pooled ReLU outputs) adds nothing new and is not counted twice. S_w
+    counts the kernels of the weighted layers (`keras_snn.layers.weighted`:
+    Dense, Conv1D/2D, DepthwiseConv2D and registered classes).
 
     Args:
-        model: a Keras 3 or tf_keras ReLU model that `convert_model` accepts.
+        model: a built Keras 3 or tf_keras functional or Sequential model
+            (nested models are read through).
         x: inputs (array, tf.data.Dataset or iterable of batches).
         batch_size: batch size for array input.
 
     Returns:
         dict with "activation" (S_a), "weight" (S_w) and "combined" (S_c).
+
+    Raises:
+        ValueError: when `x` holds no samples, or the model has no hidden
+            ReLU or no weighted layer.
 
     Example:
 
@@ -40,29 +82,27 @@ def measure_sparsity(model, x, batch_size=256):
     >>> sorted(measure_sparsity(ann, np.random.rand(16, 4)))
     ['activation', 'combined', 'weight']
     """
-    # The converter's network without normalisation is the ANN with BN folded
-    # in; in ANN mode its spiking layers output exactly the hidden ReLU values.
-    network = convert_model(model, normalization="none").network
-    graph = layer_graph(network)
-    hidden = [
-        node.key for node in graph.nodes
-        if isinstance(node.layer, SynapticLayer) and node.layer.neuron is not None
-    ]
+    graph = layer_graph(as_keras3_model(model), flatten=True)
+    counted = _hidden_activation_keys(graph)
     zeros = total = 0
     for batch in calibration_batches(x, batch_size):
-        values = analog_forward(graph, batch, {})
-        for key in hidden:
+        values = _forward(graph, batch)
+        for key in counted:
             activation = values[key]
             zeros += int(tf.math.count_nonzero(tf.equal(activation, 0)))
             total += int(tf.size(activation))
     if total == 0:
         raise ValueError("measure_sparsity received no samples or the model has no hidden ReLU.")
+    # A layer called several times has one kernel: count it once.
+    layers = {id(node.layer): node.layer for node in graph.nodes}.values()
     kernels = [
-        np.asarray(layer.kernel) for layer in network.layers
-        if isinstance(layer, SynapticLayer) and hasattr(layer, "kernel")
+        np.asarray(keras.ops.convert_to_numpy(weighted_kernel(layer)))
+        for layer in layers if has_weighted_kernel(layer)
     ]
-    weight_zeros = sum(int(np.sum(k == 0)) for k in kernels)
-    weight_total = sum(k.size for k in kernels)
+    weight_total = sum(kernel.size for kernel in kernels)
+    if weight_total == 0:
+        raise ValueError("measure_sparsity found no Dense/Conv kernel in the model.")
+    weight_zeros = sum(int(np.sum(kernel == 0)) for kernel in kernels)
     activation_sparsity = zeros / total
     weight_sparsity = weight_zeros / weight_total
     return {
@@ -72,160 +112,63 @@ def measure_sparsity(model, x, batch_size=256):
     }
 
 
-# ------------------------------------------------------ sparsity penalties
-@keras.saving.register_keras_serializable(package="keras_snn")
-class ActivationL1(keras.regularizers.Regularizer):
-    """Activity penalty `strength * mean |a|` over a layer's activations (lambda_a).
+def _hidden_activation_keys(graph):
+    """Graph keys of the hidden activations, in graph order.
 
-    Keras divides activity penalties by the batch size, so this returns the
-    per-sample sum over elements divided by the elements per sample: the mean.
-    A mean keeps one strength meaningful for layers of any size.
+    `hidden` holds every value that is a hidden activation or one moved,
+    dropped out or max-pooled from hidden activations only; a key is counted
+    where such a value is made (a ReLU, an average pooling), not where it is
+    only moved.
     """
-
-    def __init__(self, strength):
-        if not float(strength) >= 0:
-            raise ValueError(f"`strength` must be >= 0; received {strength!r}.")
-        self.strength = float(strength)
-
-    def __call__(self, x):
-        per_sample = 1
-        for dim in x.shape[1:]:
-            per_sample *= dim
-        return self.strength * keras.ops.sum(keras.ops.abs(x)) / per_sample
-
-    def get_config(self):
-        return {"strength": self.strength}
-
-
-@keras.saving.register_keras_serializable(package="keras_snn")
-class WeightL1(keras.regularizers.Regularizer):
-    """Weight penalty `strength * mean |w|` over a kernel (lambda_w)."""
-
-    def __init__(self, strength):
-        if not float(strength) >= 0:
-            raise ValueError(f"`strength` must be >= 0; received {strength!r}.")
-        self.strength = float(strength)
-
-    def __call__(self, w):
-        return self.strength * keras.ops.mean(keras.ops.abs(w))
-
-    def get_config(self):
-        return {"strength": self.strength}
-
-
-# The Keras layers whose kernels are penalised and pruned.
-WEIGHTED_LAYERS = (
-    keras.layers.Dense,
-    keras.layers.Conv1D,
-    keras.layers.Conv2D,
-    keras.layers.DepthwiseConv2D,
-)
+    hidden, counted = set(), []
+    outputs = set(graph.output_keys)
+    for node in graph.nodes:
+        layer, key = node.layer, node.key
+        reads_hidden = bool(node.input_keys) and all(k in hidden for k in node.input_keys)
+        if _relu_output(layer):
+            if not (reads_hidden and _is_standalone_relu(layer) and _unclipped(layer)):
+                if key not in outputs:
+                    counted.append(key)
+            hidden.add(key)
+        elif isinstance(layer, _AVERAGE_POOLING) and reads_hidden:
+            if key not in outputs:
+                counted.append(key)
+            hidden.add(key)
+        elif reads_hidden and (isinstance(layer, _VALUE_PRESERVING) or is_passthrough(layer)):
+            hidden.add(key)
+    return counted
 
 
 def _relu_output(layer):
-    if isinstance(layer, (keras.layers.ReLU, QReLU)):
+    """True when the layer's output is a ReLU (clipped or not) of its linear value."""
+    if isinstance(layer, QReLU):
         return True
+    if isinstance(layer, keras.layers.ReLU):
+        return float(layer.negative_slope) == 0.0 and float(layer.threshold) == 0.0
     activation = getattr(layer, "activation", None)
-    return activation is not None and keras.activations.serialize(activation) == "relu"
+    if activation is None:
+        return False
+    return keras.activations.serialize(activation) in ("relu", "relu6")
 
 
-def add_sparsity_penalties(model, activation=0.0, weight=0.0):
-    """A copy of `model` whose training adds the anytime paper's sparsity penalties.
-
-    Every ReLU/QReLU output gets `ActivationL1(activation)` and every Dense/Conv
-    kernel (depthwise included) `WeightL1(weight)`, added to any regulariser
-    it had. The copy has the same weights; the model passed in is unchanged.
-    `strip_sparsity_penalties` undoes it.
-
-    Args:
-        model: a built Keras 3 Sequential or functional model.
-        activation: lambda_a, strength of the mean-L1 activation penalty.
-        weight: lambda_w, strength of the mean-L1 weight penalty.
-
-    Example:
-
-    >>> import keras
-    >>> ann = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
-    ...                         keras.layers.Dense(2)])
-    >>> sparse = add_sparsity_penalties(ann, activation=0.5, weight=1.0)
-    >>> type(sparse.layers[0].activity_regularizer).__name__
-    'ActivationL1'
-    """
-
-    def clone(layer):
-        config = layer.get_config()
-        if activation and _relu_output(layer):
-            config["activity_regularizer"] = keras.saving.serialize_keras_object(
-                _combine(layer.activity_regularizer, ActivationL1(activation))
-            )
-        if weight and isinstance(layer, WEIGHTED_LAYERS):
-            key = "depthwise_regularizer" if "depthwise_regularizer" in config else "kernel_regularizer"
-            current = getattr(layer, key, None)
-            config[key] = keras.saving.serialize_keras_object(_combine(current, WeightL1(weight)))
-        return layer.__class__.from_config(config)
-
-    return _clone_with_weights(model, clone)
+def _is_standalone_relu(layer):
+    return isinstance(layer, (keras.layers.ReLU, keras.layers.Activation, QReLU))
 
 
-def strip_sparsity_penalties(model):
-    """A copy of `model` without keras_snn's sparsity penalties (a plain Keras model).
-
-    A regulariser the model had before `add_sparsity_penalties` is kept.
-
-    Example:
-
-    >>> import keras
-    >>> ann = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu")])
-    >>> plain = strip_sparsity_penalties(add_sparsity_penalties(ann, activation=0.5))
-    >>> plain.layers[0].activity_regularizer is None
-    True
-    """
-
-    def clone(layer):
-        config = layer.get_config()
-        for key in ("activity_regularizer", "kernel_regularizer", "depthwise_regularizer"):
-            current = getattr(layer, key, None)
-            if isinstance(current, _PENALTIES):
-                config[key] = None
-            elif isinstance(current, _Sum):
-                config[key] = keras.saving.serialize_keras_object(current.original)
-        return layer.__class__.from_config(config)
-
-    return _clone_with_weights(model, clone)
+def _unclipped(layer):
+    """A ReLU without a ceiling: applied to non-negative values, it changes nothing."""
+    if isinstance(layer, QReLU):
+        return False  # quantises its input
+    if isinstance(layer, keras.layers.ReLU):
+        return layer.max_value is None
+    return keras.activations.serialize(layer.activation) == "relu"
 
 
-@keras.saving.register_keras_serializable(package="keras_snn")
-class _Sum(keras.regularizers.Regularizer):
-    """A user's regulariser plus a keras_snn penalty."""
-
-    def __init__(self, original, penalty):
-        self.original = keras.regularizers.get(original)
-        self.penalty = keras.regularizers.get(penalty)
-
-    def __call__(self, x):
-        return self.original(x) + self.penalty(x)
-
-    def get_config(self):
-        return {
-            "original": keras.saving.serialize_keras_object(self.original),
-            "penalty": keras.saving.serialize_keras_object(self.penalty),
-        }
-
-
-_PENALTIES = (ActivationL1, WeightL1)
-
-
-def _combine(current, penalty):
-    if current is None or isinstance(current, _PENALTIES):
-        return penalty
-    if isinstance(current, _Sum):
-        current = current.original
-    return _Sum(current, penalty)
-
-
-def _clone_with_weights(model, clone_function):
-    if not isinstance(model, keras.Model) or not model.built:
-        raise ValueError("Expected a built Keras 3 model (Sequential or functional).")
-    copy = keras.models.clone_model(model, clone_function=clone_function)
-    copy.set_weights(model.get_weights())
-    return copy
+def _forward(graph, inputs):
+    """Every node's output for a batch, the model run layer by layer at inference."""
+    values = {graph.input_keys[0]: tf.convert_to_tensor(inputs)}
+    for node in graph.nodes:
+        gathered = [values[key] for key in node.input_keys]
+        values[node.key] = node.layer(gathered if len(gathered) > 1 else gathered[0],
+                                      training=False)
+    return values

@@ -8,8 +8,9 @@ import tensorflow_model_optimization as tfmot
 import keras_snn
 from keras_snn.callbacks import SparsityMonitor
 from keras_snn.callbacks import WeightPruning
-from keras_snn.sparsity import ActivationL1
-from keras_snn.sparsity import WeightL1
+from keras_snn.layers.weighted import has_weighted_kernel
+from keras_snn.penalties import ActivationL1
+from keras_snn.penalties import WeightL1
 
 RNG = np.random.default_rng(0)
 X = RNG.random((96, 6, 6, 1)).astype("float32")
@@ -109,7 +110,7 @@ class HostPruning(keras.callbacks.Callback):
         self.schedule, self.masks = schedule, {}
 
     def _layers(self):
-        return [l for l in self.model.layers if isinstance(l, keras_snn.sparsity.WEIGHTED_LAYERS)]
+        return [l for l in self.model.layers if has_weighted_kernel(l)]
 
     def on_train_begin(self, logs=None):
         for layer in self._layers():

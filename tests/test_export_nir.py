@@ -220,3 +220,66 @@ def test_lif_r_one_scales_the_threshold_with_the_input(tmp_path):
     assert lif.metadata["keras_snn_threshold"] == float(theta)
     with pytest.raises(ValueError, match="`lif_r` must be one of"):
         exported(snn, tmp_path, lif_r="two")
+
+
+class WideDense(keras_snn.layers.SpikingDense):
+    """A subclass no export rule names: written through SpikingDense's rule (MRO)."""
+
+
+class Doubler(keras.layers.Layer):
+    """A custom layer taught to export_nir with register_nir_rule."""
+
+    def call(self, x):
+        return 2.0 * x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+class MyMaxPooling(keras_snn.layers.SpikingMaxPooling2D):
+    pass
+
+
+def _hand_built(middle):
+    inputs = keras.Input((6,))
+    x = keras_snn.layers.AnalogInput()(inputs)
+    x = WideDense(4, neuron=neurons.IF(reset="zero"), name="wide")(x)
+    x = middle(x)
+    x = keras_snn.layers.SpikingDense(2, neuron=None, name="logits")(x)
+    return keras_snn.SpikingModel(keras.Model(inputs, keras_snn.layers.Readout()(x)), timesteps=4)
+
+
+def test_export_rules_are_found_by_class_and_extended_with_register_nir_rule(tmp_path):
+    from keras_snn.export import register_nir_rule
+
+    keras_snn.layers.register_passthrough_layer(Doubler)  # so SpikingModel runs it
+    snn = _hand_built(Doubler(name="double"))
+    with pytest.raises(keras_snn.NIRExportError, match="'double' \\(Doubler\\): has no NIR node"):
+        exported(snn, tmp_path)
+
+    def write_doubler(builder, node, sources):
+        scale = builder.nir.Scale(scale=np.full(builder.shape(node.key), 2.0, "float32"))
+        return [builder.add_node(node, scale, sources)]
+
+    register_nir_rule(Doubler, write_doubler)
+    graph = exported(snn, tmp_path)
+    wide = snn.network.get_layer("wide")
+    np.testing.assert_array_equal(graph.nodes["wide"].weight, np.asarray(wide.kernel).T)
+    assert isinstance(graph.nodes["wide_neuron"], nir.IF)
+    np.testing.assert_array_equal(graph.nodes["double"].scale, np.full(4, 2.0, "float32"))
+    assert ("wide_neuron", "double") in graph.edges and ("double", "logits") in graph.edges
+    with pytest.raises(TypeError, match="keras.layers.Layer subclass"):
+        register_nir_rule(object, write_doubler)
+
+
+def test_a_subclass_of_a_refused_layer_is_refused_with_the_same_message(tmp_path):
+    inputs = keras.Input((6, 6, 1))
+    x = keras_snn.layers.AnalogInput()(inputs)
+    x = keras_snn.layers.SpikingConv2D(2, 3, neuron=neurons.IF(reset="zero"))(x)
+    x = MyMaxPooling(2, name="mine")(x)
+    x = keras.layers.Flatten()(x)
+    x = keras_snn.layers.SpikingDense(2, neuron=None)(x)
+    snn = keras_snn.SpikingModel(keras.Model(inputs, keras_snn.layers.Readout()(x)), timesteps=4)
+    refusal = "'mine' \\(MyMaxPooling\\): NIR has no max-pooling"
+    with pytest.raises(keras_snn.NIRExportError, match=refusal):
+        exported(snn, tmp_path)

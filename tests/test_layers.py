@@ -332,3 +332,38 @@ def test_layers_say_whether_they_emit_binary_spikes():
     assert layers.SpikingDense(2).emits_binary_spikes
     assert not layers.SpikingDense(2, neuron="buffered").emits_binary_spikes
     assert not layers.SpikingDense(2, neuron=None).emits_binary_spikes
+
+
+@pytest.mark.parametrize("cls, kwargs, input_shape", [
+    (layers.SpikingDense, {"units": 3}, (2, 4)),
+    (layers.SpikingConv1D, {"filters": 3, "kernel_size": 2}, (2, 5, 4)),
+    (layers.SpikingConv2D, {"filters": 3, "kernel_size": 2}, (2, 5, 5, 4)),
+    (layers.SpikingDepthwiseConv2D, {"kernel_size": 2, "depth_multiplier": 2}, (2, 5, 5, 4)),
+])
+def test_kernel_channel_axes_say_which_kernel_entries_feed_each_channel(cls, kwargs, input_shape):
+    """Scaling the kernel along the output axes scales those output channels; along the
+    input axes, it is the same as scaling those input channels."""
+    rng = np.random.default_rng(0)
+    layer = cls(neuron=None, use_bias=False, **kwargs)
+    layer.build(input_shape)
+    x = rng.random(input_shape).astype("float32")
+    reference = np.asarray(layer.compute_current(x))
+    kernel = np.asarray(layer.kernel)
+    in_axes, out_axes = cls.kernel_channel_axes(kernel.ndim)
+    assert in_axes == layer.kernel_channel_axes(kernel.ndim)[0]
+
+    out_channels = int(np.prod([kernel.shape[a] for a in out_axes]))
+    assert out_channels == reference.shape[-1]
+    factors = rng.random(out_channels).astype("float32") + 0.5
+    layer.kernel.assign(kernel * factors.reshape(
+        [d if a in out_axes else 1 for a, d in enumerate(kernel.shape)]))
+    np.testing.assert_allclose(layer.compute_current(x), reference * factors, rtol=1e-5)
+
+    in_channels = int(np.prod([kernel.shape[a] for a in in_axes]))
+    assert in_channels == input_shape[-1]
+    factors = rng.random(in_channels).astype("float32") + 0.5
+    layer.kernel.assign(kernel)
+    scaled_input = np.asarray(layer.compute_current(x * factors))
+    layer.kernel.assign(kernel * factors.reshape(
+        [d if a in in_axes else 1 for a, d in enumerate(kernel.shape)]))
+    np.testing.assert_allclose(layer.compute_current(x), scaled_input, rtol=1e-5)

@@ -112,3 +112,61 @@ def test_passthrough_layer_without_output_shape_is_refused_at_registration():
 
     with pytest.raises(TypeError, match="NoShape does not implement `compute_output_shape`"):
         layers.register_passthrough_layer(NoShape)
+
+
+class ScaledDense(keras.layers.Dense):
+    """A Dense subclass the weighted-layer table does not name: found through its MRO."""
+
+
+class GatedDense(keras.layers.Layer):
+    """Not a Dense: `x @ kernel + bias`, taught to the table with register_weighted_layer."""
+
+    def __init__(self, units, activation=None, **kwargs):
+        super().__init__(**kwargs)
+        self.units, self.activation = units, keras.activations.get(activation)
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(shape=(input_shape[-1], self.units), name="kernel")
+        self.bias = self.add_weight(shape=(self.units,), initializer="zeros", name="bias")
+
+    def call(self, x):
+        return self.activation(x @ self.kernel + self.bias)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units,
+                "activation": keras.activations.serialize(self.activation)}
+
+
+def test_subclass_of_a_weighted_layer_converts_is_penalised_and_selected_for_pruning():
+    from keras_snn.layers.weighted import find_weighted_layer
+    from keras_snn.layers.weighted import has_weighted_kernel
+
+    assert find_weighted_layer(ScaledDense).keras_class is keras.layers.Dense
+    # WeightPruning prunes exactly the layers has_weighted_kernel selects.
+    assert has_weighted_kernel(ScaledDense(3)) and not has_weighted_kernel(
+        keras.layers.SeparableConv2D(2, 3))
+    model = mlp(ScaledDense(7, activation="relu", name="scaled"))
+    snn = keras_snn.convert_model(model, VECTORS)
+    assert isinstance(snn.network.get_layer("scaled"), layers.SpikingDense)
+    penalised = keras_snn.add_sparsity_penalties(model, weight=0.1)
+    assert type(penalised.get_layer("scaled").kernel_regularizer).__name__ == "WeightL1"
+
+
+def test_registered_weighted_layer_converts_like_dense():
+    model = mlp(GatedDense(7, activation="relu", name="gated"))
+    with pytest.raises(keras_snn.ConversionError, match="'gated' \\(GatedDense\\)"):
+        keras_snn.convert_model(model, VECTORS)
+    layers.register_weighted_layer(GatedDense, layers.SpikingDense)
+    snn = keras_snn.convert_model(model, VECTORS, normalization="max", initial_membrane=0.5)
+    gated = snn.network.get_layer("gated")
+    assert isinstance(gated, layers.SpikingDense) and gated.neuron is not None
+    readout = snn(VECTORS[:32], timesteps=256).numpy()[:, -1]
+    target = model.predict(VECTORS[:32], verbose=0)
+    assert np.abs(readout - target).mean() < 0.02 * np.abs(target).max()
+
+
+def test_register_weighted_layer_refuses_what_it_cannot_use():
+    with pytest.raises(TypeError, match="keras.layers.Layer subclass"):
+        layers.register_weighted_layer(int, layers.SpikingDense)
+    with pytest.raises(TypeError, match="kernel_channel_axes"):
+        layers.register_weighted_layer(GatedDense, layers.SpikingAdd)

@@ -1068,21 +1068,20 @@ def _channel_vector(scale_map, op):
 def _scale_linear(layer, op, in_vec, out_vec):
     """`W <- W * lambda_in / lambda_out`, `b <- b / lambda_out` (threshold 1)."""
     kernel = op.kernel
-    depthwise = op.spiking_class is snn_layers.SpikingDepthwiseConv2D
+    in_axes, out_axes = op.channel_axes
     if np.all(in_vec == in_vec.flat[0]):
         in_vec = in_vec[:1]  # one scale: also right for grouped convolutions
-    in_channels = kernel.shape[0] if kernel.ndim == 2 else kernel.shape[-2]
+    in_channels = int(np.prod([kernel.shape[axis] for axis in in_axes]))
     if in_vec.size not in (1, in_channels):
         raise ConversionError(
             f"Layer '{op.source}' has per-channel input scales that do not match its "
             "kernel (grouped convolution after per-channel normalisation); use "
             "per_channel=False."
         )
-    in_shape = [-1, 1] if kernel.ndim == 2 else [1] * (kernel.ndim - 2) + [-1, 1]
-    kernel = kernel * in_vec.reshape(in_shape)
-    out_channels = kernel.shape[-2] * kernel.shape[-1] if depthwise else kernel.shape[-1]
+    kernel = kernel * ir.along_axes(in_vec, kernel.shape, in_axes)
+    out_channels = op.output_channels
     out = np.broadcast_to(out_vec, (out_channels,))
-    kernel = kernel / (out.reshape(kernel.shape[-2:]) if depthwise else out)
+    kernel = kernel / ir.along_axes(out, kernel.shape, out_axes)
     bias = np.zeros(out_channels, "float32") if op.bias is None else op.bias
     layer.kernel.assign(kernel.astype("float32"))
     layer.bias.assign((bias / out).astype("float32"))

@@ -1,7 +1,7 @@
 """Fold per-channel affine maps (BatchNormalization, Rescaling, Normalization)
 into the adjacent weighted layer, so the spiking network has none.
 
-Two exact folds (DESIGN.md section 4):
+Two exact folds:
 - output side, `affine(W x + b)`: scale each output channel's weights, and
   `b <- scale * b + shift`. This is Conv -> BN -> ReLU, the usual placement.
 - input side, `W (scale * x + shift) + b`: scale each input channel's weights,
@@ -14,7 +14,6 @@ Two exact folds (DESIGN.md section 4):
 
 import numpy as np
 
-from keras_snn import layers as snn_layers
 from keras_snn.conversion import ir
 from keras_snn.conversion.errors import ConversionError
 
@@ -49,10 +48,6 @@ def _refuse(affine, reason):
     )
 
 
-def _is_depthwise(linear):
-    return linear.spiking_class is snn_layers.SpikingDepthwiseConv2D
-
-
 def _check_channel_axis(linear, affine):
     """The affine map's channels must be the weighted layer's channels."""
     if affine.channel_axis is None:  # one scale for every value
@@ -70,13 +65,10 @@ def _check_channel_axis(linear, affine):
 def _fold_into_output(linear, affine):
     _check_channel_axis(linear, affine)
     kernel = linear.kernel
-    channels = kernel.shape[-2] * kernel.shape[-1] if _is_depthwise(linear) else kernel.shape[-1]
+    channels = linear.output_channels
     scale = np.broadcast_to(affine.scale, (channels,)).astype("float32")
     shift = np.broadcast_to(affine.shift, (channels,)).astype("float32")
-    if _is_depthwise(linear):
-        linear.kernel = kernel * scale.reshape(kernel.shape[-2], kernel.shape[-1])
-    else:
-        linear.kernel = kernel * scale
+    linear.kernel = kernel * ir.along_axes(scale, kernel.shape, linear.channel_axes[1])
     bias = np.zeros(channels, "float32") if linear.bias is None else linear.bias
     linear.bias = bias * scale + shift
 
@@ -89,13 +81,11 @@ def _fold_into_input(linear, affine):
             f"Layer '{affine.source}' feeds grouped convolution '{linear.source}'; "
             "folding it into the input side of a grouped convolution is unsupported."
         )
-    in_axis = -2 if kernel.ndim > 2 else 0  # Dense (in, out); conv (..., in, out)
-    in_channels = kernel.shape[in_axis]
+    in_axes, out_axes = linear.channel_axes
+    in_channels = int(np.prod([kernel.shape[axis] for axis in in_axes]))
     scale = np.broadcast_to(affine.scale, (in_channels,)).astype("float32")
     shift = np.broadcast_to(affine.shift, (in_channels,)).astype("float32")
-    shape = [1] * kernel.ndim
-    shape[in_axis] = in_channels
-    scaled = kernel * scale.reshape(shape)
+    scaled = kernel * ir.along_axes(scale, kernel.shape, in_axes)
     bias = linear.bias
     if np.any(shift != 0):
         if kernel.ndim > 2 and linear.config.get("padding", "valid") != "valid":
@@ -106,12 +96,11 @@ def _fold_into_input(linear, affine):
                 "data before the model, use padding='valid', or, for the model's input, "
                 "input_encoding='analog' (its encoder applies the shift exactly)."
             )
-        # W . shift: summed over every tap and input channel.
-        if _is_depthwise(linear):  # kernel (.., C, M): output c*M + m sees shift[c] only
-            taps = kernel.reshape(-1, kernel.shape[-2], kernel.shape[-1]).sum(axis=0)
-            contribution = (taps * shift[:, None]).reshape(-1)
-        else:
-            contribution = np.tensordot(shift, kernel, axes=([0], [in_axis % kernel.ndim]))
-            contribution = contribution.reshape(-1, contribution.shape[-1]).sum(axis=0)
+        # W . shift: summed over every axis that is not an output channel (the
+        # taps, and the input channels unless each output reads one, as in a
+        # depthwise kernel).
+        summed = tuple(axis for axis in range(kernel.ndim) if axis not in out_axes)
+        shifted = kernel * ir.along_axes(shift, kernel.shape, in_axes)
+        contribution = shifted.sum(axis=summed).reshape(-1)
         bias = (np.zeros_like(contribution) if bias is None else bias) + contribution
     linear.kernel, linear.bias = scaled.astype("float32"), bias

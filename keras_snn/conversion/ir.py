@@ -34,6 +34,24 @@ class Linear(Op):
     shift: float = 0.0  # that QReLU's phi: the neuron starts at phi * threshold
     signed: bool = False  # no ReLU: signed spikes carry the linear value
 
+    @property
+    def channel_axes(self):
+        """`(input_axes, output_axes)` of the kernel, as the spiking class lays it out."""
+        return self.spiking_class.kernel_channel_axes(self.kernel.ndim)
+
+    @property
+    def output_channels(self):
+        """The number of output channels (the bias length)."""
+        return int(np.prod([self.kernel.shape[axis] for axis in self.channel_axes[1]]))
+
+
+def along_axes(vector, kernel_shape, axes):
+    """`vector` (one value, or one per channel over `axes`) shaped to multiply a kernel."""
+    vector = np.asarray(vector)
+    if vector.size == 1:
+        return vector.reshape((1,) * len(kernel_shape))
+    return vector.reshape([d if axis in axes else 1 for axis, d in enumerate(kernel_shape)])
+
 
 @dataclasses.dataclass
 class Relu(Op):

@@ -6,8 +6,10 @@ layer does nothing at inference (Dropout, noise). Users extend the converter
 with `register_conversion_rule(layer_class, rule)`; classes not registered are
 refused with a `ConversionError` that names them. Layer classes registered
 with `keras_snn.layers.register_passthrough_layer` (at any time, before or
-after this module is imported) convert as shape ops unless a rule of their
-own is registered.
+after this module is imported) convert as shape ops, and the weighted layers
+of `keras_snn.layers.register_weighted_layer`'s table (Dense, Conv1D/2D,
+DepthwiseConv2D, ...) into their spiking class, unless a rule of their own is
+registered.
 """
 
 import keras
@@ -17,6 +19,8 @@ from keras_snn import layers as snn_layers
 from keras_snn.conversion import ir
 from keras_snn.conversion.errors import ConversionError
 from keras_snn.layers.passthrough import passthrough_layer_classes
+from keras_snn.layers.weighted import find_weighted_layer
+from keras_snn.layers.weighted import weighted_layer_classes
 
 _RULES = {}
 _REFUSALS = {}
@@ -47,8 +51,9 @@ def register_conversion_rule(layer_class, rule):
 def find_rule(layer):
     """The rule for a layer (most specific class first), or raise ConversionError.
 
-    Per class: a refusal, then a registered rule, then the pass-through
-    registry (read now, so layers registered after import are found).
+    Per class: a refusal, then a registered rule, then the weighted-layer
+    table, then the pass-through registry (both read now, so layers
+    registered after import are found).
     """
     passthrough = passthrough_layer_classes()
     for cls in type(layer).__mro__:
@@ -56,9 +61,13 @@ def find_rule(layer):
             raise ConversionError(_describe(layer) + _REFUSALS[cls])
         if cls in _RULES:
             return _RULES[cls]
+        weighted = find_weighted_layer(cls)
+        if weighted is not None and weighted.keras_class is cls:
+            return _weighted_rule(weighted.spiking_class)
         if cls in passthrough:
             return _shape_rule
-    supported = ", ".join(sorted({cls.__name__ for cls in (*_RULES, *passthrough)}))
+    known = (*_RULES, *weighted_layer_classes(), *passthrough)
+    supported = ", ".join(sorted({cls.__name__ for cls in known}))
     raise ConversionError(
         f"{_describe(layer)} has no spiking form. Supported layers: {supported}. "
         "Register a rule with keras_snn.register_conversion_rule for custom layers."
@@ -171,13 +180,10 @@ def _linear_ops(layer, key, inputs, spiking_class, config, kernel, bias):
     return ops + activation
 
 
+# Dense, Conv1D/2D, DepthwiseConv2D and the classes users add convert through
+# `_weighted_rule` from the weighted-layer table (`find_rule`); a separable
+# convolution, also in the table, needs its factors multiplied out first.
 register_conversion_rule(keras.layers.SeparableConv2D, _separable_conv_rule)
-register_conversion_rule(keras.layers.Dense, _weighted_rule(snn_layers.SpikingDense))
-register_conversion_rule(keras.layers.Conv2D, _weighted_rule(snn_layers.SpikingConv2D))
-register_conversion_rule(keras.layers.Conv1D, _weighted_rule(snn_layers.SpikingConv1D))
-register_conversion_rule(
-    keras.layers.DepthwiseConv2D, _weighted_rule(snn_layers.SpikingDepthwiseConv2D)
-)
 
 
 # ------------------------------------------------------------- activations
@@ -196,7 +202,9 @@ register_conversion_rule(keras.layers.ReLU, _relu_rule)
 
 
 def _qrelu_rule(layer, key, inputs):
-    # The learned bound is the activation ceiling (seed 004 Alg. 1).
+    # The learned bound is the activation ceiling (Alg. 1 of "A High
+    # Performance and Low Latency Deep Spiking Neural Networks Conversion
+    # Framework").
     bound = float(keras.ops.convert_to_numpy(layer.bound))
     return [ir.Relu(
         key, inputs, layer.name, bound, quantized=True, shift=float(layer.shift),

@@ -22,6 +22,7 @@ from keras_snn.layers.synaptic import SpikingConv1D
 from keras_snn.layers.synaptic import SpikingConv2D
 from keras_snn.layers.synaptic import SpikingDense
 from keras_snn.layers.synaptic import SpikingDepthwiseConv2D
+from keras_snn.layers.weighted import register_weighted_layer
 
 __all__ = [
     "AnalogInput",
@@ -46,4 +47,5 @@ __all__ = [
     "SpikingLayer",
     "SynapticLayer",
     "register_passthrough_layer",
+    "register_weighted_layer",
 ]

@@ -5,11 +5,14 @@ Every spiking network starts with one encoder right after its `keras.Input`:
 - `AnalogInput` (direct encoding, DIET-SNN): the input itself is the current
   into the first layer at every step; the first layer's work is MACs, not
   synaptic events.
-- `SpikingInput` (anytime paper, B): IF neurons driven by the input, so a pixel
-  of intensity x in [0, 1] fires at rate x.
+- `SpikingInput` ("Spike-Based Anytime Perception", Dutson, Li, Gupta, B):
+  IF neurons driven by the input, so a pixel of intensity x in [0, 1] fires
+  at rate x.
 - `PoissonInput`: seeded Bernoulli rate coding, spike with probability x per step.
 - `EventInput`: the caller passes (batch, T, ...) frames (spike camera or DVS
-  bins, seed 004 B) and the network consumes one frame per step.
+  bins, as in "A High Performance and Low Latency Deep Spiking Neural
+  Networks Conversion Framework", B) and the network consumes one frame per
+  step.
 """
 
 import keras
@@ -91,7 +94,7 @@ class AnalogInput(_Encoder):
 
 @keras.saving.register_keras_serializable(package="keras_snn")
 class SpikingInput(_Encoder):
-    """Spiking input layer: IF neurons driven by the input (anytime paper, B).
+    """Spiking input layer: IF neurons driven by the input (Spike-Based Anytime Perception, B).
 
     Each neuron adds its input value to its membrane every step and fires like
     an IF neuron, so an input x in [0, threshold] fires at rate x/threshold.

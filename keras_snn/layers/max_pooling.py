@@ -4,7 +4,7 @@ A spike train's rate estimate after t steps is its cumulative count C(t) / t,
 so the rate form of `max` over a window is `max_i C_i(t) / t`. The layer keeps
 every input's cumulative count C_i(t) as state; the pooled output's cumulative
 count is the window maximum `M(t) = max_i C_i(t)`, and each step emits the
-increase `M(t) - M(t-1)` (DESIGN.md section 4). Consequences, exact at every
+increase `M(t) - M(t-1)`. Consequences, exact at every
 step and with no gating heuristic:
 
 - the output's cumulative count is `M(t)` itself, so its rate converges to the
@@ -18,10 +18,11 @@ On an analog input (right after `AnalogInput`) the layer is built with
 `cumulative=False` and outputs the window maximum of the input values
 themselves: for a static input that is the same at every step and exact.
 
-Operations (anytime paper eq. A counts events times fan-out): an event-driven
-max-pool unit adds an arriving event to its input's counter (one accumulate)
-and compares the new count with the running maximum of every window that
-holds the input (one comparison each). So each input event costs
+Operations ("Spike-Based Anytime Perception", Dutson, Li, Gupta, eq. A,
+counts events times fan-out): an event-driven max-pool unit adds an arriving
+event to its input's counter (one accumulate) and compares the new count with
+the running maximum of every window that holds the input (one comparison
+each). So each input event costs
 `1 + windows containing it` operations, reported under this layer in
 `SpikingModel.run()["layer_ops"]`; the layer after it counts its own fan-out
 on the pooled events. On analog input the work is the window comparisons,

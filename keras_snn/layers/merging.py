@@ -1,4 +1,8 @@
-"""The weighted spiking add that joins residual branches (seed 004, section C)."""
+"""The weighted spiking add that joins residual branches.
+
+Section C of "A High Performance and Low Latency Deep Spiking Neural Networks
+Conversion Framework".
+"""
 
 import keras
 from keras import ops

@@ -1,4 +1,7 @@
-"""QReLU: the quantised clipped ReLU with a learnable bound (seed 004, eq. 1; QCFS).
+"""QReLU: the quantised clipped ReLU with a learnable bound (eq. 1; QCFS).
+
+Eq. 1 is that of "A High Performance and Low Latency Deep Spiking Neural
+Networks Conversion Framework" (the low-latency conversion paper).
 
 An ANN trained with QReLU converts to an SNN that matches it in about
 `levels` timesteps: the learned bound is the layer's activation ceiling, and
@@ -18,9 +21,10 @@ class QReLU(keras.layers.Layer):
     `QReLU(x) = clip(floor(x * P / lambda_b + phi), 0, P) * lambda_b / P`,
     with `P = levels` and `phi = shift`:
 
-    - `shift=0` is seed 004's eq. 1: 0 for `x <= 0`, `lambda_b` for
-      `x >= lambda_b`, `floor(x * P / lambda_b) * lambda_b / P` in between
-      (the quantised value is never above the clipped ReLU).
+    - `shift=0` is the low-latency conversion paper's eq. 1: 0 for
+      `x <= 0`, `lambda_b` for `x >= lambda_b`,
+      `floor(x * P / lambda_b) * lambda_b / P` in between (the quantised
+      value is never above the clipped ReLU).
     - `shift=0.5` is QCFS (quantization clip-floor-shift, Bu et al., ICLR
       2022): it rounds to the nearest level, so the quantisation error has
       mean zero.
@@ -53,7 +57,7 @@ class QReLU(keras.layers.Layer):
             it moves lambda_b `scale` times as far for Adam-like optimisers
             (and `scale**2` for plain SGD). The paper trains the bound with a
             smaller rate (0.1x); note that a bound that barely moves stays
-            near its initial value (DESIGN.md section 4).
+            near its initial value.
         trainable_bound: learn the bound (default) or keep it fixed.
         shift: phi in [0, 1): 0 (default) is eq. 1 (floor), 0.5 is QCFS
             (round to the nearest level). Configs saved without it load as 0.

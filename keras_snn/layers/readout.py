@@ -10,15 +10,16 @@ from keras_snn.layers.base import SpikingLayer
 class Readout(SpikingLayer, keras.layers.Layer):
     """Non-spiking accumulator: the running mean of its input over time.
 
-    After t steps the readout is `(1/t) * sum_{k=1..t} x(k)` (anytime paper,
-    section B). Two modes follow from what feeds it:
+    After t steps the readout is `(1/t) * sum_{k=1..t} x(k)` ("Spike-Based
+    Anytime Perception", Dutson, Li, Gupta, section B). Two modes follow from what feeds it:
 
     - membrane readout (default in conversion): the input is the current
       `z(k)` of a non-spiking final layer (`neuron=None`); the readout is the
       final layer's membrane divided by t, an estimate of the ANN logits that
       converges to them as t grows, and logits may be negative;
-    - spike-rate readout (seed 004): the input is the spikes of a spiking final
-      layer; the readout is its spike rate (spike count / t).
+    - spike-rate readout ("A High Performance and Low Latency Deep Spiking
+      Neural Networks Conversion Framework"): the input is the spikes of a
+      spiking final layer; the readout is its spike rate (spike count / t).
 
     `SpikingModel` places the readout after every step into its output
     `(batch, timesteps, classes)`.

@@ -49,6 +49,31 @@ class _KerasSynapticLayer(SynapticLayer):
         # The wrapped Keras layer's own forward pass: W.x + b (activation None).
         return super(SpikingLayer, self).call(inputs)
 
+    @classmethod
+    def kernel_channel_axes(cls, kernel_rank):
+        """Which axes of the kernel index the input and the output channels.
+
+        Dense kernels are `(in, out)` and convolution kernels `(*taps, in,
+        out)`: one input axis and one output axis. Code that scales or reads
+        a kernel per channel (folding a BatchNormalization, normalisation,
+        export) asks the layer class instead of knowing each layout.
+
+        Args:
+            kernel_rank: the number of kernel dimensions.
+
+        Returns:
+            `(input_axes, output_axes)`, tuples of non-negative axes. An
+            output channel is one index into the output axes, flattened in
+            row-major order; the input axes may overlap the output axes
+            (depthwise kernels, where each output reads one input channel).
+
+        Example:
+
+        >>> SpikingConv2D.kernel_channel_axes(4)
+        ((2,), (3,))
+        """
+        return (kernel_rank - 2,), (kernel_rank - 1,)
+
     def _linear(self, inputs, kernel):
         """The layer's linear map on `kernel`, without bias."""
         raise NotImplementedError
@@ -260,6 +285,18 @@ class SpikingDepthwiseConv2D(_ChannelsLastConvolution, keras.layers.DepthwiseCon
         self._refuse_activation(kwargs)
         super().__init__(kernel_size, activation=None, **kwargs)
         self._init_neuron(neuron, threshold)
+
+    @classmethod
+    def kernel_channel_axes(cls, kernel_rank):
+        """The kernel is `(rows, cols, channels, depth_multiplier)`: output `c * M + m`
+        reads input channel `c` only, so the input axis is also an output axis.
+
+        Example:
+
+        >>> SpikingDepthwiseConv2D.kernel_channel_axes(4)
+        ((2,), (2, 3))
+        """
+        return (kernel_rank - 2,), (kernel_rank - 2, kernel_rank - 1)
 
     def _convolve(self, inputs, kernel):
         return ops.depthwise_conv(
