@@ -32,7 +32,7 @@ def _activation(activation):
 
 def _norm(batch_norm):
     # momentum 0.9: Keras's default 0.99 leaves the moving variance near its
-    # initial 1 for hundreds of steps, which conversion then folds in (DESIGN 4).
+    # initial 1 for hundreds of steps, which conversion then folds in.
     return [keras.layers.BatchNormalization(momentum=0.9, scale=False)] if batch_norm else []
 
 

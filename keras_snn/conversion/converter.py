@@ -1,6 +1,6 @@
 """convert_model: a trained ReLU Keras model to a SpikingModel.
 
-The pipeline (DESIGN.md section 4), each step on a copy, never the user's model:
+The pipeline, each step on a copy, never the user's model:
 
 1. read the model's layer graph (nested models flattened; a tf_keras model is
    first loaded as its Keras 3 twin);
@@ -13,7 +13,9 @@ The pipeline (DESIGN.md section 4), each step on a copy, never the user's model:
 5. build the spiking network with the folded weights, measure each layer's
    activation ceiling lambda (a known bound, or a percentile of calibration
    activations), and rescale: `W <- W * lambda_in / lambda_out`,
-   `b <- b / lambda_out`, threshold 1 (seed 004 Alg. 1 with `lambda / S_max`).
+   `b <- b / lambda_out`, threshold 1 (Algorithm 1 of "A High Performance
+   and Low Latency Deep Spiking Neural Networks Conversion Framework", with
+   `lambda / S_max`).
 """
 
 import copy
@@ -149,7 +151,8 @@ def convert_model(
             (benchmarks/RESULTS.md, "Conversion defaults").
         head: name of a top-level layer from which the rest of the model runs
             as an ordinary ANN on the spiking part's readout (hybrid inference,
-            seed 004 C), for heads without a spiking form.
+            section C of the conversion-framework paper above), for heads
+            without a spiking form.
 
     Returns:
         A `SpikingModel` whose output `(batch, timesteps, classes)` estimates
