@@ -28,7 +28,11 @@ import tensorflow as tf
 
 from keras_snn import layers as snn_layers
 from keras_snn import neurons as neurons_lib
+from keras_snn.conversion import bias_calibration as bias_calibration_lib
 from keras_snn.conversion import ir
+from keras_snn.conversion.bias_calibration import calibrate_biases
+from keras_snn.conversion.bias_calibration import check_bias_calibration
+from keras_snn.conversion.bias_calibration import first_samples
 from keras_snn.conversion.calibration import CalibrationReader
 from keras_snn.conversion.calibration import CeilingEstimator
 from keras_snn.conversion.calibration import analog_forward
@@ -63,6 +67,7 @@ def convert_model(
     input_encoding="analog",
     initial_membrane="auto",
     head=None,
+    bias_calibration="auto",
 ):
     """Convert a trained ReLU Keras model into a `keras_snn.SpikingModel`.
 
@@ -146,6 +151,15 @@ def convert_model(
             the deeper measured network. Signed neurons always start at 0.
             The "auto" choices were measured on the repo's benchmark models
             (benchmarks/RESULTS.md, "Conversion defaults").
+        bias_calibration: correct each layer's bias by its mean per-channel
+            rate error after `timesteps` steps on the calibration data
+            (SNN calibration, Li et al. 2021; see
+            `keras_snn.conversion.bias_calibration`), layer by layer from
+            the input. The biases are calibrated for `timesteps`: convert
+            again for another simulation length. True: always (needs
+            calibration data); False: never; "auto" (default): with
+            calibration data, kept only if it brings the readout closer to
+            the ANN's logits on that data.
         head: name of a top-level layer from which the rest of the model runs
             as an ordinary ANN on the spiking part's readout (hybrid inference,
             seed 004 C), for heads without a spiking form.
@@ -175,6 +189,12 @@ def convert_model(
         timesteps, neuron, spike_max, normalization, percentile, per_channel,
         input_encoding, initial_membrane,
     )
+    check_bias_calibration(bias_calibration)
+    if bias_calibration is True and calibration_data is None:
+        raise ConversionError(
+            "bias_calibration=True needs calibration_data (the SNN is run on it to measure "
+            "each layer's error); pass data or bias_calibration='auto'/False."
+        )
     keras_model = as_keras3_model(model)
     keras_model, calibration_data = _at_calibration_shape(keras_model, calibration_data)
     tail = None
@@ -213,6 +233,11 @@ def convert_model(
     )
     builder.build()
     builder.normalize(calibration_data)
+    if bias_calibration is True or (bias_calibration == "auto" and calibration_data is not None):
+        calibrate_biases(
+            builder.network, builder.calibration_targets(), first_samples(calibration_data),
+            options.timesteps, options.spike_max, keep_if_better=bias_calibration == "auto",
+        )
     return SpikingModel(builder.network, timesteps=options.timesteps, head=tail)
 
 
@@ -589,6 +614,7 @@ def _fuse_activations(ops, output_key):
             if fusable and ir.consumers(ops, producer.key) == [op]:
                 producer.spiking, producer.max_value = True, op.max_value
                 producer.quantized, producer.shift = op.quantized, op.shift
+                producer.levels = op.levels
             elif _nonnegative(producer, by_key) and op.max_value is None:
                 pass  # ReLU of spikes (e.g. after pooling) changes nothing
             elif _relu_as_identity_layer(ops, op, by_key):
@@ -895,6 +921,28 @@ class _NetworkBuilder:
                 )
             return op.spiking_class(**{**op.config, "name": name}, neuron=pool_neuron)
         return op.layer
+
+    def calibration_targets(self):
+        """Layers whose bias bias calibration corrects, from the input on."""
+        by_key = {op.key: op for op in self.ops}
+        targets = []
+        for op in self.ops:
+            layer = self.layers[op.key]
+            bias_layer = None
+            if isinstance(op, ir.Linear) and (op.spiking or op.key == self.output_key):
+                bias_layer = layer
+            elif isinstance(op, ir.Merge) and op.spiking:
+                # An Add has no bias: its non-spiking branch's bias feeds it with weight 1.
+                branch = [k for k in op.inputs if isinstance(by_key.get(k), ir.Linear)
+                          and not by_key[k].spiking and len(ir.consumers(self.ops, k)) == 1]
+                bias_layer = self.layers[branch[0]] if branch else None
+            if bias_layer is None:
+                continue
+            quantizer = (op.levels, op.shift) if getattr(op, "quantized", False) else None
+            targets.append(bias_calibration_lib.CalibrationTarget(
+                layer.name, bias_layer, quantizer, bool(getattr(op, "signed", False))
+            ))
+        return targets
 
     # ----------------------------------------------------------- ceilings
     def normalize(self, calibration_data):
