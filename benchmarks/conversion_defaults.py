@@ -150,7 +150,7 @@ def main(_):
                         snn, x_eval, y_eval, timesteps=t, verbose=0).accuracy[t - 1]
                 cells = " | ".join(
                     f"{100 * accuracy[t]:.2f} ({100 * (accuracy[t] - ann):+.1f})" for t in steps)
-                print(f"| {label} (calibrated per T) | {cells} |", flush=True)
+                print(f"| {label} (converted per T) | {cells} |", flush=True)
                 continue
             snn = keras_snn.convert_model(model, x_calibration, **options)
             twin = next((name for name, other in simulated if same_network(snn, other)), None)

@@ -52,6 +52,10 @@ _RELU_MEMBRANE = 0.5
 # per_channel="auto": per-channel ceilings wherever the network can carry them.
 _PER_CHANNEL = True
 _AUTO_NEURON = "buffered"
+# bias_calibration="auto" calibrates at fewer than this many spikes per neuron
+# (timesteps x spike_max): it gained 0.6-20 points on the small ResNet below,
+# and lost up to 2.4 at 16-32 (benchmarks/RESULTS.md, issue 16).
+_CALIBRATE_BELOW_RESOLUTION = 16
 
 
 def convert_model(
@@ -158,8 +162,9 @@ def convert_model(
             the input. The biases are calibrated for `timesteps`: convert
             again for another simulation length. True: always (needs
             calibration data); False: never; "auto" (default): with
-            calibration data, kept only if it brings the readout closer to
-            the ANN's logits on that data.
+            calibration data at low latency (`timesteps * spike_max < 16`,
+            where it was measured to help), and kept only if it brings the
+            readout closer to the ANN's logits on that data.
         head: name of a top-level layer from which the rest of the model runs
             as an ordinary ANN on the spiking part's readout (hybrid inference,
             seed 004 C), for heads without a spiking form.
@@ -232,10 +237,16 @@ def convert_model(
         ops, graph.input_keys[0], output_key, keras_model, options, layout, input_affine
     )
     builder.build()
+    calibrate = bias_calibration is True or (
+        bias_calibration == "auto" and calibration_data is not None
+        and options.timesteps * options.spike_max < _CALIBRATE_BELOW_RESOLUTION
+    )
+    if calibrate:  # taken first: normalize may read a one-shot iterator to its end
+        samples, calibration_data = first_samples(calibration_data)
     builder.normalize(calibration_data)
-    if bias_calibration is True or (bias_calibration == "auto" and calibration_data is not None):
+    if calibrate:
         calibrate_biases(
-            builder.network, builder.calibration_targets(), first_samples(calibration_data),
+            builder.network, builder.calibration_targets(), samples,
             options.timesteps, options.spike_max, keep_if_better=bias_calibration == "auto",
         )
     return SpikingModel(builder.network, timesteps=options.timesteps, head=tail)
