@@ -163,8 +163,9 @@ def convert_model(
             again for another simulation length. True: always (needs
             calibration data); False: never; "auto" (default): with
             calibration data at low latency (`timesteps * spike_max < 16`,
-            where it was measured to help), and kept only if it brings the
-            readout closer to the ANN's logits on that data.
+            where it was measured to help) unless `normalization="none"`,
+            and kept only if it brings the readout closer to the ANN's
+            logits on that data.
         head: name of a top-level layer from which the rest of the model runs
             as an ordinary ANN on the spiking part's readout (hybrid inference,
             seed 004 C), for heads without a spiking form.
@@ -239,6 +240,7 @@ def convert_model(
     builder.build()
     calibrate = bias_calibration is True or (
         bias_calibration == "auto" and calibration_data is not None
+        and options.normalization != "none"  # "none": the weights as they are
         and options.timesteps * options.spike_max < _CALIBRATE_BELOW_RESOLUTION
     )
     if calibrate:  # taken first: normalize may read a one-shot iterator to its end
