@@ -56,6 +56,9 @@ _AUTO_NEURON = "buffered"
 # (timesteps x spike_max): it gained 0.6-20 points on the small ResNet below,
 # and lost up to 2.4 at 16-32 (benchmarks/RESULTS.md, issue 16).
 _CALIBRATE_BELOW_RESOLUTION = 16
+# ...and only networks with at most this many calibrated layers: calibration
+# simulates the network once per layer (ResNet50: minutes), True still does it.
+_MOST_AUTO_CALIBRATED_LAYERS = 24
 
 
 def convert_model(
@@ -164,8 +167,9 @@ def convert_model(
             calibration data); False: never; "auto" (default): with
             calibration data at low latency (`timesteps * spike_max < 16`,
             where it was measured to help) unless `normalization="none"`,
-            and kept only if it brings the readout closer to the ANN's
-            logits on that data.
+            for networks of at most 24 calibrated layers (it simulates
+            once per layer), and kept only if it brings the readout closer
+            to the ANN's logits on that data.
         head: name of a top-level layer from which the rest of the model runs
             as an ordinary ANN on the spiking part's readout (hybrid inference,
             seed 004 C), for heads without a spiking form.
@@ -246,9 +250,12 @@ def convert_model(
     if calibrate:  # taken first: normalize may read a one-shot iterator to its end
         samples, calibration_data = first_samples(calibration_data)
     builder.normalize(calibration_data)
+    targets = builder.calibration_targets() if calibrate else []
+    if bias_calibration == "auto" and len(targets) > _MOST_AUTO_CALIBRATED_LAYERS:
+        calibrate = False  # one simulation per layer: too slow for a default on deep nets
     if calibrate:
         calibrate_biases(
-            builder.network, builder.calibration_targets(), samples,
+            builder.network, targets, samples,
             options.timesteps, options.spike_max, keep_if_better=bias_calibration == "auto",
         )
     return SpikingModel(builder.network, timesteps=options.timesteps, head=tail)
