@@ -148,3 +148,33 @@ def test_a_one_shot_generator_of_batches_calibrates_like_the_array():
     from_generator = keras_snn.convert_model(ann, batches, timesteps=T, bias_calibration=True)
     for a, b in zip(from_array.network.get_weights(), from_generator.network.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def qrelu_net(shift):
+    keras.utils.set_random_seed(3)
+    return keras.Sequential([
+        keras.Input((8, 8, 2)), keras.layers.Flatten(), keras.layers.Dense(16),
+        QReLU(levels=4, initial_bound=1.0, shift=shift), keras.layers.Dense(3),
+    ])
+
+
+def test_auto_calibrates_eq1_qrelu_layers_from_half_threshold_at_any_length():
+    # An eq. 1 QReLU layer started at theta/2 rounds where its ANN floors (half a
+    # level too high at every T): "auto" calibrates it at 16 steps too, a QCFS one not.
+    def same(a, b):
+        return all(np.array_equal(x, y) for x, y in
+                   zip(a.network.get_weights(), b.network.get_weights()))
+
+    def mse(snn, ann):
+        out = np.asarray(snn(IMAGES, timesteps=16))[:, -1]
+        return np.mean((out - logits_of(ann, IMAGES)) ** 2)
+
+    eq1 = qrelu_net(0.0)
+    on = keras_snn.convert_model(eq1, IMAGES, timesteps=16, bias_calibration=True)
+    off = keras_snn.convert_model(eq1, IMAGES, timesteps=16, bias_calibration=False)
+    assert not same(on, off)
+    auto = keras_snn.convert_model(eq1, IMAGES, timesteps=16)
+    assert same(auto, on if mse(on, eq1) <= mse(off, eq1) else off)
+    qcfs = qrelu_net(0.5)
+    assert same(keras_snn.convert_model(qcfs, IMAGES, timesteps=16),
+                keras_snn.convert_model(qcfs, IMAGES, timesteps=16, bias_calibration=False))

@@ -53,8 +53,9 @@ _RELU_MEMBRANE = 0.5
 _PER_CHANNEL = True
 _AUTO_NEURON = "buffered"
 # bias_calibration="auto" calibrates at fewer than this many spikes per neuron
-# (timesteps x spike_max): it gained 0.6-20 points on the small ResNet below,
-# and lost up to 2.4 at 16-32 (benchmarks/RESULTS.md, issue 16).
+# (timesteps x spike_max): it gained up to 20 points on the small QCFS ResNet
+# below, and lost up to 2.4 at 16-32 (benchmarks/RESULTS.md, issue 16); and at
+# any T for eq. 1 QReLU layers started at theta/2 (_rounds_unlike_its_qrelu).
 _CALIBRATE_BELOW_RESOLUTION = 16
 # ...and only networks with at most this many calibrated layers: calibration
 # simulates the network once per layer (ResNet50: minutes), True still does it.
@@ -166,7 +167,9 @@ def convert_model(
             again for another simulation length. True: always (needs
             calibration data); False: never; "auto" (default): with
             calibration data at low latency (`timesteps * spike_max < 16`,
-            where it was measured to help) unless `normalization="none"`,
+            where it was measured to help), or at any T when an eq. 1 QReLU
+            layer starts off its shift (it rounds where the ANN floors), unless
+            `normalization="none"`,
             for networks of at most 24 calibrated layers (it simulates
             once per layer), and kept only if it brings the readout closer
             to the ANN's logits on that data.
@@ -245,7 +248,8 @@ def convert_model(
     calibrate = bias_calibration is True or (
         bias_calibration == "auto" and calibration_data is not None
         and options.normalization != "none"  # "none": the weights as they are
-        and options.timesteps * options.spike_max < _CALIBRATE_BELOW_RESOLUTION
+        and (options.timesteps * options.spike_max < _CALIBRATE_BELOW_RESOLUTION
+             or _rounds_unlike_its_qrelu(ops, options))
     )
     if calibrate:  # taken first: normalize may read a one-shot iterator to its end
         samples, calibration_data = first_samples(calibration_data)
@@ -350,6 +354,21 @@ class _Options:
         if isinstance(self.neuron, neurons_lib.Neuron):  # a template: one copy per layer
             return copy.deepcopy(self.neuron)  # needs no registration, unlike a config copy
         return _named_neuron(self.neuron, self.spike_max, self.membrane_for(op))
+
+
+def _rounds_unlike_its_qrelu(ops, options):
+    """A QReLU layer whose neurons start off its shift (an eq. 1 layer from theta/2).
+
+    Its spike counts then round where the ANN floors: a systematic half-level
+    offset at every T, which bias calibration removes (it gained 0.2-2.2 points
+    on the eq. 1 ResNet and VGG at 16-32 spikes per neuron, where it cost a
+    QCFS ResNet up to 2.4).
+    """
+    return any(
+        getattr(op, "spiking", False) and getattr(op, "quantized", False)
+        and options.membrane_for(op) != op.shift
+        for op in ops
+    )
 
 
 def _check_neuron_name(neuron):
