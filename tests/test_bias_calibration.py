@@ -178,3 +178,16 @@ def test_auto_calibrates_eq1_qrelu_layers_from_half_threshold_at_any_length():
     qcfs = qrelu_net(0.5)
     assert same(keras_snn.convert_model(qcfs, IMAGES, timesteps=16),
                 keras_snn.convert_model(qcfs, IMAGES, timesteps=16, bias_calibration=False))
+
+
+def test_calibration_works_when_the_network_already_holds_automatic_layer_names():
+    # A model whose Flatten is named like the next automatic name (e.g. loaded from a file).
+    keras.utils.set_random_seed(4)
+    probe_name = keras.layers.Flatten().name
+    index = int(probe_name.rsplit("_", 1)[1]) + 1 if "_" in probe_name else 1
+    ann = keras.Sequential([
+        keras.Input((8, 8, 2)), keras.layers.Conv2D(4, 3, activation="relu"),
+        keras.layers.Flatten(name=f"flatten_{index}"), keras.layers.Dense(3),
+    ])
+    snn = keras_snn.convert_model(ann, IMAGES, timesteps=T, bias_calibration=True)
+    assert np.asarray(snn(IMAGES[:2])).shape == (2, T, 3)

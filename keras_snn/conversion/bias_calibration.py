@@ -193,10 +193,22 @@ def _channel_mean(values):
 
 def _probe(network, layers, timesteps):
     """A SpikingModel reading out the flattened outputs of `layers` (shared weights)."""
-    flat = [keras.layers.Flatten()(layer.output) for layer in layers]
+    # Names of their own: automatic ones may repeat the network's (a loaded ANN's).
+    taken = {layer.name for layer in network.layers}
+
+    def name(base):
+        index = 0
+        while f"{base}_{index}" in taken:
+            index += 1
+        taken.add(f"{base}_{index}")
+        return f"{base}_{index}"
+
+    flat = [keras.layers.Flatten(name=name("calibration_flatten"))(layer.output)
+            for layer in layers]
     sizes = [int(np.prod(layer.output.shape[1:])) for layer in layers]
-    joined = keras.layers.Concatenate()(flat) if len(flat) > 1 else flat[0]
-    model = keras.Model(network.inputs, Readout()(joined))
+    joined = (keras.layers.Concatenate(name=name("calibration_concatenate"))(flat)
+              if len(flat) > 1 else flat[0])
+    model = keras.Model(network.inputs, Readout(name=name("calibration_readout"))(joined))
     starts = np.cumsum([0] + sizes)
     slices = [slice(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])]
     return SpikingModel(model, timesteps=timesteps), slices
