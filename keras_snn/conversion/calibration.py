@@ -124,13 +124,16 @@ class CalibrationReader:
         return self.samples > 0 and not self.nonfinite and self.nonzero == 0
 
 
-def analog_forward(graph, inputs, max_values):
+def analog_forward(graph, inputs, max_values, quantizers=None):
     """Run a spiking graph as the ANN it was converted from.
 
     Args:
         graph: `keras_snn.graph.LayerGraph` of the spiking network.
         inputs: a batch of model inputs.
         max_values: dict node key -> ReLU clip value (None for unbounded).
+        quantizers: optional dict node key -> `(levels, shift)` of a QReLU
+            whose clipped value is quantised like the QReLU's (a layer
+            with a clip value only).
 
     Returns:
         dict node key -> output tensor (activations of spiking nodes, currents
@@ -150,6 +153,10 @@ def analog_forward(graph, inputs, max_values):
                 out = tf.nn.relu(out)
                 if max_values.get(node.key) is not None:
                     out = tf.minimum(out, max_values[node.key])
+                    if quantizers and quantizers.get(node.key) is not None:
+                        levels, shift = quantizers[node.key]
+                        step = max_values[node.key] / levels
+                        out = tf.minimum(tf.floor(out / step + shift), levels) * step
         elif isinstance(layer, SpikingLayer):
             out = x  # encoders and the readout pass the ANN value through
         else:

@@ -30,7 +30,11 @@ import tensorflow as tf
 
 from keras_snn import layers as snn_layers
 from keras_snn import neurons as neurons_lib
+from keras_snn.conversion import bias_calibration as bias_calibration_lib
 from keras_snn.conversion import ir
+from keras_snn.conversion.bias_calibration import calibrate_biases
+from keras_snn.conversion.bias_calibration import check_bias_calibration
+from keras_snn.conversion.bias_calibration import first_samples
 from keras_snn.conversion.calibration import CalibrationReader
 from keras_snn.conversion.calibration import CeilingEstimator
 from keras_snn.conversion.calibration import analog_forward
@@ -51,6 +55,14 @@ _RELU_MEMBRANE = 0.5
 # per_channel="auto": per-channel ceilings wherever the network can carry them.
 _PER_CHANNEL = True
 _AUTO_NEURON = "buffered"
+# bias_calibration="auto" calibrates at fewer than this many spikes per neuron
+# (timesteps x spike_max): it gained up to 20 points on the small QCFS ResNet
+# below, and lost up to 2.4 at 16-32 (benchmarks/RESULTS.md, issue 16); and at
+# any T for eq. 1 QReLU layers started at theta/2 (_rounds_unlike_its_qrelu).
+_CALIBRATE_BELOW_RESOLUTION = 16
+# ...and only networks with at most this many calibrated layers: calibration
+# simulates the network once per layer (ResNet50: minutes), True still does it.
+_MOST_AUTO_CALIBRATED_LAYERS = 24
 
 
 def convert_model(
@@ -66,6 +78,7 @@ def convert_model(
     input_encoding="analog",
     initial_membrane="auto",
     head=None,
+    bias_calibration="auto",
 ):
     """Convert a trained ReLU Keras model into a `keras_snn.SpikingModel`.
 
@@ -149,6 +162,20 @@ def convert_model(
             the deeper measured network. Signed neurons always start at 0.
             The "auto" choices were measured on the repo's benchmark models
             (benchmarks/RESULTS.md, "Conversion defaults").
+        bias_calibration: correct each layer's bias by its mean per-channel
+            rate error after `timesteps` steps on the calibration data
+            (SNN calibration, Li et al. 2021; see
+            `keras_snn.conversion.bias_calibration`), layer by layer from
+            the input. The biases are calibrated for `timesteps`: convert
+            again for another simulation length. True: always (needs
+            calibration data); False: never; "auto" (default): with
+            calibration data at low latency (`timesteps * spike_max < 16`,
+            where it was measured to help), or at any T when an eq. 1 QReLU
+            layer starts off its shift (it rounds where the ANN floors), unless
+            `normalization="none"`,
+            for networks of at most 24 calibrated layers (it simulates
+            once per layer), and kept only if it brings the readout closer
+            to the ANN's logits on that data.
         head: name of a top-level layer from which the rest of the model runs
             as an ordinary ANN on the spiking part's readout (hybrid inference,
             section C of the conversion-framework paper above), for heads
@@ -179,6 +206,12 @@ def convert_model(
         timesteps, neuron, spike_max, normalization, percentile, per_channel,
         input_encoding, initial_membrane,
     )
+    check_bias_calibration(bias_calibration)
+    if bias_calibration is True and calibration_data is None:
+        raise ConversionError(
+            "bias_calibration=True needs calibration_data (the SNN is run on it to measure "
+            "each layer's error); pass data or bias_calibration='auto'/False."
+        )
     keras_model = as_keras3_model(model)
     keras_model, calibration_data = _at_calibration_shape(keras_model, calibration_data)
     tail = None
@@ -216,7 +249,23 @@ def convert_model(
         ops, graph.input_keys[0], output_key, keras_model, options, layout, input_affine
     )
     builder.build()
+    calibrate = bias_calibration is True or (
+        bias_calibration == "auto" and calibration_data is not None
+        and options.normalization != "none"  # "none": the weights as they are
+        and (options.timesteps * options.spike_max < _CALIBRATE_BELOW_RESOLUTION
+             or _rounds_unlike_its_qrelu(ops, options))
+    )
+    if calibrate:  # taken first: normalize may read a one-shot iterator to its end
+        samples, calibration_data = first_samples(calibration_data)
     builder.normalize(calibration_data)
+    targets = builder.calibration_targets() if calibrate else []
+    if bias_calibration == "auto" and len(targets) > _MOST_AUTO_CALIBRATED_LAYERS:
+        calibrate = False  # one simulation per layer: too slow for a default on deep nets
+    if calibrate:
+        calibrate_biases(
+            builder.network, targets, samples,
+            options.timesteps, options.spike_max, keep_if_better=bias_calibration == "auto",
+        )
     return SpikingModel(builder.network, timesteps=options.timesteps, head=tail)
 
 
@@ -309,6 +358,21 @@ class _Options:
         if isinstance(self.neuron, neurons_lib.Neuron):  # a template: one copy per layer
             return copy.deepcopy(self.neuron)  # needs no registration, unlike a config copy
         return _named_neuron(self.neuron, self.spike_max, self.membrane_for(op))
+
+
+def _rounds_unlike_its_qrelu(ops, options):
+    """A QReLU layer whose neurons start off its shift (an eq. 1 layer from theta/2).
+
+    Its spike counts then round where the ANN floors: a systematic half-level
+    offset at every T, which bias calibration removes (it gained 0.2-2.2 points
+    on the eq. 1 ResNet and VGG at 16-32 spikes per neuron, where it cost a
+    QCFS ResNet up to 2.4).
+    """
+    return any(
+        getattr(op, "spiking", False) and getattr(op, "quantized", False)
+        and options.membrane_for(op) != op.shift
+        for op in ops
+    )
 
 
 def _check_neuron_name(neuron):
@@ -593,6 +657,7 @@ def _fuse_activations(ops, output_key):
             if fusable and ir.consumers(ops, producer.key) == [op]:
                 producer.spiking, producer.max_value = True, op.max_value
                 producer.quantized, producer.shift = op.quantized, op.shift
+                producer.levels = op.levels
             elif _nonnegative(producer, by_key) and op.max_value is None:
                 pass  # ReLU of spikes (e.g. after pooling) changes nothing
             elif _relu_as_identity_layer(ops, op, by_key):
@@ -906,6 +971,28 @@ class _NetworkBuilder:
                 )
             return op.spiking_class(**{**op.config, "name": name}, neuron=pool_neuron)
         return op.layer
+
+    def calibration_targets(self):
+        """Layers whose bias bias calibration corrects, from the input on."""
+        by_key = {op.key: op for op in self.ops}
+        targets = []
+        for op in self.ops:
+            layer = self.layers[op.key]
+            bias_layer = None
+            if isinstance(op, ir.Linear) and (op.spiking or op.key == self.output_key):
+                bias_layer = layer
+            elif isinstance(op, ir.Merge) and op.spiking:
+                # An Add has no bias: its non-spiking branch's bias feeds it with weight 1.
+                branch = [k for k in op.inputs if isinstance(by_key.get(k), ir.Linear)
+                          and not by_key[k].spiking and len(ir.consumers(self.ops, k)) == 1]
+                bias_layer = self.layers[branch[0]] if branch else None
+            if bias_layer is None:
+                continue
+            quantizer = (op.levels, op.shift) if getattr(op, "quantized", False) else None
+            targets.append(bias_calibration_lib.CalibrationTarget(
+                layer.name, bias_layer, quantizer, bool(getattr(op, "signed", False))
+            ))
+        return targets
 
     # ----------------------------------------------------------- ceilings
     def normalize(self, calibration_data):

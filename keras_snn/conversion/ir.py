@@ -32,6 +32,7 @@ class Linear(Op):
     max_value: float = None
     quantized: bool = False  # the activation was a QReLU
     shift: float = 0.0  # that QReLU's phi: the neuron starts at phi * threshold
+    levels: int = None  # that QReLU's levels (bias calibration's quantised target)
     signed: bool = False  # no ReLU: signed spikes carry the linear value
 
     @property
@@ -58,6 +59,7 @@ class Relu(Op):
     max_value: float = None
     quantized: bool = False  # a QReLU: max_value is its learned bound
     shift: float = 0.0  # the QReLU's phi (0: eq. 1, 0.5: QCFS)
+    levels: int = None  # the QReLU's levels
     shape: tuple = None  # per-sample output shape of a ReLU layer (None: inline)
 
 
@@ -94,6 +96,7 @@ class Merge(Op):
     max_value: float = None
     quantized: bool = False
     shift: float = 0.0
+    levels: int = None
     signed: bool = False
 
 

@@ -207,7 +207,7 @@ def _qrelu_rule(layer, key, inputs):
     # Framework").
     bound = float(keras.ops.convert_to_numpy(layer.bound))
     return [ir.Relu(
-        key, inputs, layer.name, bound, quantized=True, shift=float(layer.shift),
+        key, inputs, layer.name, bound, quantized=True, shift=float(layer.shift), levels=int(layer.levels),
         shape=_output_shape(layer),
     )]
 

@@ -1,0 +1,193 @@
+"""Bias calibration (Li et al., ICML 2021): each layer's bias absorbs its mean rate error."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_snn
+from keras_snn.conversion import ConversionError
+from keras_snn.layers import QReLU
+
+RNG = np.random.default_rng(0)
+IMAGES = RNG.random((128, 8, 8, 2)).astype("float32")
+T = 4
+
+
+def logits_of(model, x):
+    return keras.Model(model.inputs, model.layers[-1].output).predict(x, verbose=0)
+
+
+def residual_net(data_format="channels_last", activation=lambda: keras.layers.ReLU()):
+    keras.utils.set_random_seed(1)
+    shape = (2, 8, 8) if data_format == "channels_first" else (8, 8, 2)
+    inputs = keras.Input(shape)
+    x = keras.layers.Conv2D(6, 3, padding="same", data_format=data_format)(inputs)
+    x = activation()(x)
+    y = keras.layers.Conv2D(6, 3, padding="same", data_format=data_format)(x)
+    y = activation()(y)
+    y = keras.layers.Conv2D(6, 3, padding="same", data_format=data_format)(y)
+    x = activation()(keras.layers.Add()([x, y]))
+    x = keras.layers.MaxPooling2D(2, data_format=data_format)(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(8)(x)  # linear bottleneck: signed neurons
+    x = keras.layers.Dense(4)(x)
+    return keras.Model(inputs, x)
+
+
+def weights(model):
+    return [w.copy() for w in model.get_weights()]
+
+
+def mean_readout_error(snn, ann, x):
+    """Per-class mean over `x` of the SNN readout after T steps minus the ANN logits."""
+    out = np.asarray(snn(x, timesteps=T))[:, -1]
+    return np.abs((out - logits_of(ann, x)).mean(axis=0)).max()
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_readout_matches_the_ann_logits_on_average_after_calibration(data_format):
+    # The readout is linear in its bias, so once it is calibrated last its
+    # per-class mean over the calibration data equals the ANN's mean logit;
+    # before, the low-T rate errors (residual Add, max pooling, signed
+    # bottleneck, per-channel ceilings) left a systematic offset.
+    ann = residual_net(data_format)
+    x = np.transpose(IMAGES, (0, 3, 1, 2)) if data_format == "channels_first" else IMAGES
+    plain = keras_snn.convert_model(ann, x, timesteps=T, bias_calibration=False)
+    calibrated = keras_snn.convert_model(ann, x, timesteps=T, bias_calibration=True)
+    before, after = mean_readout_error(plain, ann, x), mean_readout_error(calibrated, ann, x)
+    assert before > 1e-2
+    assert after < 1e-3 * max(1.0, np.abs(logits_of(ann, x)).max())
+
+
+def test_hidden_layer_mean_rate_moves_to_the_ann_activation():
+    # A QReLU(4) layer at T = 4 from theta/2 ("auto" for eq. 1) rounds where
+    # the ANN floors, so its mean rate sits near half a level above the ANN
+    # activation; calibration shifts the bias by that mean error.
+    keras.utils.set_random_seed(2)
+    ann = keras.Sequential([
+        keras.Input((8, 8, 2)), keras.layers.Flatten(), keras.layers.Dense(16),
+        QReLU(levels=4, initial_bound=1.0), keras.layers.Dense(3),
+    ])
+    ann_hidden = keras.Model(ann.inputs, ann.layers[2].output).predict(IMAGES, verbose=0)
+
+    def hidden_rate_error(snn):
+        layer = snn.network.get_layer(ann.layers[1].name)
+        probe = keras.Model(snn.network.inputs, keras_snn.layers.Readout()(layer.output))
+        rates = np.asarray(keras_snn.SpikingModel(probe, timesteps=T)(IMAGES))[:, -1]
+        return np.abs((rates - ann_hidden).mean(axis=0)).mean()  # bound 1.0: rate = value
+
+    plain = keras_snn.convert_model(ann, IMAGES, timesteps=T, bias_calibration=False)
+    calibrated = keras_snn.convert_model(ann, IMAGES, timesteps=T, bias_calibration=True)
+    before, after = hidden_rate_error(plain), hidden_rate_error(calibrated)
+    assert before > 0.05  # about half a level (1/8)
+    assert after < 0.5 * before
+
+
+def test_the_users_model_is_unchanged_and_calibration_is_deterministic():
+    ann = residual_net()
+    original = weights(ann)
+    first = keras_snn.convert_model(ann, IMAGES, timesteps=T, bias_calibration=True)
+    second = keras_snn.convert_model(ann, IMAGES, timesteps=T, bias_calibration=True)
+    for a, b in zip(original, ann.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(first.network.get_weights(), second.network.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_auto_without_calibration_data_builds_the_uncalibrated_network():
+    ann = keras.Sequential([keras.Input((4,)), keras.layers.Dense(5, activation="relu6"),
+                            keras.layers.Dense(2)])
+    auto = keras_snn.convert_model(ann, timesteps=T)
+    off = keras_snn.convert_model(ann, timesteps=T, bias_calibration=False)
+    for a, b in zip(auto.network.get_weights(), off.network.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_auto_keeps_the_calibration_only_if_the_readout_gets_closer():
+    ann = residual_net()
+    auto = keras_snn.convert_model(ann, IMAGES, timesteps=T)
+    off = keras_snn.convert_model(ann, IMAGES, timesteps=T, bias_calibration=False)
+    on = keras_snn.convert_model(ann, IMAGES, timesteps=T, bias_calibration=True)
+
+    def mse(snn):
+        out = np.asarray(snn(IMAGES[:64], timesteps=T))[:, -1]
+        return np.mean((out - logits_of(ann, IMAGES[:64])) ** 2)
+
+    chosen = on if mse(on) <= mse(off) else off
+    for a, b in zip(auto.network.get_weights(), chosen.network.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_bad_bias_calibration_values_are_refused_naming_the_argument(value):
+    ann = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    with pytest.raises(ConversionError, match="bias_calibration"):
+        keras_snn.convert_model(ann, np.ones((8, 4), "float32"), bias_calibration=value)
+
+
+def test_calibration_without_data_is_refused():
+    ann = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    with pytest.raises(ConversionError, match="bias_calibration=True needs calibration_data"):
+        keras_snn.convert_model(ann, bias_calibration=True)
+
+
+def test_auto_leaves_longer_simulations_uncalibrated():
+    # "auto" calibrates below 16 spikes per neuron (timesteps x spike_max), where it
+    # was measured to help; at 16 and above it builds the plain conversion.
+    ann = residual_net()
+    auto = keras_snn.convert_model(ann, IMAGES, timesteps=8, spike_max=2)
+    off = keras_snn.convert_model(ann, IMAGES, timesteps=8, spike_max=2, bias_calibration=False)
+    for a, b in zip(auto.network.get_weights(), off.network.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_one_shot_generator_of_batches_calibrates_like_the_array():
+    ann = residual_net()
+    from_array = keras_snn.convert_model(ann, IMAGES, timesteps=T, bias_calibration=True)
+    batches = (IMAGES[i : i + 32] for i in range(0, len(IMAGES), 32))
+    from_generator = keras_snn.convert_model(ann, batches, timesteps=T, bias_calibration=True)
+    for a, b in zip(from_array.network.get_weights(), from_generator.network.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def qrelu_net(shift):
+    keras.utils.set_random_seed(3)
+    return keras.Sequential([
+        keras.Input((8, 8, 2)), keras.layers.Flatten(), keras.layers.Dense(16),
+        QReLU(levels=4, initial_bound=1.0, shift=shift), keras.layers.Dense(3),
+    ])
+
+
+def test_auto_calibrates_eq1_qrelu_layers_from_half_threshold_at_any_length():
+    # An eq. 1 QReLU layer started at theta/2 rounds where its ANN floors (half a
+    # level too high at every T): "auto" calibrates it at 16 steps too, a QCFS one not.
+    def same(a, b):
+        return all(np.array_equal(x, y) for x, y in
+                   zip(a.network.get_weights(), b.network.get_weights()))
+
+    def mse(snn, ann):
+        out = np.asarray(snn(IMAGES, timesteps=16))[:, -1]
+        return np.mean((out - logits_of(ann, IMAGES)) ** 2)
+
+    eq1 = qrelu_net(0.0)
+    on = keras_snn.convert_model(eq1, IMAGES, timesteps=16, bias_calibration=True)
+    off = keras_snn.convert_model(eq1, IMAGES, timesteps=16, bias_calibration=False)
+    assert not same(on, off)
+    auto = keras_snn.convert_model(eq1, IMAGES, timesteps=16)
+    assert same(auto, on if mse(on, eq1) <= mse(off, eq1) else off)
+    qcfs = qrelu_net(0.5)
+    assert same(keras_snn.convert_model(qcfs, IMAGES, timesteps=16),
+                keras_snn.convert_model(qcfs, IMAGES, timesteps=16, bias_calibration=False))
+
+
+def test_calibration_works_when_the_network_already_holds_automatic_layer_names():
+    # A model whose Flatten is named like the next automatic name (e.g. loaded from a file).
+    keras.utils.set_random_seed(4)
+    probe_name = keras.layers.Flatten().name
+    index = int(probe_name.rsplit("_", 1)[1]) + 1 if "_" in probe_name else 1
+    ann = keras.Sequential([
+        keras.Input((8, 8, 2)), keras.layers.Conv2D(4, 3, activation="relu"),
+        keras.layers.Flatten(name=f"flatten_{index}"), keras.layers.Dense(3),
+    ])
+    snn = keras_snn.convert_model(ann, IMAGES, timesteps=T, bias_calibration=True)
+    assert np.asarray(snn(IMAGES[:2])).shape == (2, T, 3)
