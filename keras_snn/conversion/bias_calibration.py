@@ -35,7 +35,7 @@ from keras_snn.conversion.calibration import calibration_batches
 from keras_snn.conversion.errors import ConversionError
 from keras_snn.graph import layer_graph
 from keras_snn.layers.readout import Readout
-from keras_snn.simulation import SpikingModel
+from keras_snn.spiking_model import SpikingModel
 
 BIAS_CALIBRATION_MODES = ("auto", True, False)
 # Samples of the calibration data used: Li et al. use 1024; a few hundred keep
