@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from keras_snn.conversion.calibration import calibration_batches
 from keras_snn.conversion.converter import as_keras3_model
+from keras_snn.conversion.rules import INFERENCE_NO_OPS
 from keras_snn.graph import layer_graph
 from keras_snn.layers.passthrough import is_passthrough
 from keras_snn.layers.qrelu import QReLU
@@ -34,14 +35,7 @@ _AVERAGE_POOLING = (
 )
 # Layers that pass values on unchanged at inference (or only move them):
 # what they output is as hidden as what they read.
-_VALUE_PRESERVING = (
-    keras.layers.Dropout,
-    keras.layers.SpatialDropout1D,
-    keras.layers.SpatialDropout2D,
-    keras.layers.GaussianNoise,
-    keras.layers.GaussianDropout,
-    keras.layers.AlphaDropout,
-    keras.layers.ActivityRegularization,
+_VALUE_PRESERVING = INFERENCE_NO_OPS + (
     keras.layers.MaxPooling1D,
     keras.layers.MaxPooling2D,
     keras.layers.GlobalMaxPooling1D,

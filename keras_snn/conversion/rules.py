@@ -290,7 +290,8 @@ def _no_op(layer, key, inputs):
     return []
 
 
-for _cls in (
+# Layers that do nothing at inference (regularisers active in training only).
+INFERENCE_NO_OPS = (
     keras.layers.Dropout,
     keras.layers.SpatialDropout1D,
     keras.layers.SpatialDropout2D,
@@ -299,7 +300,8 @@ for _cls in (
     keras.layers.AlphaDropout,
     keras.layers.ActivityRegularization,
     keras.layers.Identity,
-):
+)
+for _cls in INFERENCE_NO_OPS:
     register_conversion_rule(_cls, _no_op)
 
 
