@@ -80,7 +80,7 @@ class PlanNode:
     """
 
     def __init__(self, node, input_kinds, kind, static, static_current, binary, input_binary,
-                 unit=False, input_unit=()):
+                 unit, input_unit):
         self.key = node.key
         self.layer = node.layer
         self.input_keys = node.input_keys
@@ -94,7 +94,7 @@ class PlanNode:
         self.binary = binary
         self.input_binary = input_binary
         self.unit = unit
-        self.input_unit = list(input_unit) or [False] * len(input_binary)
+        self.input_unit = input_unit
 
     def gather(self, values):
         """This node's inputs from a dict key -> value (one value or a list)."""
