@@ -6,8 +6,9 @@ run's allocations cannot hide another's.
 - inference: the Conv MNIST SNN (untrained weights: memory does not depend on
   them) on `--batches` batches of random images, for every T in
   `--inference_steps` and batch size in `--batch_sizes`, through `simulate`
-  (sums only), `predict` (the `(batch, T, 10)` readout) and `predict` with
-  `readout_every="final"`. The growth over the smallest T is compared with
+  (sums only), `predict` (the `(batch, T, 10)` readout, written in chunks of
+  steps into the returned array), `predict` with `readout_every="final"` and
+  `keras_predict` (Keras's own predict loop, for comparison). The growth over the smallest T is compared with
   the size of what the call returns.
 - training: one `fit` epoch of the VGG6 SNN (DIET-SNN's network) on
   `--train_items` images, batch 64, at several T; the slope is the memory per
@@ -33,8 +34,12 @@ FLAGS = flags.FLAGS
 flags.DEFINE_integer("batches", 1, "Inference batches per point.")
 flags.DEFINE_list("batch_sizes", ["250"], "Inference batch sizes.")
 flags.DEFINE_list("inference_steps", ["50", "500", "2000"], "Inference T values.")
-flags.DEFINE_list("modes", ["simulate", "predict", "predict_final"], "Inference calls.")
+flags.DEFINE_list(
+    "modes", ["simulate", "predict", "predict_final"],
+    "Inference calls: simulate, predict, predict_final, keras_predict.",
+)
 flags.DEFINE_integer("parallel_steps", 10, "SpikingModel parallel_steps for inference.")
+flags.DEFINE_boolean("fused_neurons", True, "SpikingModel fused_neurons for inference.")
 flags.DEFINE_integer("train_items", 256, "Training items (one epoch, batch 64).")
 flags.DEFINE_list("training_steps", ["2", "5", "10"], "Training T values ('' to skip).")
 
@@ -48,7 +53,7 @@ def peak_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 mode, steps, items, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-parallel_steps = int(sys.argv[5]) if len(sys.argv) > 5 else 10
+parallel_steps, fused = int(sys.argv[5]), sys.argv[6] == "1"
 rng = np.random.default_rng(0)
 if mode == "training":
     ann = applications.vgg6()
@@ -64,23 +69,27 @@ else:
     x = rng.random((items, 28, 28, 1)).astype("float32")
     y = rng.integers(0, 10, items)
     snn = keras_snn.convert_model(ann, x[:200], timesteps=steps)
-    snn = snn.with_options(parallel_steps=parallel_steps)
+    snn = snn.with_options(parallel_steps=parallel_steps, fused_neurons=fused)
     converted = peak_mib()
     if mode == "simulate":
         result = keras_snn.simulate(snn, x, y, batch_size=batch, verbose=0)
         returned = 0
     else:
         every = "final" if mode == "predict_final" else 1
-        out = snn.with_options(readout_every=every).predict(x, batch_size=batch, verbose=0)
+        snn = snn.with_options(readout_every=every)
+        # keras_predict: Keras's own predict loop, which SpikingModel.predict
+        # replaces for arrays (keras_snn.prediction).
+        predict = keras.Model.predict if mode == "keras_predict" else type(snn).predict
+        out = predict(snn, x, batch_size=batch, verbose=0)
         returned = out.nbytes / 2**20
 print(json.dumps({"converted": converted, "peak": peak_mib(), "returned": returned}))
 """
 
 
-def measure(mode, steps, items, batch, parallel_steps=10):
+def measure(mode, steps, items, batch, parallel_steps=10, fused=True):
     out = subprocess.run(
         [sys.executable, "-c", CHILD, mode, str(steps), str(items), str(batch),
-         str(parallel_steps)],
+         str(parallel_steps), str(int(fused))],
         capture_output=True, text=True, check=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -92,12 +101,15 @@ def main(_):
     for batch in (int(b) for b in FLAGS.batch_sizes):
         items = batch * FLAGS.batches
         print(f"Conv MNIST SNN, {items} random images, batch {batch}, parallel_steps "
-              f"{FLAGS.parallel_steps}; peak RSS in MiB "
+              f"{FLAGS.parallel_steps}, fused_neurons {FLAGS.fused_neurons}; peak RSS in MiB "
               f"(growth over T={steps[0]}; what the call returns)\n")
         print("| call | " + " | ".join(f"T={t}" for t in steps) + " |")
         print("|---|" + "---|" * len(steps))
         for mode in FLAGS.modes:
-            points = [measure(mode, t, items, batch, FLAGS.parallel_steps) for t in steps]
+            points = [
+                measure(mode, t, items, batch, FLAGS.parallel_steps, FLAGS.fused_neurons)
+                for t in steps
+            ]
             cells = []
             for point in points:
                 growth = point["peak"] - points[0]["peak"]

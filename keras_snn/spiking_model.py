@@ -215,8 +215,13 @@ class SpikingModel(keras.Model):
         return frames if timesteps is None else timesteps
 
     def _execute(self, inputs, timesteps, record, training=False, labels=None,
-                 readout_every=None):
-        """Run the loop on checked inputs; `record` as for `TimeLoop.run`."""
+                 readout_every=None, states=None, first_step=None):
+        """Run the loop on checked inputs; `record` as for `TimeLoop.run`.
+
+        `states` and `first_step` continue a non-stateful model's run from a
+        previous call's final states (chunked prediction); by default the
+        run starts at rest, or from the stored state of a stateful model.
+        """
         inputs = self._standardize_inputs(inputs)
         if self._plan.sequence_input and inputs.shape[1] is None and timesteps is None:
             timesteps = tf.shape(inputs)[1]  # unknown frame count: all frames
@@ -232,7 +237,7 @@ class SpikingModel(keras.Model):
                     f"{self.batch_size}; received a batch of {inputs.shape[0]}."
                 )
             states, first_step = self._state.read()
-        else:
+        elif states is None:
             states = self._initial_states(tf.shape(inputs)[0])
             first_step = tf.constant(0)
         masks = {}
@@ -459,6 +464,25 @@ class SpikingModel(keras.Model):
         if distributed_training.is_multi_worker(self.distribute_strategy):
             return distributed_training.fit_multi_worker(self, *args, **kwargs)
         return super().fit(*args, **kwargs)
+
+    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
+        """`keras.Model.predict`: the `(N, T / readout_every, classes)` readout.
+
+        For an array or tensor `x` (a non-stateful model with static input,
+        outside a `tf.distribute` scope) each batch runs in chunks of steps
+        whose readout goes straight into the returned array
+        (`keras_snn.prediction`): the memory beyond the result stays a few
+        MiB at any T, where Keras's loop holds the readout two to three
+        times. The numbers are the same. Other inputs (datasets,
+        generators, `steps`) use Keras's predict.
+        """
+        from keras_snn import prediction
+
+        if prediction.runs_in_chunks(self, x, steps):
+            return prediction.predict_in_chunks(self, x, batch_size, verbose, callbacks)
+        return super().predict(
+            x, batch_size=batch_size, verbose=verbose, steps=steps, callbacks=callbacks
+        )
 
     def evaluate(self, *args, **kwargs):
         """`keras.Model.evaluate`, which also works under MultiWorkerMirroredStrategy.
