@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_snn import autotune
 from keras_snn import metrics
 from keras_snn.spiking_model import SpikingModel
 
@@ -247,10 +248,25 @@ def simulate(snn, x, y=None, *, timesteps=None, batch_size=256, verbose="auto"):
     if distributed:
         dataset = strategy.experimental_distribute_dataset(dataset)
     progress = keras.utils.Progbar(batches) if verbose not in (0, False) else None
+    # Loop variants timed on the first batches (keras_snn.autotune), one device only.
+    tuner = None if distributed else snn._tuner
+    signature = None
     totals = None
     for index, batch in enumerate(dataset):
         inputs, labels = batch if has_labels else (batch, tf.zeros([0], tf.int32))
-        if distributed:
+        if signature is None and tuner is not None:
+            signature = autotune.signature("simulate", inputs.shape[0], steps, inputs)
+            if not tuner.tunes(signature, batches):
+                tuner = None
+        if tuner is not None:
+            sums = tuner.run(
+                signature,
+                lambda model: _numpy(
+                    _compiled_step(model, steps, has_labels, classes, strategy)(inputs, labels)
+                ),
+                timed=inputs.shape[0] == signature[1],
+            )
+        elif distributed:
             # One local replica per worker (MultiWorkerMirroredStrategy) returns
             # plain tensors, several return PerReplica values: reduce every leaf
             # either way (the reduction also sums across workers).
@@ -259,9 +275,9 @@ def simulate(snn, x, y=None, *, timesteps=None, batch_size=256, verbose="auto"):
                 lambda value: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None),
                 per_replica,
             )
+            sums = _numpy(sums)
         else:
-            sums = step(inputs, labels)
-        sums = tf.nest.map_structure(lambda t: t.numpy(), sums)
+            sums = _numpy(step(inputs, labels))
         totals = sums if totals is None else tf.nest.map_structure(np.add, totals, sums)
         if progress is not None:
             progress.update(index + 1)
@@ -285,6 +301,10 @@ def simulate(snn, x, y=None, *, timesteps=None, batch_size=256, verbose="auto"):
         },
         ann_macs=snn.ann_macs(),
     )
+
+
+def _numpy(sums):
+    return tf.nest.map_structure(lambda t: t.numpy(), sums)
 
 
 # Compiled batch steps, per model: (timesteps, labels?, strategy) -> tf.function.

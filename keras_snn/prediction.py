@@ -22,6 +22,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_snn import autotune
+
 # A chunk's readout (batch x steps x classes) is kept under this size.
 _CHUNK_BYTES = 4 * 2**20
 _DEFAULT_BATCH_SIZE = 32  # Keras's predict default
@@ -90,7 +92,12 @@ def predict_in_chunks(model, x, batch_size=None, verbose="auto", callbacks=None)
     steps = chunk_steps(
         timesteps, every, batch_size, dtype.itemsize * max(1, int(np.prod(classes)))
     )
-    run_chunk = _chunk_runner(model)
+    # Loop variants timed on the first full chunks (keras_snn.autotune).
+    tuner = model._tuner
+    signature = autotune.signature("predict", batch_size, steps, x)
+    full_units = (samples // batch_size) * (timesteps // steps)
+    if tuner is not None and not tuner.tunes(signature, full_units):
+        tuner = None
     callbacks.on_predict_begin()
     for index in range(batches):
         callbacks.on_predict_batch_begin(index)
@@ -100,9 +107,20 @@ def predict_in_chunks(model, x, batch_size=None, verbose="auto", callbacks=None)
         states = model._initial_states(rows)
         for done in range(0, timesteps, steps):
             length = min(steps, timesteps - done)
-            readout, states = run_chunk(inputs, states, tf.constant(done), length, every)
+
+            def run(variant, states=states, done=done, length=length):
+                readout, states = _chunk_runner(variant)(
+                    inputs, states, tf.constant(done), length, every
+                )
+                return readout.numpy(), states
+
+            if tuner is None:
+                readout, states = run(model)
+            else:
+                timed = rows == batch_size and length == steps
+                readout, states = tuner.run(signature, run, timed=timed)
             kept = done // every
-            output[start : start + rows, kept : kept + length // every] = readout.numpy()
+            output[start : start + rows, kept : kept + length // every] = readout
         callbacks.on_predict_batch_end(index, {"outputs": output[start : start + rows]})
     callbacks.on_predict_end()
     return output

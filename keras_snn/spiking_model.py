@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_snn import autotune
 from keras_snn import costs
 from keras_snn import objectives
 from keras_snn.plan import Plan
@@ -38,7 +39,11 @@ class SpikingModel(keras.Model):
         stateful: continue from the last call's state (streaming input) until
             `reset_state()`; needs `batch_size`.
         batch_size: fixed batch size of a stateful model.
-        xla: compile the time loop with XLA (`jit_compile`).
+        xla: compile the whole time loop with XLA (`jit_compile`): True or
+            False fix it; None (default) lets `simulate` and `predict` time
+            the loop with and without XLA on their first batches and keep
+            the fastest (`keras_snn.autotune`; see `loop_choices`). Untuned
+            calls (`snn(x)`, short runs) run without XLA.
         synapse_dtype: None (default: the products run in the model's dtype),
             "bfloat16" or "float16": the type of the weight products of
             layers that receive spikes. Binary, multi-bit and negative spikes
@@ -82,7 +87,8 @@ class SpikingModel(keras.Model):
             7-18% faster fused (benchmarks/RESULTS.md, "Simulator speed").
             The maths is the same; XLA may round a fused multiply-add
             differently in the last bit. Ignored with `xla=True`, which
-            compiles the whole loop.
+            compiles the whole loop. None (default) is tuned like `xla`, and
+            fused when untuned.
         **kwargs: `keras.Model` arguments such as `name`.
 
     Call arguments:
@@ -124,13 +130,13 @@ class SpikingModel(keras.Model):
         timesteps=32,
         stateful=False,
         batch_size=None,
-        xla=False,
+        xla=None,
         head=None,
         dropout=0.0,
         synapse_dtype=None,
         readout_every=1,
         parallel_steps=10,
-        fused_neurons=True,
+        fused_neurons=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -143,7 +149,7 @@ class SpikingModel(keras.Model):
         self.timesteps = _check_timesteps(timesteps, "timesteps")
         self.stateful = bool(stateful)
         self.batch_size = batch_size
-        self.xla = bool(xla)
+        self.xla = None if xla is None else bool(xla)
         if head is not None and not isinstance(head, keras.Model):
             raise TypeError(f"`head` must be a keras.Model or None; received {type(head).__name__}.")
         self.head = head
@@ -159,13 +165,15 @@ class SpikingModel(keras.Model):
                 f"`parallel_steps` must be an int >= 1; received {parallel_steps!r}."
             )
         self.parallel_steps = parallel_steps
-        self.fused_neurons = bool(fused_neurons)
+        self.fused_neurons = None if fused_neurons is None else bool(fused_neurons)
         self._plan = Plan(network)
         self._time_loop = TimeLoop(
             self._plan, self.compute_dtype, self.synapse_dtype, parallel_steps, head,
-            fused_neurons=self.fused_neurons and not self.xla,
+            fused_neurons=self.loop_variant == "fused",
         )
-        self._loop = tf.function(self._time_loop.run, jit_compile=self.xla)
+        self._loop = tf.function(self._time_loop.run, jit_compile=self.loop_variant == "xla")
+        names = autotune.candidates(self.xla, self.fused_neurons)
+        self._tuner = autotune.LoopTuner(self, names) if len(names) > 1 else None
         self._state = None
         if self.stateful:
             if not (isinstance(batch_size, int) and batch_size > 0):
@@ -175,6 +183,28 @@ class SpikingModel(keras.Model):
                 )
             self._state = _StreamState(self._initial_states(batch_size))
         self.built = True
+
+    @property
+    def loop_variant(self):
+        """How this model's own loop runs: "xla", "fused" or "unfused" (see `keras_snn.autotune`).
+
+        With `xla` or `fused_neurons` left at None this is the untuned
+        variant; `simulate` and `predict` may run a faster one (`loop_choices`).
+        """
+        if self.xla:
+            return "xla"
+        return "unfused" if self.fused_neurons is False else "fused"
+
+    @property
+    def loop_choices(self):
+        """What autotuning chose, per input signature (empty when nothing was tuned).
+
+        A dict from a signature's text ("simulate: batch 100, 50 steps, input
+        (28, 28, 1) float32") to `{"chosen": variant or None while tuning,
+        "seconds": best timed seconds per variant, "units": batches or chunks
+        run on each}`. See `keras_snn.autotune`.
+        """
+        return {} if self._tuner is None else self._tuner.choices()
 
     # ----------------------------------------------------------------- graph
     def build(self, input_shape=None):

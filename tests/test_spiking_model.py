@@ -356,7 +356,7 @@ def test_fused_neuron_updates_give_the_unfused_spikes_readout_and_gradients():
     network = mixed_neuron_network()
     fused = SpikingModel(network, timesteps=12)
     plain = fused.with_options(fused_neurons=False)
-    assert fused.fused_neurons and not plain.fused_neurons
+    assert fused.loop_variant == "fused" and plain.loop_variant == "unfused"
     x = np.random.default_rng(0).random((5, 6, 6, 2)).astype("float32")
     a, b = fused.run(x), plain.run(x)
     for layer, events in b["spike_counts"].items():
