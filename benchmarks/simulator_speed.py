@@ -7,7 +7,9 @@ in one process on one machine:
 - the SNN (converted from that ANN with the library's default options, or
   `--neuron if` for the IF networks of earlier tables) with op counting on
   and off, `simulate` over the same items (ops and accuracy summed in the
-  loop), the neuron updates unfused (`fused_neurons=False`, the loop before
+  loop) with the loop variant autotuning chose (`keras_snn.autotune`; the
+  script runs simulate until it has chosen and prints the choice) and with
+  the untuned fused loop, the neuron updates unfused (`fused_neurons=False`, the loop before
   issue 15), with XLA, with bfloat16 synapses (`synapse_dtype="bfloat16"`),
   at several batch sizes;
 - for reference, 50 passes of the ANN under Keras's mixed_bfloat16 policy;
@@ -33,6 +35,7 @@ import tensorflow as tf  # noqa: E402
 import keras_snn  # noqa: E402
 from benchmarks import common  # noqa: E402
 from keras_snn import applications  # noqa: E402
+from keras_snn import autotune  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["dense_mnist", "conv_mnist", "conv_cifar"], "Architectures.")
@@ -45,6 +48,9 @@ flags.DEFINE_boolean(
 )
 flags.DEFINE_integer("repeats", 2, "Timed repeats (the best is reported) after a warm-up.")
 flags.DEFINE_string("neuron", "auto", "convert_model's neuron (auto: the library default).")
+flags.DEFINE_boolean(
+    "tune", True, "Let autotuning choose the loop of the `simulate` column before timing it."
+)
 
 SHAPES = {"dense_mnist": (28, 28, 1), "conv_mnist": (28, 28, 1), "conv_cifar": (32, 32, 3)}
 
@@ -65,12 +71,29 @@ def bfloat16_copy(model):
     return copy
 
 
+def tune(snn, x, labels, batch_size):
+    """Run `simulate` until autotuning has chosen a loop variant; print the choice.
+
+    The timed `simulate` column then runs on the chosen variant (the choice
+    is kept with the model per batch size and steps).
+    """
+    for _ in range(autotune.MIN_UNITS_PER_CANDIDATE * len(autotune.VARIANTS)):
+        keras_snn.simulate(snn, x, labels, batch_size=batch_size, verbose=0)
+        choices = [c for k, c in snn.loop_choices.items() if f"batch {batch_size}," in k]
+        if choices and choices[0]["chosen"]:
+            seconds = ", ".join(f"{n} {t:.3f} s" for n, t in choices[0]["seconds"].items())
+            print(f"autotune, batch {batch_size}: {choices[0]['chosen']} ({seconds} per batch)",
+                  flush=True)
+            return
+
+
 def main(_):
     print(f"machine: {common.machine()}")
     print(f"protocol: {FLAGS.timesteps} steps over {FLAGS.items} items, best of {FLAGS.repeats}\n")
     columns = [
         "model", "batch", "50 ANN passes (s)", "SNN, ops off (s)", "ratio", "SNN, ops on (s)",
-        "ratio", "op counting cost", "simulate (s)", "ratio", "unfused, ops on (s)", "ratio",
+        "ratio", "op counting cost", "simulate, autotuned (s)", "ratio",
+        "simulate, fused (s)", "ratio", "unfused, ops on (s)", "ratio",
         "XLA, ops on (s)", "ratio", "bf16 synapses, ops on (s)", "ratio",
         "50 ANN passes, mixed_bfloat16 (s)",
     ]
@@ -98,17 +121,23 @@ def main(_):
                         (out[0] if ops else out).numpy()
                 return run
 
-            def simulate_run(bts):
-                items = sum(int(b.shape[0]) for b in bts)
-                keras_snn.simulate(
-                    snn, x[:items], labels[:items], batch_size=batch_size, verbose=0
-                )
+            def simulate_run(model):
+                def run(bts):
+                    items = sum(int(b.shape[0]) for b in bts)
+                    keras_snn.simulate(
+                        model, x[:items], labels[:items], batch_size=batch_size, verbose=0
+                    )
+                return run
+
+            if FLAGS.tune:
+                tune(snn, x, labels, batch_size)
 
             variants = {
                 "floor": common.forward_passes(forward, FLAGS.timesteps),
                 "off": snn_run(snn, False),
                 "on": snn_run(snn, True),
-                "simulate": simulate_run,
+                "simulate": simulate_run(snn),
+                "simulate_fused": simulate_run(snn.with_options(xla=False, fused_neurons=True)),
                 "unfused": snn_run(snn.with_options(fused_neurons=False), True),
             }
             if FLAGS.xla:
@@ -121,13 +150,16 @@ def main(_):
             )))
             floor, off, on = seconds["floor"], seconds["off"], seconds["on"]
             simulated, unfused = seconds["simulate"], seconds["unfused"]
+            simulated_fused = seconds["simulate_fused"]
             nan = float("nan")
             xla, bf16 = seconds.get("xla", nan), seconds.get("bf16", nan)
             floor_bf16 = seconds.get("floor_bf16", nan)
             print(
                 f"| {name} | {batch_size} | {floor:.2f} | {off:.2f} | {off / floor:.2f} | "
                 f"{on:.2f} | {on / floor:.2f} | {100 * (on / off - 1):+.0f}% | "
-                f"{simulated:.2f} | {simulated / floor:.2f} | {unfused:.2f} | {unfused / floor:.2f} | "
+                f"{simulated:.2f} | {simulated / floor:.2f} | "
+                f"{simulated_fused:.2f} | {simulated_fused / floor:.2f} | "
+                f"{unfused:.2f} | {unfused / floor:.2f} | "
                 f"{xla:.2f} | {xla / floor:.2f} | {bf16:.2f} | {bf16 / floor:.2f} | "
                 f"{floor_bf16:.2f} |",
                 flush=True,

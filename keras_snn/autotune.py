@@ -18,9 +18,10 @@ a change in the machine's load hits every candidate alike; every later unit
 runs on the candidate with the smallest time. The choice is kept per input
 signature (batch size, steps, input shape and dtype) with the model, so later
 calls start with it; `SpikingModel.loop_choices` shows it with its timings.
-Tuning starts only in a run of at least `MIN_UNITS_PER_CANDIDATE` full units
-per candidate, so that the slower candidates' few units and their
-compilation cost little of the run; shorter runs, `snn(x)` and Keras's
+Tuning starts only once a signature has run at least `MIN_UNITS_PER_CANDIDATE`
+full units per candidate (this run's and earlier untuned runs' together), so
+that the slower candidates' few units and their compilation cost little;
+until then the runs, and always `snn(x)` and Keras's
 `fit`/`evaluate`/`predict` loops use the "fused" variant. Under a
 `tf.distribute` strategy nothing is tuned (the replicas would time each
 other's work).
@@ -110,6 +111,7 @@ class LoopTuner:
         self._names = list(names)
         self._variants = {}
         self._signatures = {}
+        self._untuned_units = {}
 
     @property
     def names(self):
@@ -126,14 +128,19 @@ class LoopTuner:
     def tunes(self, signature, units):
         """Whether a run of `units` full units with this signature goes through the tuner.
 
-        Yes once the signature is tuned or being tuned, or when the run is
-        long enough to pay for tuning it.
+        Yes once the signature is tuned or being tuned, or when this run's
+        units and those of earlier untuned runs of the signature together
+        are enough to pay for tuning it (repeated short runs get tuned too).
         """
         if len(self._names) < 2:
             return False
         if signature in self._signatures:
             return True
-        return units is not None and units >= MIN_UNITS_PER_CANDIDATE * len(self._names)
+        seen = self._untuned_units.get(signature, 0) + (units or 0)
+        if seen >= MIN_UNITS_PER_CANDIDATE * len(self._names):
+            return True
+        self._untuned_units[signature] = seen  # counted towards a later run's tuning
+        return False
 
     def run(self, signature, call, timed=True):
         """`call(variant_model)` on the variant due for this signature; returns its result.

@@ -98,9 +98,12 @@ def test_short_runs_are_not_tuned():
     snn = keras_snn.SpikingModel(_network(), timesteps=3)
     signature = ("simulate", 8, 3, (5, 5, 1), "float32")
     enough = autotune.MIN_UNITS_PER_CANDIDATE * 3
-    assert not snn._tuner.tunes(signature, enough - 1)
     assert not snn._tuner.tunes(signature, None)  # unknown length
-    assert snn._tuner.tunes(signature, enough)
+    assert not snn._tuner.tunes(signature, enough - 2)
+    other = ("predict",) + signature[1:]
+    assert snn._tuner.tunes(other, enough)
+    # Repeated short runs add up: this one makes enough with the first.
+    assert snn._tuner.tunes(signature, 2)
 
 
 def test_simulate_tunes_and_gives_the_untuned_numbers(monkeypatch):

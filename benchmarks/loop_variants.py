@@ -1,0 +1,93 @@
+"""First-call and steady cost of the three loop variants, over several architectures.
+
+`keras_snn.autotune` chooses between the fused loop (each layer's neuron
+update one XLA kernel inside a TensorFlow loop), the unfused loop (one
+TensorFlow kernel per elementwise operation) and the XLA loop (the whole
+loop compiled) by timing them on a long run; everything else (`snn(x)`,
+short runs, Keras's fit/evaluate) runs the untuned variant. This script
+measures what the untuned choice costs per architecture, in one process:
+- the first call of each variant on a fresh model (tracing plus compiling,
+  plus one batch);
+- the best of `--repeats` further calls, interleaved across variants;
+both with op counting on (`snn(x, return_ops=True)`), on random inputs (the
+cost does not depend on the weights: every step is dense tensor work).
+
+    python benchmarks/loop_variants.py
+    python benchmarks/loop_variants.py --models conv_mnist,mobilenet_v2 --batch_size 100
+"""
+
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import keras_snn  # noqa: E402
+from benchmarks import common  # noqa: E402
+from keras_snn import applications  # noqa: E402
+from keras_snn import autotune  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list(
+    "models", ["dense_mnist", "conv_mnist", "conv_cifar", "resnet_small", "mobilenet_v2"],
+    "Architectures (mobilenet_v2: keras.applications.MobileNetV2, alpha 0.35, 64x64x3).",
+)
+flags.DEFINE_integer("batch_size", 100, "Batch size.")
+flags.DEFINE_integer("timesteps", 50, "Steps per call.")
+flags.DEFINE_integer("repeats", 3, "Timed calls per variant after the first.")
+
+
+def build(name):
+    """(ANN, input shape) for an architecture name."""
+    if name == "mobilenet_v2":
+        shape = (64, 64, 3)
+        return keras.applications.MobileNetV2(
+            input_shape=shape, alpha=0.35, weights=None, classes=10
+        ), shape
+    shape = (32, 32, 3) if name == "conv_cifar" else (28, 28, 1)
+    return getattr(applications, name)(input_shape=shape), shape
+
+
+def main(_):
+    print(f"machine: {common.machine()}")
+    print(f"batch {FLAGS.batch_size}, {FLAGS.timesteps} steps, ops counted; seconds\n")
+    names = list(autotune.VARIANTS)
+    header = ["model", "layers"]
+    header += [f"{n}, first call" for n in names] + [f"{n}, steady" for n in names]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    rng = np.random.default_rng(0)
+    for name in FLAGS.models:
+        ann, shape = build(name)
+        x = rng.random((FLAGS.batch_size, *shape)).astype("float32")
+        snn = keras_snn.convert_model(ann, x[:64], timesteps=FLAGS.timesteps)
+        batch = tf.constant(x)
+        variants = {n: snn.with_options(**autotune.VARIANTS[n]) for n in names}
+
+        def call(model):
+            start = time.perf_counter()
+            readout, ops = model(batch, return_ops=True)
+            readout.numpy(), ops.numpy()
+            return time.perf_counter() - start
+
+        first = {n: call(variants[n]) for n in names}
+        steady = {n: float("inf") for n in names}
+        for _ in range(FLAGS.repeats):
+            for n in names:
+                steady[n] = min(steady[n], call(variants[n]))
+        cells = [name, str(len(snn.network.layers))]
+        cells += [f"{first[n]:.1f}" for n in names]
+        best = min(steady.values())
+        cells += [f"{steady[n]:.3f}" + (" (best)" if steady[n] == best else "") for n in names]
+        print("| " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
