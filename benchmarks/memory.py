@@ -8,8 +8,10 @@ run's allocations cannot hide another's.
   `--inference_steps` and batch size in `--batch_sizes`, through `simulate`
   (sums only), `predict` (the `(batch, T, 10)` readout, written in chunks of
   steps into the returned array), `predict` with `readout_every="final"` and
-  `keras_predict` (Keras's own predict loop, for comparison). The growth over the smallest T is compared with
-  the size of what the call returns.
+  `keras_predict` (Keras's own predict loop, for comparison), with the
+  default (autotuned) loop or the one `--loop` fixes. The growth over the
+  smallest T is compared with the size of what the call returns;
+  `--malloc_arena_max` caps glibc's malloc arenas in the measured processes.
 - training: one `fit` epoch of the VGG6 SNN (DIET-SNN's network) on
   `--train_items` images, batch 64, at several T; the slope is the memory per
   step, from which the largest T that fits in 24 GiB is extrapolated.
@@ -39,7 +41,14 @@ flags.DEFINE_list(
     "Inference calls: simulate, predict, predict_final, keras_predict.",
 )
 flags.DEFINE_integer("parallel_steps", 10, "SpikingModel parallel_steps for inference.")
-flags.DEFINE_boolean("fused_neurons", True, "SpikingModel fused_neurons for inference.")
+flags.DEFINE_enum(
+    "loop", "auto", ["auto", "fused", "unfused", "xla"],
+    "Inference loop variant: auto (the default options, autotuned) or a fixed one.",
+)
+flags.DEFINE_integer(
+    "malloc_arena_max", None,
+    "Set MALLOC_ARENA_MAX for the measured processes (glibc's cap on malloc arenas).",
+)
 flags.DEFINE_integer("train_items", 256, "Training items (one epoch, batch 64).")
 flags.DEFINE_list("training_steps", ["2", "5", "10"], "Training T values ('' to skip).")
 
@@ -53,7 +62,7 @@ def peak_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 mode, steps, items, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-parallel_steps, fused = int(sys.argv[5]), sys.argv[6] == "1"
+parallel_steps, loop = int(sys.argv[5]), sys.argv[6]
 rng = np.random.default_rng(0)
 if mode == "training":
     ann = applications.vgg6()
@@ -69,7 +78,9 @@ else:
     x = rng.random((items, 28, 28, 1)).astype("float32")
     y = rng.integers(0, 10, items)
     snn = keras_snn.convert_model(ann, x[:200], timesteps=steps)
-    snn = snn.with_options(parallel_steps=parallel_steps, fused_neurons=fused)
+    snn = snn.with_options(parallel_steps=parallel_steps)
+    if loop != "auto":
+        snn = snn.with_options(**keras_snn.autotune.VARIANTS[loop])
     converted = peak_mib()
     if mode == "simulate":
         result = keras_snn.simulate(snn, x, y, batch_size=batch, verbose=0)
@@ -86,11 +97,18 @@ print(json.dumps({"converted": converted, "peak": peak_mib(), "returned": return
 """
 
 
-def measure(mode, steps, items, batch, parallel_steps=10, fused=True):
+def _child_environment():
+    env = dict(os.environ)
+    if FLAGS.malloc_arena_max is not None:
+        env["MALLOC_ARENA_MAX"] = str(FLAGS.malloc_arena_max)
+    return env
+
+
+def measure(mode, steps, items, batch, parallel_steps=10, loop="auto"):
     out = subprocess.run(
         [sys.executable, "-c", CHILD, mode, str(steps), str(items), str(batch),
-         str(parallel_steps), str(int(fused))],
-        capture_output=True, text=True, check=True,
+         str(parallel_steps), loop],
+        capture_output=True, text=True, check=True, env=_child_environment(),
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -101,13 +119,14 @@ def main(_):
     for batch in (int(b) for b in FLAGS.batch_sizes):
         items = batch * FLAGS.batches
         print(f"Conv MNIST SNN, {items} random images, batch {batch}, parallel_steps "
-              f"{FLAGS.parallel_steps}, fused_neurons {FLAGS.fused_neurons}; peak RSS in MiB "
+              f"{FLAGS.parallel_steps}, loop {FLAGS.loop}, MALLOC_ARENA_MAX "
+              f"{FLAGS.malloc_arena_max or 'unset'}; peak RSS in MiB "
               f"(growth over T={steps[0]}; what the call returns)\n")
         print("| call | " + " | ".join(f"T={t}" for t in steps) + " |")
         print("|---|" + "---|" * len(steps))
         for mode in FLAGS.modes:
             points = [
-                measure(mode, t, items, batch, FLAGS.parallel_steps, FLAGS.fused_neurons)
+                measure(mode, t, items, batch, FLAGS.parallel_steps, FLAGS.loop)
                 for t in steps
             ]
             cells = []

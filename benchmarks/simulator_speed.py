@@ -48,6 +48,7 @@ flags.DEFINE_boolean(
 )
 flags.DEFINE_integer("repeats", 2, "Timed repeats (the best is reported) after a warm-up.")
 flags.DEFINE_string("neuron", "auto", "convert_model's neuron (auto: the library default).")
+flags.DEFINE_integer("max_tuning_calls", 6, "Most simulate calls spent on autotuning.")
 flags.DEFINE_boolean(
     "tune", True, "Let autotuning choose the loop of the `simulate` column before timing it."
 )
@@ -77,7 +78,15 @@ def tune(snn, x, labels, batch_size):
     The timed `simulate` column then runs on the chosen variant (the choice
     is kept with the model per batch size and steps).
     """
-    for _ in range(autotune.MIN_UNITS_PER_CANDIDATE * len(autotune.VARIANTS)):
+    batches = -(-len(x) // batch_size)
+    needed = autotune.MIN_UNITS_PER_CANDIDATE * len(autotune.VARIANTS) + len(
+        autotune.VARIANTS) * (1 + autotune.TIMED_ROUNDS)
+    calls = -(-needed // batches)
+    if calls > FLAGS.max_tuning_calls:
+        print(f"autotune, batch {batch_size}: not tuned ({calls} simulate calls of "
+              f"{batches} batches would be needed; --max_tuning_calls)", flush=True)
+        return
+    for _ in range(calls):
         keras_snn.simulate(snn, x, labels, batch_size=batch_size, verbose=0)
         choices = [c for k, c in snn.loop_choices.items() if f"batch {batch_size}," in k]
         if choices and choices[0]["chosen"]:

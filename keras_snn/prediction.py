@@ -9,7 +9,8 @@ returned). For an in-memory array the model's `predict` runs each batch in
 chunks of steps instead, carrying the neuron states from one chunk to the
 next (so the result equals one long run), and copies every chunk's readout
 into one preallocated NumPy array. What predict holds beyond its result is
-then one chunk's readout, a few MiB whatever T is.
+then one chunk's readout, a few MiB whatever T is. The chunks are also the
+units on which `keras_snn.autotune` times the loop variants.
 
 Everything else (datasets and generators, `steps`, stateful models, event
 input whose frames already hold T steps, a `tf.distribute` strategy) goes
