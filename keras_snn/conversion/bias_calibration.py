@@ -31,11 +31,13 @@ an error that varies from sample to sample and which no bias removes. Li et
 al.'s advanced pipeline calibrates the weights for it (least squares on each
 layer's input); here its per-channel diagonal does: before its bias, a
 weighted layer that is its own bias layer (the readout included: a class
-whose logit is damped more than another's loses argmax ties it should win)
-has each output channel's kernel and bias divided by that channel's gain, the least-squares slope of its spiking output on the ANN value over the
-calibration samples and positions; then the bias absorbs what is left of the
-mean. A channel that does not vary on the calibration data keeps gain 1, and
-gains are kept within `_GAIN_RANGE`.
+whose logit is damped more than the others' loses to them) has each output
+channel's kernel and bias divided by that channel's gain, the least-squares
+slope of its spiking output on the ANN value over the calibration samples
+and positions; then the bias absorbs what is left of the mean. A channel
+that does not vary on the calibration data keeps gain 1, and gains are kept
+within `_GAIN_RANGE`. The Add's branch is not scaled (a branch gain would not
+scale the sum), nor a depthwise kernel (its output channels are not one axis).
 """
 
 import dataclasses
