@@ -7,6 +7,8 @@ import tensorflow as tf
 
 import keras_snn
 from keras_snn.conversion import ConversionError
+from keras_snn.conversion.bias_calibration import _ann_values
+from keras_snn.conversion.bias_calibration import channel_gains
 from keras_snn.layers import QReLU
 
 RNG = np.random.default_rng(0)
@@ -194,3 +196,62 @@ def test_calibration_works_when_the_network_already_holds_automatic_layer_names(
     ])
     snn = keras_snn.convert_model(ann, IMAGES, timesteps=T, bias_calibration=True)
     assert np.asarray(snn(IMAGES[:2])).shape == (2, T, 3)
+
+
+def test_channel_gains_are_the_slope_of_the_spiking_output_on_the_ann_value():
+    rng = np.random.default_rng(5)
+    wanted = rng.random((4000, 4))
+    wanted[:, 3] = 0.25  # a channel that does not vary keeps gain 1
+    measured = wanted * np.array([0.7, 1.3, 5.0, 1.0]) + 0.05 * rng.standard_normal((4000, 4))
+    gains = channel_gains(wanted, measured)
+    np.testing.assert_allclose(gains[:2], [0.7, 1.3], atol=0.02)  # noise in the output: unbiased
+    assert gains[2] == 2.0  # clipped: at most a factor 2 either way
+    assert gains[3] == 1.0
+
+
+def test_gain_calibration_brings_a_hidden_layers_slope_toward_one():
+    # At T = 4 the residual net's signed bottleneck (Dense(8)) under-responds:
+    # per channel, its mean rate grows 0.68-0.88 times as fast as the ANN value.
+    # Dividing each channel's weights by that slope before its bias shift makes
+    # the spiking output follow the ANN more closely (one pass: not exactly 1,
+    # the neuron is not linear in its input).
+    ann = residual_net()
+    bottleneck = ann.layers[-2].name
+    plain = keras_snn.convert_model(ann, IMAGES, timesteps=T, bias_calibration=False)
+    calibrated = keras_snn.convert_model(ann, IMAGES, timesteps=T, bias_calibration=True)
+    wanted = _ann_values(plain.network, IMAGES, 1.0, {})[bottleneck]  # same ceilings in both
+
+    def slope_error(snn):
+        layer = snn.network.get_layer(bottleneck)
+        probe = keras.Model(snn.network.inputs, keras_snn.layers.Readout()(layer.output))
+        rates = np.asarray(keras_snn.SpikingModel(probe, timesteps=T)(IMAGES))[:, -1]
+        return np.mean(np.abs(channel_gains(np.clip(wanted, -1.0, 1.0), rates) - 1.0))
+
+    before, after = slope_error(plain), slope_error(calibrated)
+    assert before > 0.15
+    assert after < 0.6 * before
+
+
+def test_auto_restores_the_kernels_when_the_gains_bring_the_readout_no_closer():
+    # On the QReLU(4) residual net at T = 4 the gain-and-bias calibration leaves
+    # the readout further from the ANN logits: "auto" must give the plain
+    # network's kernels back (a bias-only calibration may still be kept, and
+    # only if it brings the readout closer).
+    ann = residual_net(activation=lambda: QReLU(levels=4, initial_bound=1.0))
+    on = keras_snn.convert_model(ann, IMAGES, timesteps=T, bias_calibration=True)
+    off = keras_snn.convert_model(ann, IMAGES, timesteps=T, bias_calibration=False)
+    auto = keras_snn.convert_model(ann, IMAGES, timesteps=T)
+
+    def mse(snn):
+        out = np.asarray(snn(IMAGES, timesteps=T))[:, -1]
+        return np.mean((out - logits_of(ann, IMAGES)) ** 2)
+
+    def kernels(snn):
+        return [layer.kernel.numpy() for layer in snn.network.layers
+                if getattr(layer, "kernel", None) is not None]
+
+    assert mse(on) > mse(off)
+    assert any(not np.array_equal(a, b) for a, b in zip(kernels(on), kernels(off)))
+    for a, b in zip(kernels(auto), kernels(off)):
+        np.testing.assert_array_equal(a, b)
+    assert mse(auto) <= mse(off) * (1 + 1e-6)

@@ -1,0 +1,123 @@
+"""Deep QReLU networks at low latency with convert_model's defaults (issue 16, ask 3).
+
+Loads (or trains and caches in `--model_dir`, named like
+`benchmarks/conversion_defaults.py` does) the small ResNet and the VGG-style
+net trained with QReLU(levels) (eq. 1, shift 0) and QCFS (shift 0.5) on
+Fashion-MNIST, converts each with `convert_model(model, calibration_data,
+timesteps=T, **options)` for every `--settings` entry (`T` or `Tx<spike_max>`,
+e.g. `8,4x2`) and reports, on the first `--test_items` test images:
+
+- the ANN's and the SNN's top-1 accuracy and the paired standard error of their
+  difference (the same images for both: sqrt(var(snn_i - ann_i) / n) with
+  per-image correctness snn_i, ann_i), which is what a claim "within 0.5
+  points" needs;
+- the accuracy of a delayed readout that ignores the first k steps (the
+  readout membrane after T steps minus the one after k steps), for every k.
+
+    python benchmarks/low_latency_deep.py --data_dir /usr/share/datasets/fashion-mnist \
+        --model_dir /tmp/lowlat_models --test_items 2000
+"""
+
+import itertools
+import os
+import sys
+
+import numpy as np
+from absl import app
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import keras_snn  # noqa: E402
+from benchmarks import common  # noqa: E402
+from keras_snn import applications  # noqa: E402
+from keras_snn.datasets import load_dataset  # noqa: E402
+from keras_snn.layers import QReLU  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("dataset", "fashion_mnist", "Dataset name.")
+flags.DEFINE_string("data_dir", None, "Local IDX/.npz directory.")
+flags.DEFINE_integer("epochs", 2, "ANN training epochs (when not cached).")
+flags.DEFINE_integer("train_items", 30000, "Training images used (the first N).")
+flags.DEFINE_integer("levels", 8, "QReLU quantisation levels.")
+flags.DEFINE_integer("test_items", 2000, "Test images evaluated (the first N).")
+flags.DEFINE_integer("calibration", 2000, "Training images passed as calibration data.")
+flags.DEFINE_string("model_dir", None, "Cache trained ANNs here (reused when present).")
+flags.DEFINE_list("models", ["resnet_small", "vgg_small"], "Architectures.")
+flags.DEFINE_list("activations", ["qcfs", "qrelu"], "qrelu (shift 0), qcfs (shift 0.5).")
+flags.DEFINE_list("settings", ["8", "4x2"], "T or Tx<spike_max>, converted and simulated.")
+flags.DEFINE_integer("batch_size", 250, "Test images per simulation call.")
+
+# QReLU shift per activation name (as in benchmarks/conversion_defaults.py).
+SHIFTS = {"qrelu": 0.0, "qcfs": 0.5}
+
+
+def build(name, activation, input_shape):
+    builder = common.ARCHITECTURES.get(name) or getattr(applications, name)
+    shift = SHIFTS[activation]
+    return builder(
+        input_shape=input_shape,
+        activation=lambda: QReLU(levels=FLAGS.levels, initial_bound=1.0, shift=shift),
+    )
+
+
+def readouts(snn, x, timesteps):
+    """The readout after every step, (n, timesteps, classes)."""
+    return np.concatenate([
+        np.asarray(snn(x[start : start + FLAGS.batch_size], timesteps=timesteps))
+        for start in range(0, len(x), FLAGS.batch_size)
+    ])
+
+
+def delayed(outputs, skip):
+    """Readout over steps skip+1..T: the running mean's sums, T*m_T - k*m_k."""
+    total = outputs.shape[1] * outputs[:, -1]
+    return total if skip == 0 else total - skip * outputs[:, skip - 1]
+
+
+def gap(correct, ann_correct):
+    """(SNN - ANN in points, its paired standard error in points)."""
+    diff = correct.astype(float) - ann_correct.astype(float)
+    return 100 * diff.mean(), 100 * diff.std(ddof=1) / np.sqrt(len(diff))
+
+
+def parse(setting):
+    steps, _, spike_max = setting.partition("x")
+    return int(steps), int(spike_max or 1)
+
+
+def main(_):
+    (x_train, y_train), (x_test, y_test) = load_dataset(FLAGS.dataset, FLAGS.data_dir)
+    x_train, y_train = x_train[: FLAGS.train_items], y_train[: FLAGS.train_items]
+    x_eval, y_eval = x_test[: FLAGS.test_items], y_test[: FLAGS.test_items]
+    x_calibration = x_train[: FLAGS.calibration]
+    print(f"machine: {common.machine()}")
+    print(f"keras_snn {keras_snn.__version__}; {len(x_eval)} test images")
+    for name, activation in itertools.product(FLAGS.models, FLAGS.activations):
+        tag = f"{activation}{FLAGS.levels}"
+        model, seconds = common.train_or_load(
+            lambda: build(name, activation, x_train.shape[1:]), x_train, y_train,
+            FLAGS.epochs, FLAGS.model_dir,
+            f"{FLAGS.dataset}_{name}_{tag}_{FLAGS.train_items}x{FLAGS.epochs}",
+        )
+        ann_correct = model.predict(x_eval, verbose=0).argmax(-1) == y_eval
+        print(f"\n{name} {tag} ({FLAGS.epochs} epochs, {seconds:.0f} s training): "
+              f"ANN {100 * ann_correct.mean():.2f}%", flush=True)
+        for setting in FLAGS.settings:
+            timesteps, spike_max = parse(setting)
+            with common.Timer() as timer:
+                snn = keras_snn.convert_model(
+                    model, x_calibration, timesteps=timesteps, spike_max=spike_max)
+                outputs = readouts(snn, x_eval, timesteps)
+            cells = []
+            for skip in range(timesteps):
+                correct = delayed(outputs, skip).argmax(-1) == y_eval
+                difference, error = gap(correct, ann_correct)
+                cells.append(f"k={skip}: {100 * correct.mean():.2f} ({difference:+.2f} "
+                             f"+- {error:.2f})")
+            print(f"  T={timesteps} spike_max={spike_max} ({timer.seconds:.0f} s): "
+                  + "; ".join(cells), flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
