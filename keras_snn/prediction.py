@@ -103,16 +103,15 @@ def predict_in_chunks(model, x, batch_size=None, verbose="auto", callbacks=None)
     for index in range(batches):
         callbacks.on_predict_batch_begin(index)
         start = index * batch_size
-        inputs = x[start : start + batch_size]
+        inputs = tf.convert_to_tensor(x[start : start + batch_size])
         rows = int(inputs.shape[0])
         states = model._initial_states(rows)
         for done in range(0, timesteps, steps):
             length = min(steps, timesteps - done)
 
             def run(variant, states=states, done=done, length=length):
-                readout, states = _chunk_runner(variant)(
-                    inputs, states, tf.constant(done), length, every
-                )
+                runner = _chunk_runner(variant, every, inputs, states)
+                readout, states = runner(inputs, states, tf.constant(done), tf.constant(length))
                 return readout.numpy(), states
 
             if tuner is None:
@@ -127,22 +126,31 @@ def predict_in_chunks(model, x, batch_size=None, verbose="auto", callbacks=None)
     return output
 
 
-def _chunk_runner(model):
-    """`run(inputs, states, first_step, steps, every) -> (readout, states)`, compiled.
+def _chunk_runner(model, every, inputs, states):
+    """`run(inputs, states, first_step, steps) -> (readout, states)`, traced once.
 
-    `steps` and `every` are Python ints (two chunk lengths at most per call:
-    the chunk and the remainder), so each is one trace.
+    Traced with the batch dimension and the number of steps left free, so
+    the full chunks, the shorter last chunk and a smaller last batch all run
+    one graph: a second traced loop would cost more memory than a chunk's
+    readout. One per model, `readout_every` and input dtype.
     """
-    if model not in _CHUNK_RUNNERS:
+    cache = _CHUNK_RUNNERS.setdefault(model, {})
+    key = (every, inputs.dtype)
+    if key not in cache:
         owner = weakref.ref(model)
 
-        @tf.function(reduce_retracing=True)
-        def run(inputs, states, first_step, steps, every):
+        def run(inputs, states, first_step, steps):
             result = owner()._execute(
                 inputs, steps, record=None, readout_every=every, states=states,
                 first_step=first_step,
             )
             return result["readout"], result["states"]
 
-        _CHUNK_RUNNERS[model] = run
-    return _CHUNK_RUNNERS[model]
+        def any_batch(tensor):
+            return tf.TensorSpec([None] + list(tensor.shape[1:]), tensor.dtype)
+
+        scalar = tf.TensorSpec([], tf.int32)
+        cache[key] = tf.function(run).get_concrete_function(
+            any_batch(inputs), tf.nest.map_structure(any_batch, states), scalar, scalar
+        )
+    return cache[key]

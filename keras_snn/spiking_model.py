@@ -253,7 +253,9 @@ class SpikingModel(keras.Model):
         run starts at rest, or from the stored state of a stateful model.
         """
         inputs = self._standardize_inputs(inputs)
-        if self._plan.sequence_input and inputs.shape[1] is None and timesteps is None:
+        if tf.is_tensor(timesteps):
+            pass  # a chunk of a prediction (keras_snn.prediction): checked there
+        elif self._plan.sequence_input and inputs.shape[1] is None and timesteps is None:
             timesteps = tf.shape(inputs)[1]  # unknown frame count: all frames
         else:
             timesteps = self.timesteps_for(inputs.shape, timesteps)

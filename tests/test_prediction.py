@@ -73,16 +73,21 @@ def test_chunks_keep_whole_readout_periods(small_chunks):
     np.testing.assert_allclose(final[:, 0], whole[:, -1], rtol=1e-5, atol=1e-6)
 
 
-def test_predict_never_runs_the_whole_length_at_once(small_chunks):
-    """The compiled runner is traced for the chunk and the remainder only, never for T."""
+def test_predict_runs_chunks_of_one_trace_never_the_whole_length(small_chunks, monkeypatch):
+    """Chunks of 5 steps and a last one of 3, through one trace of the loop."""
     snn = keras_snn.SpikingModel(_network(layers.AnalogInput(), "if"), timesteps=23)
-    snn.predict(_data(), batch_size=3, verbose=0)
-    runner = prediction._chunk_runner(snn)
-    traced_steps = {
-        concrete.structured_input_signature[0][3]
-        for concrete in runner._list_all_concrete_functions()
-    }
-    assert traced_steps == {5, 3}
+    lengths = []
+    loop = snn._loop
+
+    def recording_loop(inputs, timesteps, *args):
+        lengths.append(timesteps)
+        return loop(inputs, timesteps, *args)
+
+    monkeypatch.setattr(snn, "_loop", recording_loop)
+    snn.predict(_data(), batch_size=3, verbose=0)  # batches of 3 and a last one of 2
+    assert len(prediction._CHUNK_RUNNERS[snn]) == 1
+    assert len(lengths) == 1 and tf.is_tensor(lengths[0])  # traced once, steps a tensor
+    assert loop.experimental_get_tracing_count() == 1
 
 
 def test_predict_with_head_and_nonfinite_samples(small_chunks):
