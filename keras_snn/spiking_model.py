@@ -17,6 +17,7 @@ import tensorflow as tf
 from keras_snn import autotune
 from keras_snn import costs
 from keras_snn import objectives
+from keras_snn import prediction
 from keras_snn.plan import Plan
 from keras_snn.time_loop import TimeLoop
 
@@ -508,8 +509,6 @@ class SpikingModel(keras.Model):
         times. The numbers are the same. Other inputs (datasets,
         generators, `steps`) use Keras's predict.
         """
-        from keras_snn import prediction
-
         if prediction.runs_in_chunks(self, x, steps):
             return prediction.predict_in_chunks(self, x, batch_size, verbose, callbacks)
         return super().predict(
