@@ -202,3 +202,21 @@ def vgg_small(input_shape=(28, 28, 1), classes=10, activation="relu"):
 
 
 ARCHITECTURES = {"inverted_residual": inverted_residual_net, "vgg_small": vgg_small}
+
+# QReLU shift per activation name: eq. 1 (floor) and QCFS (Bu et al., ICLR 2022).
+QRELU_SHIFTS = {"qrelu": 0.0, "qcfs": 0.5}
+
+
+def build_architecture(name, activation, input_shape, levels=8):
+    """An ARCHITECTURES or keras_snn.applications net with ReLU, eq. 1 QReLU or QCFS."""
+    from keras_snn import applications
+    from keras_snn.layers import QReLU
+
+    builder = ARCHITECTURES.get(name) or getattr(applications, name)
+    if activation == "relu":
+        return builder(input_shape=input_shape)
+    shift = QRELU_SHIFTS[activation]
+    return builder(
+        input_shape=input_shape,
+        activation=lambda: QReLU(levels=levels, initial_bound=1.0, shift=shift),
+    )

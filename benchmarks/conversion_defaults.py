@@ -31,9 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras_snn  # noqa: E402
 from benchmarks import common  # noqa: E402
-from keras_snn import applications  # noqa: E402
 from keras_snn.datasets import load_dataset  # noqa: E402
-from keras_snn.layers import QReLU  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", "fashion_mnist", "Dataset name.")
@@ -53,22 +51,10 @@ flags.DEFINE_boolean("train_only", False, "Train and cache the ANNs, convert not
 flags.DEFINE_boolean("defaults_only", False,
                      "Only the library default (and, for QReLU models, with spike_max=2).")
 
-SHIFTS = {"qrelu": 0.0, "qcfs": 0.5}
 OLD_DEFAULTS = {"relu": dict(neuron="if", per_channel=False, initial_membrane=0.0,
                              bias_calibration=False),
                 "quantized": dict(neuron="buffered", per_channel=False, initial_membrane=0.0,
                                   bias_calibration=False)}
-
-
-def build(name, activation, input_shape):
-    builder = common.ARCHITECTURES.get(name) or getattr(applications, name)
-    if activation == "relu":
-        return builder(input_shape=input_shape)
-    shift = SHIFTS[activation]
-    return builder(
-        input_shape=input_shape,
-        activation=lambda: QReLU(levels=FLAGS.levels, initial_bound=1.0, shift=shift),
-    )
 
 
 def settings(kind):
@@ -126,7 +112,8 @@ def main(_):
     for name, activation in itertools.product(FLAGS.models, FLAGS.activations):
         tag = activation if activation == "relu" else f"{activation}{FLAGS.levels}"
         model, seconds = common.train_or_load(
-            lambda: build(name, activation, x_train.shape[1:]), x_train, y_train,
+            lambda: common.build_architecture(name, activation, x_train.shape[1:], FLAGS.levels),
+            x_train, y_train,
             FLAGS.epochs, FLAGS.model_dir,
             f"{FLAGS.dataset}_{name}_{tag}_{FLAGS.train_items}x{FLAGS.epochs}",
         )

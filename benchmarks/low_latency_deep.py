@@ -30,9 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras_snn  # noqa: E402
 from benchmarks import common  # noqa: E402
-from keras_snn import applications  # noqa: E402
 from keras_snn.datasets import load_dataset  # noqa: E402
-from keras_snn.layers import QReLU  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", "fashion_mnist", "Dataset name.")
@@ -47,19 +45,6 @@ flags.DEFINE_list("models", ["resnet_small", "vgg_small"], "Architectures.")
 flags.DEFINE_list("activations", ["qcfs", "qrelu"], "qrelu (shift 0), qcfs (shift 0.5).")
 flags.DEFINE_list("settings", ["8", "4x2"], "T or Tx<spike_max>, converted and simulated.")
 flags.DEFINE_integer("batch_size", 250, "Test images per simulation call.")
-
-# QReLU shift per activation name (as in benchmarks/conversion_defaults.py).
-SHIFTS = {"qrelu": 0.0, "qcfs": 0.5}
-
-
-def build(name, activation, input_shape):
-    builder = common.ARCHITECTURES.get(name) or getattr(applications, name)
-    shift = SHIFTS[activation]
-    return builder(
-        input_shape=input_shape,
-        activation=lambda: QReLU(levels=FLAGS.levels, initial_bound=1.0, shift=shift),
-    )
-
 
 def readouts(snn, x, timesteps):
     """The readout after every step, (n, timesteps, classes)."""
@@ -96,7 +81,8 @@ def main(_):
     for name, activation in itertools.product(FLAGS.models, FLAGS.activations):
         tag = f"{activation}{FLAGS.levels}"
         model, seconds = common.train_or_load(
-            lambda: build(name, activation, x_train.shape[1:]), x_train, y_train,
+            lambda: common.build_architecture(name, activation, x_train.shape[1:], FLAGS.levels),
+            x_train, y_train,
             FLAGS.epochs, FLAGS.model_dir,
             f"{FLAGS.dataset}_{name}_{tag}_{FLAGS.train_items}x{FLAGS.epochs}",
         )

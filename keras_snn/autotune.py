@@ -175,7 +175,8 @@ class LoopTuner:
 
 def signature(kind, batch_size, steps, inputs):
     """The key a choice is kept under: what is run, batch size, steps, input shape, dtype."""
-    return (kind, int(batch_size), int(steps), tuple(inputs.shape[1:]), str(inputs.dtype))
+    dtype = getattr(inputs.dtype, "name", None) or str(inputs.dtype)  # tf.DType or NumPy
+    return (kind, int(batch_size), int(steps), tuple(inputs.shape[1:]), dtype)
 
 
 def _signature_text(signature):

@@ -504,10 +504,9 @@ class SpikingModel(keras.Model):
         For an array or tensor `x` (a non-stateful model with static input,
         outside a `tf.distribute` scope) each batch runs in chunks of steps
         whose readout goes straight into the returned array
-        (`keras_snn.prediction`): the memory beyond the result stays a few
-        MiB at any T, where Keras's loop holds the readout two to three
-        times. The numbers are the same. Other inputs (datasets,
-        generators, `steps`) use Keras's predict.
+        (`keras_snn.prediction`), instead of Keras's loop, which holds the
+        readout two to three times. The numbers are the same. Other inputs
+        (datasets, generators, `steps`) use Keras's predict.
         """
         if prediction.runs_in_chunks(self, x, steps):
             return prediction.predict_in_chunks(self, x, batch_size, verbose, callbacks)

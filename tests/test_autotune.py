@@ -132,7 +132,8 @@ def test_simulate_tunes_and_gives_the_untuned_numbers(monkeypatch):
     result = keras_snn.simulate(tuned, x, y, batch_size=4, verbose=0)
     np.testing.assert_allclose(result.accuracy, reference.accuracy, atol=1.0 / len(x))
     np.testing.assert_allclose(result.synaptic_ops, reference.synaptic_ops, rtol=1e-5)
-    (report,) = tuned.loop_choices.values()
+    ((text, report),) = tuned.loop_choices.items()
+    assert text == "simulate: batch 4, 6 steps, input (5, 5, 1) float32"
     assert report["chosen"] == "unfused"
     assert sum(report["units"].values()) == batches  # the partial batch is not counted
     assert report["units"]["unfused"] == batches - 2 * (1 + autotune.TIMED_ROUNDS)
