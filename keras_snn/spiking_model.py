@@ -79,17 +79,18 @@ class SpikingModel(keras.Model):
             step's, the least memory for large batches (a Conv MNIST batch of
             1000 at T=500 peaked at 1.8 GiB with 1 against 2.7-3.0 GiB with
             10; see benchmarks/RESULTS.md).
-        fused_neurons: run each layer's neuron update (integrate, fire,
-            reset; buffered neurons' negative spikes) as one XLA-compiled
-            kernel inside the loop (default True) while convolutions and
-            matrix products keep TensorFlow's (oneDNN's) kernels. Unfused,
-            every elementwise operation is a separate pass over the layer's
-            neurons: Conv MNIST with buffered neurons and op counting ran
-            7-18% faster fused (benchmarks/RESULTS.md, "Simulator speed").
-            The maths is the same; XLA may round a fused multiply-add
-            differently in the last bit. Ignored with `xla=True`, which
-            compiles the whole loop. None (default) is tuned like `xla`, and
-            fused when untuned.
+        fused_neurons: True runs each layer's neuron update (integrate,
+            fire, reset; buffered neurons' negative spikes) as one
+            XLA-compiled kernel inside the loop while convolutions and
+            matrix products keep TensorFlow's (oneDNN's) kernels; False runs
+            every elementwise operation as a separate pass over the layer's
+            neurons. Which is faster depends on the network (fused: Conv
+            CIFAR 7% faster; unfused: a MobileNetV2 12% faster, and half the
+            compile time; benchmarks/RESULTS.md, "Loop variants"). The maths
+            is the same; XLA may round a fused multiply-add differently in
+            the last bit. Ignored with `xla=True`, which compiles the whole
+            loop. None (default) is tuned like `xla`, and fused when
+            untuned.
         **kwargs: `keras.Model` arguments such as `name`.
 
     Call arguments:
