@@ -5,6 +5,7 @@ import platform
 import time
 
 import keras
+from absl import flags
 import numpy as np
 import tensorflow as tf
 
@@ -220,3 +221,26 @@ def build_architecture(name, activation, input_shape, levels=8):
         input_shape=input_shape,
         activation=lambda: QReLU(levels=levels, initial_bound=1.0, shift=shift),
     )
+
+
+def define_qrelu_training_flags(test_items):
+    """The flags of the scripts that train (or load cached) QReLU ANNs on a dataset."""
+    flags.DEFINE_string("dataset", "fashion_mnist", "Dataset name.")
+    flags.DEFINE_string("data_dir", None, "Local IDX/.npz directory.")
+    flags.DEFINE_integer("epochs", 2, "ANN training epochs (when not cached).")
+    flags.DEFINE_integer("train_items", 30000, "Training images used (the first N).")
+    flags.DEFINE_integer("levels", 8, "QReLU quantisation levels.")
+    flags.DEFINE_integer("test_items", test_items, "Test images evaluated (the first N).")
+    flags.DEFINE_integer("calibration", 2000, "Training images passed as calibration data.")
+    flags.DEFINE_string("model_dir", None, "Cache trained ANNs here (reused when present).")
+
+
+def load_flagged_dataset():
+    """(x_train, y_train, x_calibration, x_eval, y_eval) as the training flags say."""
+    from keras_snn.datasets import load_dataset
+
+    f = flags.FLAGS
+    (x_train, y_train), (x_test, y_test) = load_dataset(f.dataset, f.data_dir)
+    x_train, y_train = x_train[: f.train_items], y_train[: f.train_items]
+    return (x_train, y_train, x_train[: f.calibration], x_test[: f.test_items],
+            y_test[: f.test_items])

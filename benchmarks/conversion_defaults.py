@@ -31,17 +31,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras_snn  # noqa: E402
 from benchmarks import common  # noqa: E402
-from keras_snn.datasets import load_dataset  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("dataset", "fashion_mnist", "Dataset name.")
-flags.DEFINE_string("data_dir", None, "Local IDX/.npz directory.")
-flags.DEFINE_integer("epochs", 2, "ANN training epochs.")
-flags.DEFINE_integer("train_items", 30000, "Training images used (the first N).")
-flags.DEFINE_integer("levels", 8, "QReLU quantisation levels.")
-flags.DEFINE_integer("test_items", 1000, "Test images evaluated.")
-flags.DEFINE_integer("calibration", 2000, "Training images for data ceilings.")
-flags.DEFINE_string("model_dir", None, "Cache trained ANNs here (reused when present).")
+common.define_qrelu_training_flags(test_items=1000)
 flags.DEFINE_list("models", ["conv_mnist", "resnet_small"],
                   "keras_snn.applications or benchmarks.common.ARCHITECTURES names.")
 flags.DEFINE_list("activations", ["relu", "qrelu", "qcfs"], "relu, qrelu (shift 0), qcfs (shift 0.5).")
@@ -102,10 +94,7 @@ def same_network(a, b):
 
 
 def main(_):
-    (x_train, y_train), (x_test, y_test) = load_dataset(FLAGS.dataset, FLAGS.data_dir)
-    x_train, y_train = x_train[: FLAGS.train_items], y_train[: FLAGS.train_items]
-    x_eval, y_eval = x_test[: FLAGS.test_items], y_test[: FLAGS.test_items]
-    x_calibration = x_train[: FLAGS.calibration]
+    x_train, y_train, x_calibration, x_eval, y_eval = common.load_flagged_dataset()
     print(f"machine: {common.machine()}")
     print(f"keras_snn {keras_snn.__version__}; ANNs: {FLAGS.epochs} epochs on the first "
           f"{len(x_train)} training images; {len(x_eval)} test images")

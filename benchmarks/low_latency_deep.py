@@ -30,17 +30,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras_snn  # noqa: E402
 from benchmarks import common  # noqa: E402
-from keras_snn.datasets import load_dataset  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("dataset", "fashion_mnist", "Dataset name.")
-flags.DEFINE_string("data_dir", None, "Local IDX/.npz directory.")
-flags.DEFINE_integer("epochs", 2, "ANN training epochs (when not cached).")
-flags.DEFINE_integer("train_items", 30000, "Training images used (the first N).")
-flags.DEFINE_integer("levels", 8, "QReLU quantisation levels.")
-flags.DEFINE_integer("test_items", 2000, "Test images evaluated (the first N).")
-flags.DEFINE_integer("calibration", 2000, "Training images passed as calibration data.")
-flags.DEFINE_string("model_dir", None, "Cache trained ANNs here (reused when present).")
+common.define_qrelu_training_flags(test_items=2000)
 flags.DEFINE_list("models", ["resnet_small", "vgg_small"], "Architectures.")
 flags.DEFINE_list("activations", ["qcfs", "qrelu"], "qrelu (shift 0), qcfs (shift 0.5).")
 flags.DEFINE_list("settings", ["8", "4x2"], "T or Tx<spike_max>, converted and simulated.")
@@ -72,10 +64,7 @@ def parse(setting):
 
 
 def main(_):
-    (x_train, y_train), (x_test, y_test) = load_dataset(FLAGS.dataset, FLAGS.data_dir)
-    x_train, y_train = x_train[: FLAGS.train_items], y_train[: FLAGS.train_items]
-    x_eval, y_eval = x_test[: FLAGS.test_items], y_test[: FLAGS.test_items]
-    x_calibration = x_train[: FLAGS.calibration]
+    x_train, y_train, x_calibration, x_eval, y_eval = common.load_flagged_dataset()
     print(f"machine: {common.machine()}")
     print(f"keras_snn {keras_snn.__version__}; {len(x_eval)} test images")
     for name, activation in itertools.product(FLAGS.models, FLAGS.activations):
