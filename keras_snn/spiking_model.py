@@ -192,6 +192,16 @@ class SpikingModel(keras.Model):
 
         With `xla` or `fused_neurons` left at None this is the untuned
         variant; `simulate` and `predict` may run a faster one (`loop_choices`).
+
+        Example:
+
+        >>> import keras
+        >>> from keras_snn import layers
+        >>> inputs = keras.Input((4,))
+        >>> x = layers.SpikingDense(3, neuron=None)(layers.AnalogInput()(inputs))
+        >>> snn = SpikingModel(keras.Model(inputs, layers.Readout()(x)), timesteps=10)
+        >>> snn.loop_variant, snn.with_options(xla=True).loop_variant, snn.loop_choices
+        ('fused', 'xla', {})
         """
         if self.xla:
             return "xla"
