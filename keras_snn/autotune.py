@@ -22,7 +22,7 @@ Tuning starts only once a signature has run at least `MIN_UNITS_PER_CANDIDATE`
 full units per candidate (this run's and earlier untuned runs' together), so
 that the slower candidates' few units and their compilation cost little;
 until then the runs, and always `snn(x)` and Keras's
-`fit`/`evaluate`/`predict` loops use the "fused" variant. Under a
+`fit`/`evaluate`/`predict` loops run the model's own loop ("fused" by default). Under a
 `tf.distribute` strategy nothing is tuned (the replicas would time each
 other's work).
 
@@ -38,7 +38,6 @@ VARIANTS = {
     "unfused": {"xla": False, "fused_neurons": False},
     "xla": {"xla": True, "fused_neurons": True},
 }
-UNTUNED = "fused"  # what runs before and without tuning
 TIMED_ROUNDS = 2
 MIN_UNITS_PER_CANDIDATE = 8
 
@@ -113,10 +112,6 @@ class LoopTuner:
         self._signatures = {}
         self._untuned_units = {}
 
-    @property
-    def names(self):
-        return list(self._names)
-
     def variant(self, name):
         """The SpikingModel that runs variant `name` (sharing the network)."""
         if name not in self._variants:
@@ -153,8 +148,7 @@ class LoopTuner:
         if state is None:
             state = self._signatures[signature] = _Signature(self._names)
         if not timed:
-            untuned = UNTUNED if UNTUNED in self._names else self._names[0]
-            return call(self.variant(state.chosen or untuned))
+            return call(self.variant(state.chosen or self._model.loop_variant))
         name = state.next_name()
         start = _clock()
         result = call(self.variant(name))
@@ -171,6 +165,30 @@ class LoopTuner:
                 "units": dict(state.units),
             }
         return report
+
+
+class _Untuned:
+    """Runs every unit on the model's own loop (a run that is not tuned)."""
+
+    def __init__(self, model):
+        self._model = model
+
+    def run(self, signature, call, timed=True):
+        del signature, timed  # nothing is timed
+        return call(self._model)
+
+
+def tuner_for(model, signature, units):
+    """What a driver runs its units through: `run(signature, call, timed)`.
+
+    The model's `LoopTuner` when this run of `units` full units is tuned
+    (see `LoopTuner.tunes`), else an object running every unit on the model
+    itself.
+    """
+    tuner = model._tuner
+    if tuner is not None and tuner.tunes(signature, units):
+        return tuner
+    return _Untuned(model)
 
 
 def signature(kind, batch_size, steps, inputs):

@@ -248,25 +248,11 @@ def simulate(snn, x, y=None, *, timesteps=None, batch_size=256, verbose="auto"):
     if distributed:
         dataset = strategy.experimental_distribute_dataset(dataset)
     progress = keras.utils.Progbar(batches) if verbose not in (0, False) else None
-    # Loop variants timed on the first batches (keras_snn.autotune), one device only.
-    tuner = None if distributed else snn._tuner
-    signature = None
+    runner = signature = None  # loop variants timed on the first batches (one device only)
     totals = None
     for index, batch in enumerate(dataset):
         inputs, labels = batch if has_labels else (batch, tf.zeros([0], tf.int32))
-        if signature is None and tuner is not None:
-            signature = autotune.signature("simulate", inputs.shape[0], steps, inputs)
-            if not tuner.tunes(signature, batches):
-                tuner = None
-        if tuner is not None:
-            sums = tuner.run(
-                signature,
-                lambda model: _numpy(
-                    _compiled_step(model, steps, has_labels, classes, strategy)(inputs, labels)
-                ),
-                timed=inputs.shape[0] == signature[1],
-            )
-        elif distributed:
+        if distributed:
             # One local replica per worker (MultiWorkerMirroredStrategy) returns
             # plain tensors, several return PerReplica values: reduce every leaf
             # either way (the reduction also sums across workers).
@@ -277,7 +263,16 @@ def simulate(snn, x, y=None, *, timesteps=None, batch_size=256, verbose="auto"):
             )
             sums = _numpy(sums)
         else:
-            sums = _numpy(step(inputs, labels))
+            if runner is None:
+                signature = autotune.signature("simulate", inputs.shape[0], steps, inputs)
+                runner = autotune.tuner_for(snn, signature, batches)
+            sums = runner.run(
+                signature,
+                lambda model: _numpy(
+                    _compiled_step(model, steps, has_labels, classes, strategy)(inputs, labels)
+                ),
+                timed=inputs.shape[0] == signature[1],
+            )
         totals = sums if totals is None else tf.nest.map_structure(np.add, totals, sums)
         if progress is not None:
             progress.update(index + 1)

@@ -96,11 +96,8 @@ def predict_in_chunks(model, x, batch_size=None, verbose="auto", callbacks=None)
         timesteps, every, batch_size, dtype.itemsize * max(1, int(np.prod(classes)))
     )
     # Loop variants timed on the first full chunks (keras_snn.autotune).
-    tuner = model._tuner
     signature = autotune.signature("predict", batch_size, steps, x)
-    full_units = (samples // batch_size) * (timesteps // steps)
-    if tuner is not None and not tuner.tunes(signature, full_units):
-        tuner = None
+    runner = autotune.tuner_for(model, signature, (samples // batch_size) * (timesteps // steps))
     callbacks.on_predict_begin()
     for index in range(batches):
         callbacks.on_predict_batch_begin(index)
@@ -116,11 +113,8 @@ def predict_in_chunks(model, x, batch_size=None, verbose="auto", callbacks=None)
                 readout, states = runner(inputs, states, tf.constant(done), tf.constant(length))
                 return readout.numpy(), states
 
-            if tuner is None:
-                readout, states = run(model)
-            else:
-                timed = rows == batch_size and length == steps
-                readout, states = tuner.run(signature, run, timed=timed)
+            timed = rows == batch_size and length == steps
+            readout, states = runner.run(signature, run, timed=timed)
             kept = done // every
             output[start : start + rows, kept : kept + length // every] = readout
         callbacks.on_predict_batch_end(index, {"outputs": output[start : start + rows]})
