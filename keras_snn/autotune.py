@@ -10,19 +10,26 @@ size and what else the machine is running (benchmarks/RESULTS.md, "Simulator
 speed"), so no fixed default is best everywhere.
 
 A `SpikingModel` whose `xla` or `fused_neurons` is left at None ("auto")
-gets a `LoopTuner`. The drivers that run many batches (`simulate`, and
-`predict` on arrays, whose units are chunks of steps) ask it which variant
-runs each unit: the first units go round the candidates once to compile them
-(not timed), then `TIMED_ROUNDS` more times, timed and interleaved so that
-a change in the machine's load hits every candidate alike; every later unit
-runs on the candidate with the smallest time. The choice is kept per input
-signature (batch size, steps, input shape and dtype) with the model, so later
-calls start with it; `SpikingModel.loop_choices` shows it with its timings.
-Tuning starts only once a signature has run at least `MIN_UNITS_PER_CANDIDATE`
-full units per candidate (this run's and earlier untuned runs' together), so
-that the slower candidates' few units and their compilation cost little;
-until then the runs, and always `snn(x)` and Keras's
-`fit`/`evaluate`/`predict` loops run the model's own loop ("fused" by default). Under a
+gets a `LoopTuner`. The drivers that run many units (`simulate`, whose units
+are batches, and `predict` on arrays, whose units are chunks of steps) run
+them through `tuner_for`. Tuning costs the compilation of every other
+candidate, seconds to tens of seconds for a large network, which a short run
+never earns back (MobileNetV2 for 25 batches: 71 s tuned against 25 s
+untuned, benchmarks/RESULTS.md). So a run starts on the model's own loop
+("fused" by default), timing its units: the first unit of a signature holds
+the loop's compilation, the later ones its steady cost. Tuning starts once
+compiling the other candidates (each estimated at the own loop's compilation)
+would cost at most `TUNING_BUDGET` of the work still expected (this run's
+remaining units, or as many again as the signature has run, whichever is
+more, at the steady cost) and the signature has run or will run at least
+`MIN_UNITS_PER_CANDIDATE` units per candidate. Then the next units go round
+the candidates once to compile them (not timed), then `TIMED_ROUNDS` more
+times, timed and interleaved so that a change in the machine's load hits
+every candidate alike; every later unit runs on the candidate with the
+smallest time. The choice is kept per input signature (batch size, steps,
+input shape and dtype) with the model, so later calls start with it;
+`SpikingModel.loop_choices` shows it with its timings. `snn(x)` and Keras's
+`fit`/`evaluate`/`predict` loops always run the model's own loop. Under a
 `tf.distribute` strategy nothing is tuned (the replicas would time each
 other's work).
 
@@ -40,6 +47,10 @@ VARIANTS = {
 }
 TIMED_ROUNDS = 2
 MIN_UNITS_PER_CANDIDATE = 8
+# Compiling the other candidates may cost at most this share of the expected
+# remaining work: the speed-ups measured between variants are 5-30%, so a
+# larger share would rarely be repaid.
+TUNING_BUDGET = 0.1
 
 _clock = time.perf_counter  # tests replace it with a fake clock
 
@@ -96,6 +107,22 @@ class _Signature:
             self.chosen = min(self.names, key=lambda n: min(self.seconds[n]))
 
 
+class _Observed:
+    """The untuned units one signature ran on the model's own loop, and their times."""
+
+    def __init__(self):
+        self.units = 0
+        self.first = None  # the first unit: tracing and compiling included
+        self.steady = None  # the fastest later unit
+
+    def record(self, seconds):
+        if self.first is None:
+            self.first = seconds
+        else:
+            self.steady = seconds if self.steady is None else min(self.steady, seconds)
+        self.units += 1
+
+
 class LoopTuner:
     """Times a model's loop variants and keeps the fastest per input signature.
 
@@ -110,7 +137,10 @@ class LoopTuner:
         self._names = list(names)
         self._variants = {}
         self._signatures = {}
-        self._untuned_units = {}
+        self._observed = {}
+        # The longest compilation seen on the model's own loop, for any
+        # signature: a signature whose loop was traced already shows none.
+        self._compile_seconds = 0.0
 
     def variant(self, name):
         """The SpikingModel that runs variant `name` (sharing the network)."""
@@ -120,22 +150,37 @@ class LoopTuner:
             self._variants[name] = model if same else model.with_options(**VARIANTS[name])
         return self._variants[name]
 
-    def tunes(self, signature, units):
-        """Whether a run of `units` full units with this signature goes through the tuner.
+    def pays(self, signature, remaining):
+        """Whether to tune `signature` now, with `remaining` full units left in this run.
 
-        Yes once the signature is tuned or being tuned, or when this run's
-        units and those of earlier untuned runs of the signature together
-        are enough to pay for tuning it (repeated short runs get tuned too).
+        Yes once the signature is tuned or being tuned. Otherwise it needs a
+        steady time of the own loop, and compiling the other candidates must
+        cost at most `TUNING_BUDGET` of the expected remaining work: this
+        run's `remaining` units, or as many as the signature has run before
+        (repeated calls), whichever is more. The signature must also run at
+        least `MIN_UNITS_PER_CANDIDATE` units per candidate in all.
         """
-        if len(self._names) < 2:
+        if self.tuning(signature):
+            return True
+        observed = self._observed.get(signature)
+        if len(self._names) < 2 or observed is None or observed.steady is None:
             return False
-        if signature in self._signatures:
-            return True
-        seen = self._untuned_units.get(signature, 0) + (units or 0)
-        if seen >= MIN_UNITS_PER_CANDIDATE * len(self._names):
-            return True
-        self._untuned_units[signature] = seen  # counted towards a later run's tuning
-        return False
+        if observed.units + remaining < MIN_UNITS_PER_CANDIDATE * len(self._names):
+            return False
+        tuning = (len(self._names) - 1) * self._compile_seconds
+        return tuning <= TUNING_BUDGET * max(remaining, observed.units) * observed.steady
+
+    def tuning(self, signature):
+        """Whether `signature` is tuned or being tuned."""
+        return signature in self._signatures
+
+    def observe(self, signature, seconds):
+        """Records a timed unit that ran untuned on the model's own loop."""
+        observed = self._observed.setdefault(signature, _Observed())
+        observed.record(seconds)
+        if observed.steady is not None:
+            compiling = max(observed.first - observed.steady, 0.0)
+            self._compile_seconds = max(self._compile_seconds, compiling)
 
     def run(self, signature, call, timed=True):
         """`call(variant_model)` on the variant due for this signature; returns its result.
@@ -156,39 +201,65 @@ class LoopTuner:
         return result
 
     def choices(self):
-        """Dict signature text -> {"chosen", "seconds" (best timed), "units" run}."""
+        """Dict signature text -> {"chosen", "seconds" (best timed), "units" run}.
+
+        Signatures that ran only untuned have "chosen" None and their units
+        on the model's own loop.
+        """
         report = {}
-        for signature, state in self._signatures.items():
+        own = self._model.loop_variant
+        for signature in {**self._observed, **self._signatures}:
+            state = self._signatures.get(signature)
+            observed = self._observed.get(signature)
+            units = dict(state.units) if state else {name: 0 for name in self._names}
+            units[own] += observed.units if observed else 0
             report[_signature_text(signature)] = {
-                "chosen": state.chosen,
-                "seconds": {n: min(s) for n, s in state.seconds.items() if s},
-                "units": dict(state.units),
+                "chosen": state.chosen if state else None,
+                "seconds": {n: min(s) for n, s in state.seconds.items() if s} if state else {},
+                "units": units,
             }
         return report
 
 
-class _Untuned:
-    """Runs every unit on the model's own loop (a run that is not tuned)."""
+class _Run:
+    """One driver call's units of one signature, tuned once tuning pays (see `LoopTuner.pays`)."""
 
-    def __init__(self, model):
+    def __init__(self, model, signature, units):
         self._model = model
+        self._signature = signature
+        self._remaining = units or 0  # full units not yet run (0: unknown)
 
-    def run(self, signature, call, timed=True):
-        del signature, timed  # nothing is timed
-        return call(self._model)
+    def run(self, call, timed=True):
+        """`call(variant_model)` for one unit; returns its result.
+
+        `call` must return only once the work is done; `timed=False` marks a
+        partial unit (a last, smaller batch), which is never timed.
+        """
+        tuner = self._model._tuner
+        if tuner is None:
+            return call(self._model)
+        if timed:
+            tuned = tuner.pays(self._signature, self._remaining)
+            self._remaining = max(self._remaining - 1, 0)
+            if tuned:
+                return tuner.run(self._signature, call)
+        elif tuner.tuning(self._signature):
+            return tuner.run(self._signature, call, timed=False)  # the current choice
+        start = _clock()
+        result = call(self._model)
+        if timed:
+            tuner.observe(self._signature, _clock() - start)
+        return result
 
 
 def tuner_for(model, signature, units):
-    """What a driver runs its units through: `run(signature, call, timed)`.
+    """What a driver runs its units of `signature` through: an object with `run(call, timed)`.
 
-    The model's `LoopTuner` when this run of `units` full units is tuned
-    (see `LoopTuner.tunes`), else an object running every unit on the model
-    itself.
+    `units` is the number of full units the driver will run (None when
+    unknown). Units run on the model's own loop, timed, until tuning pays;
+    from then on through the model's `LoopTuner`.
     """
-    tuner = model._tuner
-    if tuner is not None and tuner.tunes(signature, units):
-        return tuner
-    return _Untuned(model)
+    return _Run(model, signature, units)
 
 
 def signature(kind, batch_size, steps, inputs):

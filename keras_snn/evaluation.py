@@ -267,7 +267,6 @@ def simulate(snn, x, y=None, *, timesteps=None, batch_size=256, verbose="auto"):
                 signature = autotune.signature("simulate", inputs.shape[0], steps, inputs)
                 runner = autotune.tuner_for(snn, signature, batches)
             sums = runner.run(
-                signature,
                 lambda model: _numpy(
                     _compiled_step(model, steps, has_labels, classes, strategy)(inputs, labels)
                 ),

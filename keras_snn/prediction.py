@@ -114,7 +114,7 @@ def predict_in_chunks(model, x, batch_size=None, verbose="auto", callbacks=None)
                 return readout.numpy(), states
 
             timed = rows == batch_size and length == steps
-            readout, states = runner.run(signature, run, timed=timed)
+            readout, states = runner.run(run, timed=timed)
             kept = done // every
             output[start : start + rows, kept : kept + length // every] = readout
         callbacks.on_predict_batch_end(index, {"outputs": output[start : start + rows]})

@@ -209,12 +209,13 @@ class SpikingModel(keras.Model):
 
     @property
     def loop_choices(self):
-        """What autotuning chose, per input signature (empty when nothing was tuned).
+        """What autotuning chose, per input signature that `simulate` or `predict` ran.
 
         A dict from a signature's text ("simulate: batch 100, 50 steps, input
-        (28, 28, 1) float32") to `{"chosen": variant or None while tuning,
-        "seconds": best timed seconds per variant, "units": batches or chunks
-        run on each}`. See `keras_snn.autotune`.
+        (28, 28, 1) float32") to `{"chosen": variant, or None while tuning or
+        when tuning has not paid yet, "seconds": best timed seconds per
+        variant, "units": batches or chunks run on each}`; empty when the
+        options fix the variant. See `keras_snn.autotune`.
         """
         return {} if self._tuner is None else self._tuner.choices()
 

@@ -94,16 +94,94 @@ def test_untimed_units_run_the_current_choice_and_do_not_count(monkeypatch):
     }
 
 
-def test_short_runs_are_not_tuned():
-    snn = keras_snn.SpikingModel(_network(), timesteps=3)
+class FakeDriver:
+    """Runs units of one model through `tuner_for` as simulate does, on a fake clock.
+
+    A unit of variant v costs `costs[v]` seconds, plus `compile_seconds` the
+    first time v runs (its compilation).
+    """
+
+    def __init__(self, snn, clock, costs, compile_seconds=0.0):
+        self.snn, self.clock, self.costs = snn, clock, costs
+        self.compile_seconds = compile_seconds
+        self.compiled = set()
+
+    def run(self, signature, units, run_units=None):
+        """One driver call announcing `units` units (runs `run_units`, default `units`)."""
+        runner = autotune.tuner_for(self.snn, signature, units)
+        ran = []
+
+        def call(model):
+            name = model.loop_variant
+            self.clock.now += self.costs[name]
+            if name not in self.compiled:
+                self.clock.now += self.compile_seconds
+                self.compiled.add(name)
+            ran.append(name)
+            return name
+
+        for _ in range(units if run_units is None else run_units):
+            runner.run(call)
+        return ran
+
+
+def test_tuning_starts_when_compiling_the_candidates_pays(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(autotune, "_clock", clock)
+    costs = {"fused": 1.0, "unfused": 0.5, "xla": 2.0}
+    signature = ("simulate", 8, 3, (5, 5, 1), "float32")
+    # Compiling costs 10 s, a unit 1 s: tuning (two more compilations, 20 s)
+    # pays only for 20 / TUNING_BUDGET = 200 units of remaining work.
+    short = keras_snn.SpikingModel(_network(), timesteps=3)
+    ran = FakeDriver(short, clock, costs, compile_seconds=10.0).run(signature, 150)
+    assert set(ran) == {"fused"}
+    report = short.loop_choices["simulate: batch 8, 3 steps, input (5, 5, 1) float32"]
+    assert report == {"chosen": None, "seconds": {},
+                      "units": {"fused": 150, "unfused": 0, "xla": 0}}
+
+    long = keras_snn.SpikingModel(_network(), timesteps=3)
+    ran = FakeDriver(long, clock, costs, compile_seconds=10.0).run(signature, 300)
+    # Two units on the own loop measure its compilation and steady time;
+    # from the third on (298 units left) the candidates are compiled and timed.
+    rounds = 3 * (1 + autotune.TIMED_ROUNDS)
+    assert ran[:2] == ["fused", "fused"]
+    assert ran[2 : 2 + rounds] == ["fused", "unfused", "xla"] * (1 + autotune.TIMED_ROUNDS)
+    assert set(ran[2 + rounds :]) == {"unfused"}
+    report = long.loop_choices["simulate: batch 8, 3 steps, input (5, 5, 1) float32"]
+    assert report["chosen"] == "unfused"
+    assert report["units"] == {"fused": 2 + 3, "unfused": 300 - 5 - 3, "xla": 3}
+
+
+def test_repeated_short_runs_and_runs_of_unknown_length_get_tuned(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(autotune, "_clock", clock)
+    costs = {"fused": 1.0, "unfused": 0.5, "xla": 2.0}
+    signature = ("simulate", 8, 3, (5, 5, 1), "float32")
+    driver = FakeDriver(keras_snn.SpikingModel(_network(), timesteps=3), clock, costs, 10.0)
+    # 60-unit runs: none alone pays for 20 s of compiling, but after four of
+    # them the signature has run 240 units and as many again are expected.
+    for _ in range(3):
+        assert set(driver.run(signature, 60)) == {"fused"}
+    ran = driver.run(signature, 60)
+    assert ran[0] == "fused" and "xla" in ran and ran[-1] == "unfused"
+
+    # A dataset of unknown length (units None) is tuned once its own units pay.
+    other = FakeDriver(keras_snn.SpikingModel(_network(), timesteps=3), clock, costs, 10.0)
+    ran = other.run(signature, None, run_units=260)
+    first_tuned = ran.index("unfused")
+    assert 200 <= first_tuned <= 202 and ran[-1] == "unfused"
+
+
+def test_short_runs_are_not_tuned_even_without_compilation(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(autotune, "_clock", clock)
+    costs = {"fused": 1.0, "unfused": 0.5, "xla": 2.0}
     signature = ("simulate", 8, 3, (5, 5, 1), "float32")
     enough = autotune.MIN_UNITS_PER_CANDIDATE * 3
-    assert not snn._tuner.tunes(signature, None)  # unknown length
-    assert not snn._tuner.tunes(signature, enough - 2)
-    other = ("predict",) + signature[1:]
-    assert snn._tuner.tunes(other, enough)
-    # Repeated short runs add up: this one makes enough with the first.
-    assert snn._tuner.tunes(signature, 2)
+    short = FakeDriver(keras_snn.SpikingModel(_network(), timesteps=3), clock, costs)
+    assert set(short.run(signature, enough - 1)) == {"fused"}
+    enough_units = FakeDriver(keras_snn.SpikingModel(_network(), timesteps=3), clock, costs)
+    assert enough_units.run(signature, enough)[-1] == "unfused"
 
 
 def test_simulate_tunes_and_gives_the_untuned_numbers(monkeypatch):
@@ -136,15 +214,18 @@ def test_simulate_tunes_and_gives_the_untuned_numbers(monkeypatch):
     assert text == "simulate: batch 4, 6 steps, input (5, 5, 1) float32"
     assert report["chosen"] == "unfused"
     assert sum(report["units"].values()) == batches  # the partial batch is not counted
-    assert report["units"]["unfused"] == batches - 2 * (1 + autotune.TIMED_ROUNDS)
+    # Two batches on the own loop (its compilation and steady time), then the schedule.
+    assert report["units"]["unfused"] == batches - 2 - 2 * (1 + autotune.TIMED_ROUNDS)
 
     # A second call starts from the choice: every full batch runs unfused.
     keras_snn.simulate(tuned, x, y, batch_size=4, verbose=0)
     (report,) = tuned.loop_choices.values()
-    assert report["units"]["unfused"] == 2 * batches - 2 * (1 + autotune.TIMED_ROUNDS)
+    assert report["units"]["unfused"] == 2 * batches - 2 - 2 * (1 + autotune.TIMED_ROUNDS)
 
 
 def test_predict_tunes_chunks_and_gives_the_untuned_numbers(monkeypatch):
+    # A clock that stands still: no compilation to pay for, so 24 chunks are tuned.
+    monkeypatch.setattr(autotune, "_clock", FakeClock())
     keras.utils.set_random_seed(1)
     network = _network()
     x = np.random.default_rng(1).random((4 * 24, 5, 5, 1)).astype("float32")
