@@ -61,6 +61,22 @@ from keras_snn import applications
 def peak_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
+def mmapped_mib():
+    # glibc's mallinfo2().hblkhd: memory in live mmapped blocks. TensorFlow's
+    # oneDNN CPU allocator keeps tensors of 4 KiB and more in a BFC pool whose
+    # regions (2 MiB, doubling) are such blocks and are never returned.
+    import ctypes
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+            "uordblks", "fordblks", "keepcost")]
+    try:
+        mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):  # not glibc 2.33+
+        return float("nan")
+    mallinfo2.restype = MallInfo2
+    return mallinfo2().hblkhd / 2**20
+
 mode, steps, items, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 parallel_steps, loop = int(sys.argv[5]), sys.argv[6]
 rng = np.random.default_rng(0)
@@ -93,7 +109,8 @@ else:
         predict = keras.Model.predict if mode == "keras_predict" else type(snn).predict
         out = predict(snn, x, batch_size=batch, verbose=0)
         returned = out.nbytes / 2**20
-print(json.dumps({"converted": converted, "peak": peak_mib(), "returned": returned}))
+print(json.dumps({"converted": converted, "peak": peak_mib(), "returned": returned,
+                  "pool": mmapped_mib()}))
 """
 
 
@@ -121,7 +138,8 @@ def main(_):
         print(f"Conv MNIST SNN, {items} random images, batch {batch}, parallel_steps "
               f"{FLAGS.parallel_steps}, loop {FLAGS.loop}, MALLOC_ARENA_MAX "
               f"{FLAGS.malloc_arena_max or 'unset'}; peak RSS in MiB "
-              f"(growth over T={steps[0]}; what the call returns)\n")
+              f"(growth over T={steps[0]}; what the call returns; live mmapped blocks at "
+              f"the end, TensorFlow's allocator pool)\n")
         print("| call | " + " | ".join(f"T={t}" for t in steps) + " |")
         print("|---|" + "---|" * len(steps))
         for mode in FLAGS.modes:
@@ -133,7 +151,8 @@ def main(_):
             for point in points:
                 growth = point["peak"] - points[0]["peak"]
                 cells.append(
-                    f"{point['peak']:.0f} ({growth:+.0f}; returns {point['returned']:.1f})"
+                    f"{point['peak']:.0f} ({growth:+.0f}; returns {point['returned']:.1f}; "
+                    f"pool {point['pool']:.0f})"
                 )
             print(f"| {mode} | " + " | ".join(cells) + " |")
             first, last = points[0], points[-1]
