@@ -10,10 +10,17 @@ measures what the untuned choice costs per architecture, in one process:
   plus one batch);
 - the best of `--repeats` further calls, interleaved across variants;
 both with op counting on (`snn(x, return_ops=True)`), on random inputs (the
-cost does not depend on the weights: every step is dense tensor work).
+cost does not depend on the weights: every step is dense tensor work). With
+`--end_to_end_items`, also one `simulate` call as a user makes it, default
+options (autotuning decides whether tuning pays for its compilations) against
+a fixed fused copy.
 
     python benchmarks/loop_variants.py
     python benchmarks/loop_variants.py --models conv_mnist,mobilenet_v2 --batch_size 100
+    python benchmarks/loop_variants.py --models mobilenet_v2 --batch_size 8 --timesteps 4 \
+        --end_to_end_items 200
+    python benchmarks/loop_variants.py --models conv_mnist --batch_size 250 --variants fused \
+        --parallel_steps 1,2,10
 """
 
 import os
@@ -42,6 +49,18 @@ flags.DEFINE_list(
 flags.DEFINE_integer("batch_size", 100, "Batch size.")
 flags.DEFINE_integer("timesteps", 50, "Steps per call.")
 flags.DEFINE_integer("repeats", 3, "Timed calls per variant after the first.")
+flags.DEFINE_list(
+    "variants", list(autotune.VARIANTS), "Loop variants timed (keras_snn.autotune.VARIANTS)."
+)
+flags.DEFINE_list(
+    "parallel_steps", ["10"],
+    "SpikingModel parallel_steps values; every variant is timed with each.",
+)
+flags.DEFINE_integer(
+    "end_to_end_items", 0,
+    "If > 0: also time one `simulate` of this many random items with the default options "
+    "(autotuning decides whether tuning pays) against a fixed fused copy, both fresh.",
+)
 
 
 def build(name):
@@ -58,9 +77,14 @@ def build(name):
 def main(_):
     print(f"machine: {common.machine()}")
     print(f"batch {FLAGS.batch_size}, {FLAGS.timesteps} steps, ops counted; seconds\n")
-    names = list(autotune.VARIANTS)
+    names = [
+        (variant, int(parallel)) for variant in FLAGS.variants for parallel in FLAGS.parallel_steps
+    ]
+    labels = {n: n[0] if len(FLAGS.parallel_steps) == 1 else f"{n[0]}, parallel_steps {n[1]}"
+              for n in names}
     header = ["model", "layers"]
-    header += [f"{n}, first call" for n in names] + [f"{n}, steady" for n in names]
+    header += [f"{labels[n]}, first call" for n in names]
+    header += [f"{labels[n]}, steady" for n in names]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     rng = np.random.default_rng(0)
@@ -69,7 +93,9 @@ def main(_):
         x = rng.random((FLAGS.batch_size, *shape)).astype("float32")
         snn = keras_snn.convert_model(ann, x[:64], timesteps=FLAGS.timesteps)
         batch = tf.constant(x)
-        variants = {n: snn.with_options(**autotune.VARIANTS[n]) for n in names}
+        variants = {
+            n: snn.with_options(parallel_steps=n[1], **autotune.VARIANTS[n[0]]) for n in names
+        }
 
         def call(model):
             start = time.perf_counter()
@@ -87,6 +113,25 @@ def main(_):
         best = min(steady.values())
         cells += [f"{steady[n]:.3f}" + (" (best)" if steady[n] == best else "") for n in names]
         print("| " + " | ".join(cells) + " |", flush=True)
+        if FLAGS.end_to_end_items:
+            end_to_end(ann, shape, rng)
+
+
+def end_to_end(ann, shape, rng):
+    """One `simulate` call as a user makes it: default options against a fixed fused copy."""
+    x = rng.random((FLAGS.end_to_end_items, *shape)).astype("float32")
+    y = rng.integers(0, 10, len(x))
+    snn = keras_snn.convert_model(ann, x[:64], timesteps=FLAGS.timesteps)
+    fused = snn.with_options(**autotune.VARIANTS["fused"])
+    seconds, results = {}, {}
+    for label, model in (("default options", snn), ("fixed fused", fused)):
+        start = time.perf_counter()
+        results[label] = keras_snn.simulate(model, x, y, batch_size=FLAGS.batch_size, verbose=0)
+        seconds[label] = time.perf_counter() - start
+    same = np.array_equal(results["default options"].accuracy, results["fixed fused"].accuracy)
+    print(f"\n  simulate of {len(x)} items at batch {FLAGS.batch_size}: default options "
+          f"{seconds['default options']:.1f} s, fixed fused {seconds['fixed fused']:.1f} s; "
+          f"same accuracy per step: {same}; loop_choices: {snn.loop_choices}\n", flush=True)
 
 
 if __name__ == "__main__":
