@@ -16,6 +16,14 @@ e.g. `8,4x2`) and reports, on the first `--test_items` test images:
 
     python benchmarks/low_latency_deep.py --data_dir /usr/share/datasets/fashion-mnist \
         --model_dir /tmp/lowlat_models --test_items 2000
+
+The defaults train 2 epochs on 30000 images (minutes on 2 cores); the ResNets of
+RESULTS.md's "Longer-trained ResNets" were trained on all 60000 for 10 epochs
+(about 30 minutes each on 2 shared cores), cached under their own names:
+
+    python benchmarks/low_latency_deep.py --data_dir /usr/share/datasets/fashion-mnist \
+        --model_dir /tmp/lowlat_models_long --test_items 2000 --models resnet_small \
+        --train_items 60000 --epochs 10
 """
 
 import itertools
