@@ -75,10 +75,12 @@ def cpu_model_and_flags():
 def machine():
     """One line naming the CPU (model, kernel-relevant lscpu flags), cores and versions."""
     model, flags = cpu_model_and_flags()
-    # oneDNN can be told to use an older instruction set than the CPU has
-    # (e.g. AVX2 on an AVX-512 CPU, to approximate an AVX2-only machine).
+    # oneDNN and XLA can be told to use an older instruction set than the CPU
+    # has (e.g. AVX2 on an AVX-512 CPU, to approximate an AVX2-only machine).
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA")
     limit = f", oneDNN limited to {isa} (ONEDNN_MAX_CPU_ISA)" if isa else ""
+    xla_isa = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_cpu_max_isa" in f]
+    limit += f", XLA limited by {xla_isa[0]}" if xla_isa else ""
     return (
         f"{model} (flags: {' '.join(flags) or 'none of ' + ', '.join(KERNEL_FLAGS)}), "
         f"{os.cpu_count()} cores, TensorFlow {tf.__version__}, Keras {keras.__version__}{limit}"
