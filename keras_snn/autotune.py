@@ -207,15 +207,15 @@ class LoopTuner:
         on the model's own loop.
         """
         report = {}
-        own = self._model.loop_variant
-        for signature in {**self._observed, **self._signatures}:
-            state = self._signatures.get(signature)
-            observed = self._observed.get(signature)
-            units = dict(state.units) if state else {name: 0 for name in self._names}
-            units[own] += observed.units if observed else 0
+        for signature in dict.fromkeys([*self._observed, *self._signatures]):
+            # An untuned signature reads as a tuning state that has not started.
+            state = self._signatures.get(signature) or _Signature(self._names)
+            units = dict(state.units)
+            if signature in self._observed:
+                units[self._model.loop_variant] += self._observed[signature].units
             report[_signature_text(signature)] = {
-                "chosen": state.chosen if state else None,
-                "seconds": {n: min(s) for n, s in state.seconds.items() if s} if state else {},
+                "chosen": state.chosen,
+                "seconds": {n: min(s) for n, s in state.seconds.items() if s},
                 "units": units,
             }
         return report

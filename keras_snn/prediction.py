@@ -10,9 +10,10 @@ chunks of steps instead, carrying the neuron states from one chunk to the
 next (so the result equals one long run), and copies every chunk's readout
 into one preallocated NumPy array. What predict holds for the readout beyond
 its result is then one chunk's readout, a few MiB whatever T is (measured in
-benchmarks/RESULTS.md, "Memory": the growth from T=50 to T=5000 left beyond
-the result is of the size `simulate` shows without returning anything). The chunks are also the
-units on which `keras_snn.autotune` times the loop variants.
+benchmarks/RESULTS.md, "Memory": what the process grows beyond the result is
+TensorFlow's allocator pool, as in `simulate`, which returns nothing per
+step). The chunks are also the units on which `keras_snn.autotune` times the
+loop variants.
 
 Everything else (datasets and generators, `steps`, stateful models, event
 input whose frames already hold T steps, a `tf.distribute` strategy) goes
