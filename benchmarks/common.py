@@ -22,7 +22,7 @@ def train(model, x, y, epochs, batch_size=128, learning_rate=1e-3, seed=0):
     return model
 
 
-def train_or_load(build, x, y, epochs, model_dir=None, name=None):
+def train_or_load(build, x, y, epochs, model_dir=None, name=None, seed=0):
     """Train `build()` or, when `model_dir` holds `name`.keras, load that instead.
 
     Caching lets one run explore conversion settings on the same trained ANN.
@@ -31,7 +31,7 @@ def train_or_load(build, x, y, epochs, model_dir=None, name=None):
     if path and os.path.exists(path):
         return keras.saving.load_model(path), 0.0
     with Timer() as timer:
-        model = train(build(), x, y, epochs)
+        model = train(build(), x, y, epochs, seed=seed)
     if path:
         os.makedirs(model_dir, exist_ok=True)
         model.save(path)
@@ -49,6 +49,36 @@ def snn_accuracy_per_step(snn, x, y, timesteps, batch_size=200):
         readout = snn(x[start : start + batch_size], timesteps=timesteps).numpy()
         correct += (readout.argmax(-1) == y[start : start + batch_size, None]).sum(0)
     return correct / len(x)
+
+
+def same_network(a, b):
+    """Same layers, weights and neurons: the two conversions simulate alike."""
+    if len(a.network.layers) != len(b.network.layers):
+        return False
+    for layer_a, layer_b in zip(a.network.layers, b.network.layers):
+        if type(layer_a) is not type(layer_b):
+            return False
+        if getattr(layer_a, "neuron", None) != getattr(layer_b, "neuron", None):
+            return False
+        weights_a, weights_b = layer_a.get_weights(), layer_b.get_weights()
+        if len(weights_a) != len(weights_b) or any(
+            wa.shape != wb.shape or not np.array_equal(wa, wb)
+            for wa, wb in zip(weights_a, weights_b)
+        ):
+            return False
+    return True
+
+
+def paired_gap(correct, ann_correct):
+    """(SNN - ANN in points, its paired standard error in points)."""
+    diff = correct.astype(float) - ann_correct.astype(float)
+    return 100 * diff.mean(), 100 * diff.std(ddof=1) / np.sqrt(len(diff))
+
+
+def parse_setting(setting):
+    """"8" -> (8, 1), "4x2" -> (4, 2): timesteps and spike_max of a `--settings` entry."""
+    steps, _, spike_max = setting.partition("x")
+    return int(steps), int(spike_max or 1)
 
 
 # The lscpu flags that decide which kernels oneDNN (and XLA) pick on x86.
@@ -235,6 +265,23 @@ def define_qrelu_training_flags(test_items):
     flags.DEFINE_integer("test_items", test_items, "Test images evaluated (the first N).")
     flags.DEFINE_integer("calibration", 2000, "Training images passed as calibration data.")
     flags.DEFINE_string("model_dir", None, "Cache trained ANNs here (reused when present).")
+    flags.DEFINE_integer("seed", 0, "Training seed (cached under its own name unless 0).")
+
+
+def train_or_load_flagged(name, activation, x_train, y_train):
+    """(model, training seconds) of architecture `name` with `activation`, as the flags say.
+
+    Cached as `{dataset}_{name}_{relu | qrelu<levels> | qcfs<levels>}_{items}x{epochs}`
+    (with `_seed<N>` for a seed other than 0), so every script shares the ANNs.
+    """
+    f = flags.FLAGS
+    tag = activation if activation == "relu" else f"{activation}{f.levels}"
+    suffix = f"_seed{f.seed}" if f.seed else ""
+    return train_or_load(
+        lambda: build_architecture(name, activation, x_train.shape[1:], f.levels),
+        x_train, y_train, f.epochs, f.model_dir,
+        f"{f.dataset}_{name}_{tag}_{f.train_items}x{f.epochs}{suffix}", seed=f.seed,
+    )
 
 
 def load_flagged_dataset():

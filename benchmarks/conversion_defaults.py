@@ -23,7 +23,6 @@ import itertools
 import os
 import sys
 
-import numpy as np
 from absl import app
 from absl import flags
 
@@ -75,24 +74,6 @@ def settings(kind):
     return rows
 
 
-def same_network(a, b):
-    """Same layers, weights and neurons: the two conversions simulate alike."""
-    if len(a.network.layers) != len(b.network.layers):
-        return False
-    for layer_a, layer_b in zip(a.network.layers, b.network.layers):
-        if type(layer_a) is not type(layer_b):
-            return False
-        if getattr(layer_a, "neuron", None) != getattr(layer_b, "neuron", None):
-            return False
-        weights_a, weights_b = layer_a.get_weights(), layer_b.get_weights()
-        if len(weights_a) != len(weights_b) or any(
-            wa.shape != wb.shape or not np.array_equal(wa, wb)
-            for wa, wb in zip(weights_a, weights_b)
-        ):
-            return False
-    return True
-
-
 def main(_):
     x_train, y_train, x_calibration, x_eval, y_eval = common.load_flagged_dataset()
     print(f"machine: {common.machine()}")
@@ -100,12 +81,7 @@ def main(_):
           f"{len(x_train)} training images; {len(x_eval)} test images")
     for name, activation in itertools.product(FLAGS.models, FLAGS.activations):
         tag = activation if activation == "relu" else f"{activation}{FLAGS.levels}"
-        model, seconds = common.train_or_load(
-            lambda: common.build_architecture(name, activation, x_train.shape[1:], FLAGS.levels),
-            x_train, y_train,
-            FLAGS.epochs, FLAGS.model_dir,
-            f"{FLAGS.dataset}_{name}_{tag}_{FLAGS.train_items}x{FLAGS.epochs}",
-        )
+        model, seconds = common.train_or_load_flagged(name, activation, x_train, y_train)
         ann = common.ann_accuracy(model, x_eval, y_eval)
         print(f"\n{name} {tag}: ANN {100 * ann:.2f}% ({seconds:.0f} s training)", flush=True)
         if FLAGS.train_only:
@@ -129,7 +105,8 @@ def main(_):
                 print(f"| {label} (converted per T) | {cells} |", flush=True)
                 continue
             snn = keras_snn.convert_model(model, x_calibration, **options)
-            twin = next((name for name, other in simulated if same_network(snn, other)), None)
+            twin = next(
+                (name for name, other in simulated if common.same_network(snn, other)), None)
             if twin is not None:
                 print(f"| {label} | same network as \"{twin}\" |", flush=True)
                 continue

@@ -60,34 +60,18 @@ def delayed(outputs, skip):
     return total if skip == 0 else total - skip * outputs[:, skip - 1]
 
 
-def gap(correct, ann_correct):
-    """(SNN - ANN in points, its paired standard error in points)."""
-    diff = correct.astype(float) - ann_correct.astype(float)
-    return 100 * diff.mean(), 100 * diff.std(ddof=1) / np.sqrt(len(diff))
-
-
-def parse(setting):
-    steps, _, spike_max = setting.partition("x")
-    return int(steps), int(spike_max or 1)
-
-
 def main(_):
     x_train, y_train, x_calibration, x_eval, y_eval = common.load_flagged_dataset()
     print(f"machine: {common.machine()}")
     print(f"keras_snn {keras_snn.__version__}; {len(x_eval)} test images")
     for name, activation in itertools.product(FLAGS.models, FLAGS.activations):
         tag = f"{activation}{FLAGS.levels}"
-        model, seconds = common.train_or_load(
-            lambda: common.build_architecture(name, activation, x_train.shape[1:], FLAGS.levels),
-            x_train, y_train,
-            FLAGS.epochs, FLAGS.model_dir,
-            f"{FLAGS.dataset}_{name}_{tag}_{FLAGS.train_items}x{FLAGS.epochs}",
-        )
+        model, seconds = common.train_or_load_flagged(name, activation, x_train, y_train)
         ann_correct = model.predict(x_eval, verbose=0).argmax(-1) == y_eval
         print(f"\n{name} {tag} ({FLAGS.epochs} epochs, {seconds:.0f} s training): "
               f"ANN {100 * ann_correct.mean():.2f}%", flush=True)
         for setting in FLAGS.settings:
-            timesteps, spike_max = parse(setting)
+            timesteps, spike_max = common.parse_setting(setting)
             with common.Timer() as timer:
                 snn = keras_snn.convert_model(
                     model, x_calibration, timesteps=timesteps, spike_max=spike_max)
@@ -95,7 +79,7 @@ def main(_):
             cells = []
             for skip in range(timesteps):
                 correct = delayed(outputs, skip).argmax(-1) == y_eval
-                difference, error = gap(correct, ann_correct)
+                difference, error = common.paired_gap(correct, ann_correct)
                 cells.append(f"k={skip}: {100 * correct.mean():.2f} ({difference:+.2f} "
                              f"+- {error:.2f})")
             print(f"  T={timesteps} spike_max={spike_max} ({timer.seconds:.0f} s): "

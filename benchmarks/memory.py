@@ -11,13 +11,16 @@ run's allocations cannot hide another's.
   `keras_predict` (Keras's own predict loop, for comparison), with the
   default (autotuned) loop or the one `--loop` fixes. The growth over the
   smallest T is compared with the size of what the call returns;
-  `--malloc_arena_max` caps glibc's malloc arenas in the measured processes.
+  `--malloc_arena_max` caps glibc's malloc arenas in the measured processes;
+  `--repeats` measures every cell in that many fresh processes and compares
+  the means (and the extremes).
 - training: one `fit` epoch of the VGG6 SNN (DIET-SNN's network) on
   `--train_items` images, batch 64, at several T; the slope is the memory per
   step, from which the largest T that fits in 24 GiB is extrapolated.
 
     python benchmarks/memory.py
     python benchmarks/memory.py --inference_steps 50,500,2000,5000 --batch_sizes 250,1000
+    python benchmarks/memory.py --inference_steps 50,5000 --repeats 3 --training_steps ''
 """
 
 import json
@@ -39,6 +42,10 @@ flags.DEFINE_list("inference_steps", ["50", "500", "2000"], "Inference T values.
 flags.DEFINE_list(
     "modes", ["simulate", "predict", "predict_final"],
     "Inference calls: simulate, predict, predict_final, keras_predict.",
+)
+flags.DEFINE_integer(
+    "repeats", 1,
+    "Fresh processes per inference cell: the peak varies between identical runs (RESULTS.md).",
 )
 flags.DEFINE_integer("parallel_steps", 10, "SpikingModel parallel_steps for inference.")
 flags.DEFINE_enum(
@@ -143,23 +150,30 @@ def main(_):
         print("| call | " + " | ".join(f"T={t}" for t in steps) + " |")
         print("|---|" + "---|" * len(steps))
         for mode in FLAGS.modes:
-            points = [
-                measure(mode, t, items, batch, FLAGS.parallel_steps, FLAGS.loop)
+            # runs[i][j]: the j-th fresh process at steps[i].
+            runs = [
+                [measure(mode, t, items, batch, FLAGS.parallel_steps, FLAGS.loop)
+                 for _ in range(FLAGS.repeats)]
                 for t in steps
             ]
+            peaks = [[run["peak"] for run in cell] for cell in runs]
+            means = [sum(cell) / len(cell) for cell in peaks]
             cells = []
-            for point in points:
-                growth = point["peak"] - points[0]["peak"]
+            for cell, mean, peak in zip(runs, means, peaks):
+                spread = "" if len(peak) == 1 else (
+                    f" [{', '.join(f'{p:.0f}' for p in peak)}]")
+                pools = "/".join(f"{run['pool']:.0f}" for run in cell)
                 cells.append(
-                    f"{point['peak']:.0f} ({growth:+.0f}; returns {point['returned']:.1f}; "
-                    f"pool {point['pool']:.0f})"
+                    f"{mean:.0f}{spread} ({mean - means[0]:+.0f}; returns "
+                    f"{cell[0]['returned']:.1f}; pool {pools})"
                 )
             print(f"| {mode} | " + " | ".join(cells) + " |")
-            first, last = points[0], points[-1]
-            print(f"\n{mode}: peak T={steps[-1]} / T={steps[0]} = "
-                  f"{last['peak'] / first['peak']:.3f}; growth {last['peak'] - first['peak']:.0f} "
-                  f"MiB against {last['returned'] - first['returned']:.1f} MiB more returned "
-                  f"(after convert_model: {first['converted']:.0f} MiB)\n")
+            returned_more = runs[-1][0]["returned"] - runs[0][0]["returned"]
+            print(f"\n{mode}: mean peak T={steps[-1]} / T={steps[0]} = "
+                  f"{means[-1] / means[0]:.3f} (extremes {min(peaks[-1]) / max(peaks[0]):.3f}"
+                  f"-{max(peaks[-1]) / min(peaks[0]):.3f}); growth {means[-1] - means[0]:.0f} "
+                  f"MiB against {returned_more:.1f} MiB more returned "
+                  f"(after convert_model: {runs[0][0]['converted']:.0f} MiB)\n")
     if not [t for t in FLAGS.training_steps if t]:
         return
     print("| training (VGG6 SNN, batch 64) | T | peak RSS (MiB) |\n|---|---|---|")
