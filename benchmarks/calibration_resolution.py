@@ -16,8 +16,11 @@ reported once.
         --model_dir /tmp/lowlat_models --models conv_mnist,resnet_small,vgg_small \
         --activations relu,qcfs --settings 16,32,8x2 --test_items 2000
 
-Models are trained (or loaded from `--model_dir`) under the names
-`benchmarks/low_latency_deep.py` gives them.
+Models are trained (or loaded from `--model_dir`) by
+`benchmarks.common.train_or_load_flagged`, under the names that
+`low_latency_deep.py` and `conversion_defaults.py` share. Each cell also gives
+the conversion's seconds: calibrating simulates the network once or twice per
+layer, so its cost grows with T.
 """
 
 import itertools
