@@ -122,6 +122,11 @@ class _Observed:
             self.steady = seconds if self.steady is None else min(self.steady, seconds)
         self.units += 1
 
+    @property
+    def compiling(self):
+        """The first unit's time beyond the steady one (0 until a second unit ran)."""
+        return 0.0 if self.steady is None else max(self.first - self.steady, 0.0)
+
 
 class LoopTuner:
     """Times a model's loop variants and keeps the fastest per input signature.
@@ -138,9 +143,6 @@ class LoopTuner:
         self._variants = {}
         self._signatures = {}
         self._observed = {}
-        # The longest compilation seen on the model's own loop, for any
-        # signature: a signature whose loop was traced already shows none.
-        self._compile_seconds = 0.0
 
     def variant(self, name):
         """The SpikingModel that runs variant `name` (sharing the network)."""
@@ -167,7 +169,7 @@ class LoopTuner:
             return False
         if observed.units + remaining < MIN_UNITS_PER_CANDIDATE * len(self._names):
             return False
-        tuning = (len(self._names) - 1) * self._compile_seconds
+        tuning = (len(self._names) - 1) * self._compile_seconds()
         return tuning <= TUNING_BUDGET * max(remaining, observed.units) * observed.steady
 
     def tuning(self, signature):
@@ -176,11 +178,14 @@ class LoopTuner:
 
     def observe(self, signature, seconds):
         """Records a timed unit that ran untuned on the model's own loop."""
-        observed = self._observed.setdefault(signature, _Observed())
-        observed.record(seconds)
-        if observed.steady is not None:
-            compiling = max(observed.first - observed.steady, 0.0)
-            self._compile_seconds = max(self._compile_seconds, compiling)
+        self._observed.setdefault(signature, _Observed()).record(seconds)
+
+    def _compile_seconds(self):
+        """The longest compilation seen on the model's own loop, for any signature.
+
+        Any: a signature whose loop was traced already shows none.
+        """
+        return max((o.compiling for o in self._observed.values()), default=0.0)
 
     def run(self, signature, call, timed=True):
         """`call(variant_model)` on the variant due for this signature; returns its result.

@@ -9,11 +9,12 @@ returned). For an in-memory array the model's `predict` runs each batch in
 chunks of steps instead, carrying the neuron states from one chunk to the
 next (so the result equals one long run), and copies every chunk's readout
 into one preallocated NumPy array. What predict holds for the readout beyond
-its result is then one chunk's readout, a few MiB whatever T is (measured in
-benchmarks/RESULTS.md, "Memory": what the process grows beyond the result is
-TensorFlow's allocator pool, as in `simulate`, which returns nothing per
-step). The chunks are also the units on which `keras_snn.autotune` times the
-loop variants.
+its result is then one chunk's readout, a few MiB whatever T is. Running a
+batch as several calls of the loop still touches more of TensorFlow's
+allocator pool than `simulate`'s single loop does: for Conv MNIST at batch
+250 about 240 MiB more at T=2000-5000, not yet removed (benchmarks/RESULTS.md,
+"Memory", issue 22). The chunks are also the units on which
+`keras_snn.autotune` times the loop variants.
 
 Everything else (datasets and generators, `steps`, stateful models, event
 input whose frames already hold T steps, a `tf.distribute` strategy) goes
