@@ -268,6 +268,11 @@ def define_qrelu_training_flags(test_items):
     flags.DEFINE_integer("seed", 0, "Training seed (cached under its own name unless 0).")
 
 
+def activation_tag(activation):
+    """"relu", or the QReLU kind with its levels ("qrelu8", "qcfs8"), as the flags say."""
+    return activation if activation == "relu" else f"{activation}{flags.FLAGS.levels}"
+
+
 def train_or_load_flagged(name, activation, x_train, y_train):
     """(model, training seconds) of architecture `name` with `activation`, as the flags say.
 
@@ -275,7 +280,7 @@ def train_or_load_flagged(name, activation, x_train, y_train):
     (with `_seed<N>` for a seed other than 0), so every script shares the ANNs.
     """
     f = flags.FLAGS
-    tag = activation if activation == "relu" else f"{activation}{f.levels}"
+    tag = activation_tag(activation)
     suffix = f"_seed{f.seed}" if f.seed else ""
     return train_or_load(
         lambda: build_architecture(name, activation, x_train.shape[1:], f.levels),

@@ -80,7 +80,7 @@ def main(_):
     print(f"keras_snn {keras_snn.__version__}; ANNs: {FLAGS.epochs} epochs on the first "
           f"{len(x_train)} training images; {len(x_eval)} test images")
     for name, activation in itertools.product(FLAGS.models, FLAGS.activations):
-        tag = activation if activation == "relu" else f"{activation}{FLAGS.levels}"
+        tag = common.activation_tag(activation)
         model, seconds = common.train_or_load_flagged(name, activation, x_train, y_train)
         ann = common.ann_accuracy(model, x_eval, y_eval)
         print(f"\n{name} {tag}: ANN {100 * ann:.2f}% ({seconds:.0f} s training)", flush=True)

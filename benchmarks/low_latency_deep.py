@@ -65,7 +65,7 @@ def main(_):
     print(f"machine: {common.machine()}")
     print(f"keras_snn {keras_snn.__version__}; {len(x_eval)} test images")
     for name, activation in itertools.product(FLAGS.models, FLAGS.activations):
-        tag = f"{activation}{FLAGS.levels}"
+        tag = common.activation_tag(activation)
         model, seconds = common.train_or_load_flagged(name, activation, x_train, y_train)
         ann_correct = model.predict(x_eval, verbose=0).argmax(-1) == y_eval
         print(f"\n{name} {tag} ({FLAGS.epochs} epochs, {seconds:.0f} s training): "

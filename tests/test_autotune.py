@@ -94,6 +94,19 @@ def test_untimed_units_run_the_current_choice_and_do_not_count(monkeypatch):
     }
 
 
+# Unit costs and the signature of the FakeDriver tests: unfused is the fastest.
+DRIVER_COSTS = {"fused": 1.0, "unfused": 0.5, "xla": 2.0}
+SIGNATURE = ("simulate", 8, 3, (5, 5, 1), "float32")
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """The tuner's clock replaced by a FakeClock."""
+    fake = FakeClock()
+    monkeypatch.setattr(autotune, "_clock", fake)
+    return fake
+
+
 class FakeDriver:
     """Runs units of one model through `tuner_for` as simulate does, on a fake clock.
 
@@ -101,7 +114,7 @@ class FakeDriver:
     first time v runs (its compilation).
     """
 
-    def __init__(self, snn, clock, costs, compile_seconds=0.0):
+    def __init__(self, snn, clock, compile_seconds=0.0, costs=DRIVER_COSTS):
         self.snn, self.clock, self.costs = snn, clock, costs
         self.compile_seconds = compile_seconds
         self.compiled = set()
@@ -125,22 +138,18 @@ class FakeDriver:
         return ran
 
 
-def test_tuning_starts_when_compiling_the_candidates_pays(monkeypatch):
-    clock = FakeClock()
-    monkeypatch.setattr(autotune, "_clock", clock)
-    costs = {"fused": 1.0, "unfused": 0.5, "xla": 2.0}
-    signature = ("simulate", 8, 3, (5, 5, 1), "float32")
+def test_tuning_starts_when_compiling_the_candidates_pays(clock):
     # Compiling costs 10 s, a unit 1 s: tuning (two more compilations, 20 s)
     # pays only for 20 / TUNING_BUDGET = 200 units of remaining work.
     short = keras_snn.SpikingModel(_network(), timesteps=3)
-    ran = FakeDriver(short, clock, costs, compile_seconds=10.0).run(signature, 150)
+    ran = FakeDriver(short, clock, compile_seconds=10.0).run(SIGNATURE, 150)
     assert set(ran) == {"fused"}
     report = short.loop_choices["simulate: batch 8, 3 steps, input (5, 5, 1) float32"]
     assert report == {"chosen": None, "seconds": {},
                       "units": {"fused": 150, "unfused": 0, "xla": 0}}
 
     long = keras_snn.SpikingModel(_network(), timesteps=3)
-    ran = FakeDriver(long, clock, costs, compile_seconds=10.0).run(signature, 300)
+    ran = FakeDriver(long, clock, compile_seconds=10.0).run(SIGNATURE, 300)
     # Two units on the own loop measure its compilation and steady time;
     # from the third on (298 units left) the candidates are compiled and timed.
     rounds = 3 * (1 + autotune.TIMED_ROUNDS)
@@ -152,36 +161,28 @@ def test_tuning_starts_when_compiling_the_candidates_pays(monkeypatch):
     assert report["units"] == {"fused": 2 + 3, "unfused": 300 - 5 - 3, "xla": 3}
 
 
-def test_repeated_short_runs_and_runs_of_unknown_length_get_tuned(monkeypatch):
-    clock = FakeClock()
-    monkeypatch.setattr(autotune, "_clock", clock)
-    costs = {"fused": 1.0, "unfused": 0.5, "xla": 2.0}
-    signature = ("simulate", 8, 3, (5, 5, 1), "float32")
-    driver = FakeDriver(keras_snn.SpikingModel(_network(), timesteps=3), clock, costs, 10.0)
+def test_repeated_short_runs_and_runs_of_unknown_length_get_tuned(clock):
+    driver = FakeDriver(keras_snn.SpikingModel(_network(), timesteps=3), clock, 10.0)
     # 60-unit runs: none alone pays for 20 s of compiling, but after four of
     # them the signature has run 240 units and as many again are expected.
     for _ in range(3):
-        assert set(driver.run(signature, 60)) == {"fused"}
-    ran = driver.run(signature, 60)
+        assert set(driver.run(SIGNATURE, 60)) == {"fused"}
+    ran = driver.run(SIGNATURE, 60)
     assert ran[0] == "fused" and "xla" in ran and ran[-1] == "unfused"
 
     # A dataset of unknown length (units None) is tuned once its own units pay.
-    other = FakeDriver(keras_snn.SpikingModel(_network(), timesteps=3), clock, costs, 10.0)
-    ran = other.run(signature, None, run_units=260)
+    other = FakeDriver(keras_snn.SpikingModel(_network(), timesteps=3), clock, 10.0)
+    ran = other.run(SIGNATURE, None, run_units=260)
     first_tuned = ran.index("unfused")
     assert 200 <= first_tuned <= 202 and ran[-1] == "unfused"
 
 
-def test_short_runs_are_not_tuned_even_without_compilation(monkeypatch):
-    clock = FakeClock()
-    monkeypatch.setattr(autotune, "_clock", clock)
-    costs = {"fused": 1.0, "unfused": 0.5, "xla": 2.0}
-    signature = ("simulate", 8, 3, (5, 5, 1), "float32")
+def test_short_runs_are_not_tuned_even_without_compilation(clock):
     enough = autotune.MIN_UNITS_PER_CANDIDATE * 3
-    short = FakeDriver(keras_snn.SpikingModel(_network(), timesteps=3), clock, costs)
-    assert set(short.run(signature, enough - 1)) == {"fused"}
-    enough_units = FakeDriver(keras_snn.SpikingModel(_network(), timesteps=3), clock, costs)
-    assert enough_units.run(signature, enough)[-1] == "unfused"
+    short = FakeDriver(keras_snn.SpikingModel(_network(), timesteps=3), clock)
+    assert set(short.run(SIGNATURE, enough - 1)) == {"fused"}
+    enough_units = FakeDriver(keras_snn.SpikingModel(_network(), timesteps=3), clock)
+    assert enough_units.run(SIGNATURE, enough)[-1] == "unfused"
 
 
 def test_simulate_tunes_and_gives_the_untuned_numbers(monkeypatch):
