@@ -6,8 +6,8 @@ run's allocations cannot hide another's.
 - inference: the Conv MNIST SNN (untrained weights: memory does not depend on
   them) on `--batches` batches of random images, for every T in
   `--inference_steps` and batch size in `--batch_sizes`, through `simulate`
-  (sums only), `predict` (the `(batch, T, 10)` readout, written in chunks of
-  steps into the returned array), `predict` with `readout_every="final"` and
+  (sums only), `predict` (the `(batch, T, 10)` readout, written in place by
+  the loop into the returned array), `predict` with `readout_every="final"` and
   `keras_predict` (Keras's own predict loop, for comparison), with the
   default (autotuned) loop or the one `--loop` fixes. The growth over the
   smallest T is compared with the size of what the call returns;

@@ -10,14 +10,14 @@ size and what else the machine is running (benchmarks/RESULTS.md, "Simulator
 speed"), so no fixed default is best everywhere.
 
 A `SpikingModel` whose `xla` or `fused_neurons` is left at None ("auto")
-gets a `LoopTuner`. The drivers that run many units (`simulate`, whose units
-are batches, and `predict` on arrays, whose units are chunks of steps) run
-them through `tuner_for`. Tuning costs the compilation of every other
-candidate, seconds to tens of seconds for a large network, which a short run
-never earns back (MobileNetV2 for 25 batches: 71 s tuned against 25 s
-untuned, benchmarks/RESULTS.md). So a run starts on the model's own loop
-("fused" by default), timing its units: the first unit of a signature holds
-the loop's compilation, the later ones its steady cost. Tuning starts once
+gets a `LoopTuner`. The drivers that run many units (`simulate` and
+`predict` on arrays, whose units are batches) run them through `tuner_for`.
+Tuning costs the compilation of every other candidate, seconds to tens of
+seconds for a large network, which a short run never earns back (MobileNetV2
+for 25 batches: 71 s tuned against 25 s untuned, benchmarks/RESULTS.md). So
+a run starts on the model's own loop ("fused" by default), timing its units:
+the first unit of a signature holds the loop's compilation, the later ones
+its steady cost. Tuning starts once
 compiling the other candidates (each estimated at the own loop's compilation)
 would cost at most `TUNING_BUDGET` of the work still expected (this run's
 remaining units, or as many again as the signature has run, whichever is

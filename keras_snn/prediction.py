@@ -1,20 +1,19 @@
-"""`SpikingModel.predict` on arrays: the readout written straight into its output.
+"""`SpikingModel.predict` on arrays: the loop writes the readout in place into its output.
 
 Keras's predict keeps every batch's `(batch, T, classes)` readout in a list
 and concatenates them at the end, so the whole readout exists twice; inside
-each batch's compiled loop the per-step readouts are stacked and transposed,
-two more copies of that batch's share. At long T the readout is what
-dominates inference memory (issue 22: predict grew by three times what it
-returned). For an in-memory array the model's `predict` runs each batch in
-chunks of steps instead, carrying the neuron states from one chunk to the
-next (so the result equals one long run), and copies every chunk's readout
-into one preallocated NumPy array. What predict holds for the readout beyond
-its result is then one chunk's readout, a few MiB whatever T is. Running a
-batch as several calls of the loop still touches more of TensorFlow's
-allocator pool than `simulate`'s single loop does: for Conv MNIST at batch
-250 about 240 MiB more at T=2000-5000, not yet removed (benchmarks/RESULTS.md,
-"Memory", issue 22). The chunks are also the units on which
-`keras_snn.autotune` times the loop variants.
+each batch's compiled loop the per-step readouts are collected, stacked and
+transposed, more copies of that batch's share. At long T the readout is
+what dominates inference memory (issue 22). For an in-memory array the
+model's `predict` instead allocates the whole `(N, T / readout_every,
+classes)` result once, as a TensorFlow variable, and every batch's loop
+writes each kept step's readout into its rows as it runs; the returned NumPy
+array is that variable's memory. Each batch runs as one call of the loop
+that starts at rest: carrying neuron states from call to call (an earlier
+version ran batches in chunks of steps) keeps a second set of states alive
+and made TensorFlow's allocator pool twice as large (benchmarks/RESULTS.md,
+"Memory"). The batches are the units on which `keras_snn.autotune` times the
+loop variants.
 
 Everything else (datasets and generators, `steps`, stateful models, event
 input whose frames already hold T steps, a `tf.distribute` strategy) goes
@@ -29,16 +28,14 @@ import tensorflow as tf
 
 from keras_snn import autotune
 
-# A chunk's readout (batch x steps x classes) is kept under this size.
-_CHUNK_BYTES = 4 * 2**20
 _DEFAULT_BATCH_SIZE = 32  # Keras's predict default
 
-# Compiled chunk runners, per model (weak keys: they go with the model).
-_CHUNK_RUNNERS = weakref.WeakKeyDictionary()
+# Compiled batch runners, per model (weak keys: they go with the model).
+_BATCH_RUNNERS = weakref.WeakKeyDictionary()
 
 
-def runs_in_chunks(model, x, steps):
-    """Whether `predict(x, steps=steps)` on `model` takes the chunked path."""
+def runs_in_place(model, x, steps):
+    """Whether `predict(x, steps=steps)` on `model` writes its readout in place."""
     return (
         isinstance(x, (np.ndarray, tf.Tensor))
         and steps is None
@@ -49,29 +46,14 @@ def runs_in_chunks(model, x, steps):
     )
 
 
-def chunk_steps(timesteps, readout_every, batch_size, readout_step_bytes):
-    """Steps per chunk: a multiple of `readout_every`, its readout under _CHUNK_BYTES.
-
-    `readout_step_bytes` is one sample's readout at one step. The chunks run
-    `timesteps` steps in all (the last chunk may be shorter); with
-    `readout_every` dividing `timesteps` every chunk keeps whole periods.
-
-    >>> chunk_steps(5000, 1, 250, 40)
-    419
-    >>> chunk_steps(5000, 5000, 250, 40)  # readout_every="final": one chunk
-    5000
-    """
-    kept_per_chunk = max(1, _CHUNK_BYTES // (batch_size * readout_step_bytes * readout_every))
-    return min(timesteps, kept_per_chunk * readout_every)
-
-
-def predict_in_chunks(model, x, batch_size=None, verbose="auto", callbacks=None):
-    """`model.predict(x)` for an array `x`, in chunks of steps; see the module docstring.
+def predict_in_place(model, x, batch_size=None, verbose="auto", callbacks=None):
+    """`model.predict(x)` for an array `x`, written in place; see the module docstring.
 
     Returns the same `(N, T / readout_every, classes)` NumPy array as Keras's
     predict; callbacks receive `on_predict_begin`, `on_predict_batch_begin`,
-    `on_predict_batch_end` (logs `{"outputs": batch readout}`) and
-    `on_predict_end`, and `verbose` shows Keras's progress bar.
+    `on_predict_batch_end` and `on_predict_end`, and `verbose` shows Keras's
+    progress bar. As in Keras the batch-end logs hold the batch's readout
+    (`{"outputs": ...}`), a copy made only when callbacks were passed.
     """
     from keras_snn.spiking_model import _check_readout_every
 
@@ -84,71 +66,88 @@ def predict_in_chunks(model, x, batch_size=None, verbose="auto", callbacks=None)
     model._check_input_dtype(x.dtype)
     model._check_input_shape(tuple(x.shape))
     samples = int(x.shape[0])
-    timesteps = model.timesteps
-    every = _check_readout_every(model.readout_every, timesteps)
+    every = _check_readout_every(model.readout_every, model.timesteps)
     batches = -(-samples // batch_size)
+    logs_outputs = bool(callbacks)
     callbacks = keras.callbacks.CallbackList(
         callbacks, add_progbar=verbose != 0, verbose=verbose, epochs=1, steps=batches,
         model=model,
     )
     classes = tuple(model.compute_output_shape((None,) + tuple(x.shape[1:]))[2:])
-    dtype = np.dtype(model.compute_dtype)
-    output = np.empty((samples, timesteps // every) + classes, dtype)
-    steps = chunk_steps(
-        timesteps, every, batch_size, dtype.itemsize * max(1, int(np.prod(classes)))
-    )
-    # Loop variants timed on the first full chunks (keras_snn.autotune).
-    signature = autotune.signature("predict", batch_size, steps, x)
-    runner = autotune.tuner_for(model, signature, (samples // batch_size) * (timesteps // steps))
+    buffer = _zeroed_buffer((samples, model.timesteps // every) + classes, model.compute_dtype)
+    # Loop variants timed on the first full batches (keras_snn.autotune).
+    signature = autotune.signature("predict", batch_size, model.timesteps, x)
+    runner = autotune.tuner_for(model, signature, samples // batch_size)
     callbacks.on_predict_begin()
     for index in range(batches):
         callbacks.on_predict_batch_begin(index)
         start = index * batch_size
         inputs = tf.convert_to_tensor(x[start : start + batch_size])
         rows = int(inputs.shape[0])
-        states = model._initial_states(rows)
-        for done in range(0, timesteps, steps):
-            length = min(steps, timesteps - done)
 
-            def run(variant, states=states, done=done, length=length):
-                runner = _chunk_runner(variant, every, inputs, states)
-                readout, states = runner(inputs, states, tf.constant(done), tf.constant(length))
-                return readout.numpy(), states
+        def run(variant, inputs=inputs, start=start):
+            _batch_runner(variant, every, inputs, buffer)(inputs, buffer, tf.constant(start))
 
-            timed = rows == batch_size and length == steps
-            readout, states = runner.run(run, timed=timed)
-            kept = done // every
-            output[start : start + rows, kept : kept + length // every] = readout
-        callbacks.on_predict_batch_end(index, {"outputs": output[start : start + rows]})
+        runner.run(run, timed=rows == batch_size)
+        # A gather copies the batch's rows only: after the loop's scatters a
+        # dense read would copy the whole buffer (copy-on-read mode).
+        logs = {}
+        if logs_outputs:
+            logs["outputs"] = buffer.sparse_read(tf.range(start, start + rows)).numpy()
+        callbacks.on_predict_batch_end(index, logs)
     callbacks.on_predict_end()
-    return output
+    return _as_numpy(buffer)
 
 
-def _chunk_runner(model, every, inputs, states):
-    """`run(inputs, states, first_step, steps) -> (readout, states)`, traced once.
+def _zeroed_buffer(shape, dtype):
+    """A variable of zeros of `shape`, its first two dimensions left free for tracing."""
+    return tf.Variable(
+        tf.zeros(shape, dtype), shape=tf.TensorShape([None, None] + list(shape[2:])),
+        trainable=False,
+    )
 
-    Traced with the batch dimension and the number of steps left free, so
-    the full chunks, the shorter last chunk and a smaller last batch all run
-    one graph: a second traced loop would cost more memory than a chunk's
-    readout. One per model, `readout_every` and input dtype.
+
+def _as_numpy(buffer):
+    """The variable's values as a writable NumPy array sharing its memory.
+
+    After in-place writes a variable copies its whole buffer on every dense
+    read (TensorFlow's copy-on-read mode, which protects readers from later
+    writes); there are no later writes here, so the mode is turned off and the
+    read value is the buffer itself. `Tensor.numpy()` would copy it again
+    (tensors are immutable); nothing else holds the buffer once this function
+    returns, so its memory is handed over. Where that is not possible
+    (another device) it is copied.
     """
-    cache = _CHUNK_RUNNERS.setdefault(model, {})
+    tf.raw_ops.DisableCopyOnRead(resource=buffer.handle)
+    values = buffer.read_value()
+    del buffer
+    array = values._numpy()  # pylint: disable=protected-access
+    if not (isinstance(array, np.ndarray) and array.flags.writeable):
+        array = np.array(array)
+    return array
+
+
+def _batch_runner(model, every, inputs, buffer):
+    """`run(inputs, buffer, first_row)`: one batch's loop writing into `buffer`, traced once.
+
+    Traced with the batch dimension and the buffer's first two dimensions
+    free, so every batch, a smaller last batch and later calls with other
+    sample counts run one graph: a second traced loop costs more memory than
+    a batch's readout. One per model, `readout_every` and input dtype.
+    """
+    cache = _BATCH_RUNNERS.setdefault(model, {})
     key = (every, inputs.dtype)
     if key not in cache:
         owner = weakref.ref(model)
 
-        def run(inputs, states, first_step, steps):
-            result = owner()._execute(
-                inputs, steps, record=None, readout_every=every, states=states,
-                first_step=first_step,
+        def run(inputs, buffer, first_row):
+            owner()._execute(
+                inputs, None, record=None, readout_every=every,
+                readout_into=(buffer, first_row),
             )
-            return result["readout"], result["states"]
 
-        def any_batch(tensor):
-            return tf.TensorSpec([None] + list(tensor.shape[1:]), tensor.dtype)
-
-        scalar = tf.TensorSpec([], tf.int32)
+        batch = tf.TensorSpec([None] + list(inputs.shape[1:]), inputs.dtype)
         cache[key] = tf.function(run).get_concrete_function(
-            any_batch(inputs), tf.nest.map_structure(any_batch, states), scalar, scalar
+            batch, buffer, tf.TensorSpec([], tf.int32)
         )
     return cache[key]

@@ -214,7 +214,7 @@ class SpikingModel(keras.Model):
         A dict from a signature's text ("simulate: batch 100, 50 steps, input
         (28, 28, 1) float32") to `{"chosen": variant, or None while tuning or
         when tuning has not paid yet, "seconds": best timed seconds per
-        variant, "units": batches or chunks run on each}`; empty when the
+        variant, "units": batches run on each}`; empty when the
         options fix the variant. See `keras_snn.autotune`.
         """
         return {} if self._tuner is None else self._tuner.choices()
@@ -258,17 +258,13 @@ class SpikingModel(keras.Model):
         return frames if timesteps is None else timesteps
 
     def _execute(self, inputs, timesteps, record, training=False, labels=None,
-                 readout_every=None, states=None, first_step=None):
-        """Run the loop on checked inputs; `record` as for `TimeLoop.run`.
+                 readout_every=None, readout_into=None):
+        """Run the loop on checked inputs; `record` and `readout_into` as for `TimeLoop.run`.
 
-        `states` and `first_step` continue a non-stateful model's run from a
-        previous call's final states (chunked prediction); by default the
-        run starts at rest, or from the stored state of a stateful model.
+        The run starts at rest, or from the stored state of a stateful model.
         """
         inputs = self._standardize_inputs(inputs)
-        if tf.is_tensor(timesteps):
-            pass  # a chunk of a prediction (keras_snn.prediction): checked there
-        elif self._plan.sequence_input and inputs.shape[1] is None and timesteps is None:
+        if self._plan.sequence_input and inputs.shape[1] is None and timesteps is None:
             timesteps = tf.shape(inputs)[1]  # unknown frame count: all frames
         else:
             timesteps = self.timesteps_for(inputs.shape, timesteps)
@@ -282,17 +278,20 @@ class SpikingModel(keras.Model):
                     f"{self.batch_size}; received a batch of {inputs.shape[0]}."
                 )
             states, first_step = self._state.read()
-        elif states is None:
+        else:
             states = self._initial_states(tf.shape(inputs)[0])
             first_step = tf.constant(0)
         masks = {}
         if training and self.dropout:
             masks = self._time_loop.dropout_masks(tf.shape(inputs)[0], self.dropout)
         result = self._loop(
-            inputs, timesteps, record, states, first_step, masks, labels, readout_every
+            inputs, timesteps, record, states, first_step, masks, labels, readout_every,
+            readout_into,
         )
         if self.stateful:
             self._state.write(result["states"], first_step + timesteps)
+        if readout_into is not None:
+            self._propagate_nonfinite_into(inputs, *readout_into)
         if "readout" in result:
             if self.head is not None:
                 result["readout"] = self._apply_head(result["readout"])
@@ -386,8 +385,7 @@ class SpikingModel(keras.Model):
             # (j + 1) * readout_every - 1.
             bad = bad[:, readout_every - 1::readout_every][:, : tf.shape(readout)[1]]
         else:
-            flat = tf.reshape(inputs, [tf.shape(inputs)[0], -1])
-            bad = tf.logical_not(tf.reduce_all(tf.math.is_finite(flat), axis=-1))
+            bad = _nonfinite_samples(inputs)
             bad = tf.broadcast_to(bad[:, None], tf.shape(readout)[:2])
         # (batch, T) -> (batch, T, 1, ...) to broadcast over the readout's shape.
         trailing = tf.ones([tf.rank(readout) - 2], tf.int32)
@@ -399,6 +397,22 @@ class SpikingModel(keras.Model):
             lambda: tf.where(bad, tf.constant(float("nan"), readout.dtype), readout),
             lambda: readout,
         )
+
+    def _propagate_nonfinite_into(self, inputs, buffer, first_row):
+        """`_propagate_nonfinite` for a readout written in place (static input only).
+
+        NaN over the whole row of every sample whose input holds a NaN or an
+        infinity; nothing is written when none does.
+        """
+        rows = tf.cast(tf.where(_nonfinite_samples(inputs)), tf.int32) + first_row
+
+        def fill():
+            nan = tf.fill(tf.concat([tf.shape(rows)[:1], tf.shape(buffer)[1:]], 0),
+                          tf.constant(float("nan"), buffer.dtype))
+            buffer.scatter_nd_update(rows, nan)
+            return tf.constant(True)
+
+        return tf.cond(tf.size(rows) > 0, fill, lambda: tf.constant(False))
 
     def _apply_head(self, readout):
         """The ANN head on every step's readout: (batch, T, ...) -> (batch, T, ...)."""
@@ -514,14 +528,14 @@ class SpikingModel(keras.Model):
         """`keras.Model.predict`: the `(N, T / readout_every, classes)` readout.
 
         For an array or tensor `x` (a non-stateful model with static input,
-        outside a `tf.distribute` scope) each batch runs in chunks of steps
-        whose readout goes straight into the returned array
-        (`keras_snn.prediction`), instead of Keras's loop, which holds the
-        readout two to three times. The numbers are the same. Other inputs
-        (datasets, generators, `steps`) use Keras's predict.
+        outside a `tf.distribute` scope) the loop writes every batch's readout
+        in place into the returned array (`keras_snn.prediction`), instead
+        of Keras's loop, which holds the readout three to four times. The
+        numbers are the same. Other inputs (datasets, generators, `steps`)
+        use Keras's predict.
         """
-        if prediction.runs_in_chunks(self, x, steps):
-            return prediction.predict_in_chunks(self, x, batch_size, verbose, callbacks)
+        if prediction.runs_in_place(self, x, steps):
+            return prediction.predict_in_place(self, x, batch_size, verbose, callbacks)
         return super().predict(
             x, batch_size=batch_size, verbose=verbose, steps=steps, callbacks=callbacks
         )
@@ -757,6 +771,12 @@ def _check_synapse_dtype(value):
             f"received {value!r}."
         )
     return name
+
+
+def _nonfinite_samples(inputs):
+    """(batch,) bool: the samples whose static input holds a NaN or an infinity."""
+    flat = tf.reshape(inputs, [tf.shape(inputs)[0], -1])
+    return tf.logical_not(tf.reduce_all(tf.math.is_finite(flat), axis=-1))
 
 
 def _check_readout_every(value, timesteps=None):

@@ -71,7 +71,7 @@ class TimeLoop:
         return masks
 
     def run(self, inputs, timesteps, record, states, first_step, masks, labels=None,
-            readout_every=1):
+            readout_every=1, readout_into=None):
         """Simulate `timesteps` steps from `states`. Returns a dict of tensors.
 
         `record` says what the loop keeps besides the final states:
@@ -85,6 +85,13 @@ class TimeLoop:
           layers), whatever the batch (`simulate`).
         `first_step` is the step count before this call (streaming input);
         `masks` maps layer keys to dropout masks (training only).
+
+        `readout_into` (with `record` None): a `(variable, first_row)` pair.
+        The kept readouts, through the head, are then written in place into
+        rows `first_row ...` of the variable, `(N, T / readout_every,
+        classes)`, as the loop runs, and the result holds no readout: no
+        per-step tensors are collected, stacked and transposed (three copies
+        of the readout at the end of a long run; `keras_snn.prediction`).
         """
         plan = self.plan
         batch_size = tf.shape(inputs)[0]
@@ -146,12 +153,26 @@ class TimeLoop:
                 events_ta = events_ta.write(step, _stack(events, batch_size))
                 counts_ta = counts_ta.write(step, _stack(counts, batch_size))
             readout = values[plan.output_key]
+
+            def keep(position):
+                if readout_into is None:
+                    return readout_ta.write(position, readout)
+                buffer, first_row = readout_into
+                kept = readout if self.head is None else self.head(readout)
+                # A scatter, not a slice assignment: XLA needs a slice's
+                # bounds at compile time, and the rows and step are not.
+                where = tf.stack(
+                    [tf.range(batch_size) + first_row, tf.fill([batch_size], position)], axis=1
+                )
+                buffer.scatter_nd_update(where, tf.cast(kept, buffer.dtype))
+                return readout_ta
+
             if isinstance(readout_every, int) and readout_every == 1:
-                readout_ta = readout_ta.write(step, readout)
+                readout_ta = keep(step)
             else:  # only every k-th step's readout is kept
                 readout_ta = tf.cond(
                     (step + 1) % readout_every == 0,
-                    lambda: readout_ta.write((step + 1) // readout_every - 1, readout),
+                    lambda: keep((step + 1) // readout_every - 1),
                     lambda: readout_ta,
                 )
             return step + 1, new_states, readout_ta, ops_ta, events_ta, counts_ta
@@ -160,15 +181,17 @@ class TimeLoop:
             return tf.TensorArray(self.dtype, size=size)
 
         kept = timesteps if record else 0
+        readouts = timesteps // readout_every if readout_into is None else 0
         _, final_states, readout_ta, ops_ta, events_ta, counts_ta = tf.while_loop(
             lambda step, *_: step < timesteps,
             body,
-            (tf.constant(0), states, array(timesteps // readout_every), array(kept),
-             array(kept), array(kept)),
+            (tf.constant(0), states, array(readouts), array(kept), array(kept), array(kept)),
             maximum_iterations=timesteps,
             parallel_iterations=self.parallel_steps,
         )
-        result = {"readout": _batch_major(readout_ta.stack()), "states": final_states}
+        result = {"states": final_states}
+        if readout_into is None:
+            result["readout"] = _batch_major(readout_ta.stack())
         if record:
             result.update(
                 layer_ops=_batch_major(ops_ta.stack()),

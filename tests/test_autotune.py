@@ -224,8 +224,8 @@ def test_simulate_tunes_and_gives_the_untuned_numbers(monkeypatch):
     assert report["units"]["unfused"] == 2 * batches - 2 - 2 * (1 + autotune.TIMED_ROUNDS)
 
 
-def test_predict_tunes_chunks_and_gives_the_untuned_numbers(monkeypatch):
-    # A clock that stands still: no compilation to pay for, so 24 chunks are tuned.
+def test_predict_tunes_batches_and_gives_the_untuned_numbers(monkeypatch):
+    # A clock that stands still: no compilation to pay for, so 24 batches are tuned.
     monkeypatch.setattr(autotune, "_clock", FakeClock())
     keras.utils.set_random_seed(1)
     network = _network()

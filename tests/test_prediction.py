@@ -1,8 +1,9 @@
-"""SpikingModel.predict on arrays: chunks of steps, the readout written into one array.
+"""SpikingModel.predict on arrays: the loop writes the readout in place into the result.
 
-A run split into chunks that carry the neuron states must equal one long
-run: same membranes, same Poisson draws (keyed by the absolute step), same
-readout (the running mean over all steps so far, not over the chunk).
+Writing each kept step's readout into the rows of one preallocated array
+must give exactly what Keras's own predict loop returns (the same loop,
+collected, stacked and concatenated), for every neuron and encoder, with
+`readout_every`, a head, non-finite inputs and a smaller last batch.
 """
 
 import keras
@@ -25,12 +26,6 @@ def _network(encoder, neuron, classes=3):
     return keras.Model(inputs, layers.Readout()(x))
 
 
-@pytest.fixture
-def small_chunks(monkeypatch):
-    """Chunks of a few steps, so that every test run crosses chunk boundaries."""
-    monkeypatch.setattr(prediction, "_CHUNK_BYTES", 3 * 4 * 3 * 5)  # 3 samples, 5 steps
-
-
 def _data(samples=11, seed=0):
     return np.random.default_rng(seed).random((samples, 6, 6, 1)).astype("float32")
 
@@ -44,63 +39,96 @@ def _data(samples=11, seed=0):
     ],
     ids=["analog-if", "poisson-lif", "analog-buffered"],
 )
-def test_chunked_predict_equals_one_long_run(small_chunks, encoder, neuron):
+def test_predict_in_place_equals_keras_predict(encoder, neuron):
     keras.utils.set_random_seed(1)
     snn = keras_snn.SpikingModel(_network(encoder(), neuron), timesteps=23)
     x = _data()
-    assert prediction.chunk_steps(23, 1, 3, 4 * 3) == 5  # 5 chunks: 5, 5, 5, 5, 3
-    chunked = snn.predict(x, batch_size=3, verbose=0)
-    # Keras's own predict loop: every batch of 3 in one call of all 23 steps
-    # (Poisson draws depend on the batch's shape, so the batches must match).
-    whole = keras.Model.predict(snn, x, batch_size=3, verbose=0)
-    assert chunked.shape == (11, 23, 3)
-    np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-6)
+    in_place = snn.predict(x, batch_size=3, verbose=0)  # batches of 3 and a last one of 2
+    # Keras's own predict loop (Poisson draws depend on the batch's shape,
+    # so the batches must match).
+    collected = keras.Model.predict(snn, x, batch_size=3, verbose=0)
+    assert in_place.shape == (11, 23, 3) and in_place.flags.writeable
+    np.testing.assert_allclose(in_place, collected, rtol=1e-5, atol=1e-6)
 
 
-def test_chunks_keep_whole_readout_periods(small_chunks):
+def test_predict_in_place_keeps_every_kth_readout():
     keras.utils.set_random_seed(2)
     snn = keras_snn.SpikingModel(
         _network(layers.AnalogInput(), "if"), timesteps=24, readout_every=4
     )
     x = _data(7)
-    steps = prediction.chunk_steps(24, 4, 3, 4 * 3)
-    assert steps % 4 == 0 and steps < 24
-    chunked = snn.predict(x, batch_size=3, verbose=0)
-    whole = snn(x).numpy()
-    assert chunked.shape == whole.shape == (7, 6, 3)
-    np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-6)
+    kept = snn.predict(x, batch_size=3, verbose=0)
+    whole = snn.with_options(readout_every=1)(x).numpy()
+    assert kept.shape == (7, 6, 3)
+    np.testing.assert_allclose(kept, whole[:, 3::4], rtol=1e-5, atol=1e-6)
     final = snn.with_options(readout_every="final").predict(x, batch_size=3, verbose=0)
+    assert final.shape == (7, 1, 3)
     np.testing.assert_allclose(final[:, 0], whole[:, -1], rtol=1e-5, atol=1e-6)
 
 
-def test_predict_runs_chunks_of_one_trace_never_the_whole_length(small_chunks, monkeypatch):
-    """Chunks of 5 steps and a last one of 3, through one trace of the loop."""
-    snn = keras_snn.SpikingModel(_network(layers.AnalogInput(), "if"), timesteps=23)
-    lengths = []
+def test_predict_traces_one_loop_for_every_batch_and_call(monkeypatch):
+    """Full batches, a smaller last batch and another sample count: one trace."""
+    snn = keras_snn.SpikingModel(_network(layers.AnalogInput(), "if"), timesteps=5)
+    traces = []
     loop = snn._loop
 
-    def recording_loop(inputs, timesteps, *args):
-        lengths.append(timesteps)
-        return loop(inputs, timesteps, *args)
+    def recording_loop(*args):
+        traces.append(args[0].shape)
+        return loop(*args)
 
     monkeypatch.setattr(snn, "_loop", recording_loop)
-    snn.predict(_data(), batch_size=3, verbose=0)  # batches of 3 and a last one of 2
-    assert len(prediction._CHUNK_RUNNERS[snn]) == 1
-    assert len(lengths) == 1 and tf.is_tensor(lengths[0])  # traced once, steps a tensor
+    snn.predict(_data(11), batch_size=3, verbose=0)
+    snn.predict(_data(4), batch_size=3, verbose=0)
+    assert len(prediction._BATCH_RUNNERS[snn]) == 1
+    assert len(traces) == 1 and traces[0][0] is None  # traced once, batch left free
     assert loop.experimental_get_tracing_count() == 1
 
 
-def test_predict_with_head_and_nonfinite_samples(small_chunks):
+def test_predict_writes_no_stacked_readout(monkeypatch):
+    """The loop collects no per-step readouts when it writes them in place."""
+    snn = keras_snn.SpikingModel(_network(layers.AnalogInput(), "if"), timesteps=5)
+    results = []
+    run = snn._time_loop.run
+
+    def recording_run(*args, **kwargs):
+        results.append(run(*args, **kwargs))
+        return results[-1]
+
+    monkeypatch.setattr(snn._time_loop, "run", recording_run)
+    snn._loop = tf.function(snn._time_loop.run)
+    snn.predict(_data(4), batch_size=2, verbose=0)
+    assert results and all("readout" not in result for result in results)
+
+
+def test_predict_returns_the_written_buffer_not_a_copy(monkeypatch):
+    snn = keras_snn.SpikingModel(_network(layers.AnalogInput(), "if"), timesteps=6)
+    buffers = []
+    zeroed_buffer = prediction._zeroed_buffer
+
+    def recording_buffer(*args):
+        buffers.append(zeroed_buffer(*args))
+        return buffers[-1]
+
+    monkeypatch.setattr(prediction, "_zeroed_buffer", recording_buffer)
+    result = snn.predict(_data(5), batch_size=2, verbose=0)
+    (buffer,) = buffers
+    # A dense read shares the variable's memory once copy-on-read is off.
+    assert buffer.read_value()._numpy().ctypes.data == result.ctypes.data
+    result[0, 0, 0] = 7.0  # writable, as Keras's predict result is
+    assert buffer.read_value()[0, 0, 0] == 7.0
+
+
+def test_predict_with_head_and_nonfinite_samples():
     keras.utils.set_random_seed(3)
     head = keras.Sequential([keras.Input((3,)), keras.layers.Softmax()])
     snn = keras_snn.SpikingModel(_network(layers.AnalogInput(), "if"), timesteps=12, head=head)
     x = _data(5)
-    x[2, 0, 0, 0] = np.nan
-    chunked = snn.predict(x, batch_size=3, verbose=0)
+    x[3, 0, 0, 0] = np.nan
+    in_place = snn.predict(x, batch_size=3, verbose=0)  # the NaN sample in the second batch
     whole = snn(x).numpy()
-    assert np.isnan(chunked[2]).all() and np.isfinite(np.delete(chunked, 2, axis=0)).all()
-    np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(chunked[[0, 1, 3, 4]].sum(-1), 1.0, rtol=1e-5)
+    assert np.isnan(in_place[3]).all() and np.isfinite(np.delete(in_place, 3, axis=0)).all()
+    np.testing.assert_allclose(in_place, whole, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(in_place[[0, 1, 2, 4]].sum(-1), 1.0, rtol=1e-5)
 
 
 def test_callbacks_see_every_batch():
@@ -130,16 +158,16 @@ def test_callbacks_see_every_batch():
 def test_other_inputs_use_keras_predict():
     snn = keras_snn.SpikingModel(_network(layers.AnalogInput(), "if"), timesteps=6)
     x = _data(5)
-    assert prediction.runs_in_chunks(snn, x, None)
-    assert not prediction.runs_in_chunks(snn, x, steps=2)
+    assert prediction.runs_in_place(snn, x, None)
+    assert not prediction.runs_in_place(snn, x, steps=2)
     dataset = tf.data.Dataset.from_tensor_slices(x).batch(2)
-    assert not prediction.runs_in_chunks(snn, dataset, None)
+    assert not prediction.runs_in_place(snn, dataset, None)
     np.testing.assert_allclose(
         snn.predict(dataset, verbose=0), snn.predict(x, batch_size=2, verbose=0),
         rtol=1e-5, atol=1e-6,
     )
     stateful = snn.with_options(stateful=True, batch_size=5)
-    assert not prediction.runs_in_chunks(stateful, x, None)
+    assert not prediction.runs_in_place(stateful, x, None)
 
 
 @pytest.mark.parametrize("batch_size", [0, -1, 2.5, True])
