@@ -109,6 +109,9 @@ class TimeLoop:
         static_values = dict(values)
 
         op_fanouts = [fanouts[node.key] for node in plan.op_nodes] if record else []
+        if readout_into is not None:
+            buffer, first_row = readout_into
+            buffer_rows = tf.range(batch_size) + first_row
 
         def one_step(step, states):
             """Advance every layer one step: (values, new states, op nodes' inputs)."""
@@ -157,13 +160,10 @@ class TimeLoop:
             def keep(position):
                 if readout_into is None:
                     return readout_ta.write(position, readout)
-                buffer, first_row = readout_into
                 kept = readout if self.head is None else self.head(readout)
                 # A scatter, not a slice assignment: XLA needs a slice's
                 # bounds at compile time, and the rows and step are not.
-                where = tf.stack(
-                    [tf.range(batch_size) + first_row, tf.fill([batch_size], position)], axis=1
-                )
+                where = tf.stack([buffer_rows, tf.fill([batch_size], position)], axis=1)
                 buffer.scatter_nd_update(where, tf.cast(kept, buffer.dtype))
                 return readout_ta
 
