@@ -138,21 +138,25 @@ def test_callbacks_see_every_batch():
         def __init__(self):
             super().__init__()
             self.events = []
+            self.outputs = []
 
         def on_predict_begin(self, logs=None):
             self.events.append("begin")
 
         def on_predict_batch_end(self, batch, logs=None):
             self.events.append((batch, logs["outputs"].shape))
+            self.outputs.append(logs["outputs"])
 
         def on_predict_end(self, logs=None):
             self.events.append("end")
 
     record = Record()
-    snn.predict(_data(5), batch_size=2, verbose=0, callbacks=[record])
+    result = snn.predict(_data(5), batch_size=2, verbose=0, callbacks=[record])
     assert record.events == [
         "begin", (0, (2, 4, 3)), (1, (2, 4, 3)), (2, (1, 4, 3)), "end"
     ]
+    # Each batch's logged readout is its rows of the result, as written then.
+    np.testing.assert_array_equal(np.concatenate(record.outputs), result)
 
 
 def test_other_inputs_use_keras_predict():
