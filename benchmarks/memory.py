@@ -47,7 +47,9 @@ flags.DEFINE_integer(
     "repeats", 1,
     "Fresh processes per inference cell: the peak varies between identical runs (RESULTS.md).",
 )
-flags.DEFINE_integer("parallel_steps", 10, "SpikingModel parallel_steps for inference.")
+flags.DEFINE_integer(
+    "parallel_steps", None, "SpikingModel parallel_steps for inference (unset: the default, auto)."
+)
 flags.DEFINE_enum(
     "loop", "auto", ["auto", "fused", "unfused", "xla"],
     "Inference loop variant: auto (the default options, autotuned) or a fixed one.",
@@ -85,7 +87,8 @@ def mmapped_mib():
     return mallinfo2().hblkhd / 2**20
 
 mode, steps, items, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-parallel_steps, loop = int(sys.argv[5]), sys.argv[6]
+parallel_steps = None if sys.argv[5] == "auto" else int(sys.argv[5])
+loop = sys.argv[6]
 rng = np.random.default_rng(0)
 if mode == "training":
     ann = applications.vgg6()
@@ -128,10 +131,10 @@ def _child_environment():
     return env
 
 
-def measure(mode, steps, items, batch, parallel_steps=10, loop="auto"):
+def measure(mode, steps, items, batch, parallel_steps=None, loop="auto"):
     out = subprocess.run(
         [sys.executable, "-c", CHILD, mode, str(steps), str(items), str(batch),
-         str(parallel_steps), loop],
+         str(parallel_steps or "auto"), loop],
         capture_output=True, text=True, check=True, env=_child_environment(),
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -143,7 +146,7 @@ def main(_):
     for batch in (int(b) for b in FLAGS.batch_sizes):
         items = batch * FLAGS.batches
         print(f"Conv MNIST SNN, {items} random images, batch {batch}, parallel_steps "
-              f"{FLAGS.parallel_steps}, loop {FLAGS.loop}, MALLOC_ARENA_MAX "
+              f"{FLAGS.parallel_steps or 'auto'}, loop {FLAGS.loop}, MALLOC_ARENA_MAX "
               f"{FLAGS.malloc_arena_max or 'unset'}; peak RSS in MiB "
               f"(growth over T={steps[0]}; what the call returns; live mmapped blocks at "
               f"the end, TensorFlow's allocator pool)\n")

@@ -72,13 +72,16 @@ class SpikingModel(keras.Model):
             long runs (thousands of steps) the kept readout is the only
             memory that grows with T; `predict` uses this option too.
         parallel_steps: how many steps the compiled loop may run at once
-            (`tf.while_loop`'s `parallel_iterations`). The default 10 lets
-            the operation counting of one step overlap the next steps' work
-            (measured about 15% faster than 1 on a 2-core CPU) and keeps up
-            to that many steps' intermediate tensors alive; 1 keeps one
-            step's, the least memory for large batches (a Conv MNIST batch of
-            1000 at T=500 peaked at 1.8 GiB with 1 against 2.7-3.0 GiB with
-            10; see benchmarks/RESULTS.md).
+            (`tf.while_loop`'s `parallel_iterations`), or None ("auto", the
+            default): 10, except in `predict` on arrays, which runs one step
+            at a time. 10 lets the operation counting of one step overlap the
+            next steps' work (`simulate` on Conv MNIST took 29% longer with 1
+            on a 2-core CPU) and keeps up to that many steps' intermediate
+            tensors alive; 1 keeps one step's, the least memory (a Conv MNIST
+            batch of 1000 at T=500 peaked at 1.8 GiB with 1 against 2.7-3.0
+            GiB with 10). `predict` counts no operations, so there the
+            overlap gained at most 5% of speed, for memory that grows over a
+            long run beyond the returned readout; see benchmarks/RESULTS.md.
         fused_neurons: True runs each layer's neuron update (integrate,
             fire, reset; buffered neurons' negative spikes) as one
             XLA-compiled kernel inside the loop while convolutions and
@@ -137,7 +140,7 @@ class SpikingModel(keras.Model):
         dropout=0.0,
         synapse_dtype=None,
         readout_every=1,
-        parallel_steps=10,
+        parallel_steps=None,
         fused_neurons=None,
         **kwargs,
     ):
@@ -160,11 +163,13 @@ class SpikingModel(keras.Model):
         self.dropout = float(dropout)
         self.synapse_dtype = _check_synapse_dtype(synapse_dtype)
         self.readout_every = _check_readout_every(readout_every)
-        if isinstance(parallel_steps, bool) or not isinstance(parallel_steps, int) or (
-            parallel_steps < 1
+        if parallel_steps is not None and (
+            isinstance(parallel_steps, bool) or not isinstance(parallel_steps, int)
+            or parallel_steps < 1
         ):
             raise ValueError(
-                f"`parallel_steps` must be an int >= 1; received {parallel_steps!r}."
+                f"`parallel_steps` must be an int >= 1 or None (auto); received "
+                f"{parallel_steps!r}."
             )
         self.parallel_steps = parallel_steps
         self.fused_neurons = None if fused_neurons is None else bool(fused_neurons)

@@ -14,6 +14,10 @@ from keras_snn import costs
 from keras_snn.layers.base import SpikingLayer
 from keras_snn.plan import Carries
 
+# Steps the loop may run at once unless `parallel_steps` fixes it: enough for
+# one step's operation counting to overlap the next steps' layers.
+OVERLAPPED_STEPS = 10
+
 
 class TimeLoop:
     """Runs a `keras_snn.plan.Plan` for T steps; see `run`.
@@ -23,7 +27,10 @@ class TimeLoop:
         dtype: the compute dtype of the values and records.
         synapse_dtype: None, or the narrow float type of the weight products
             on spikes (see `SpikingModel`).
-        parallel_steps: `tf.while_loop`'s `parallel_iterations`.
+        parallel_steps: `tf.while_loop`'s `parallel_iterations`, or None:
+            1 for a readout written in place (`predict` on arrays, which
+            counts no operations for steps to overlap with), else
+            `OVERLAPPED_STEPS`.
         head: None, or the Keras model applied to the readout before
             predictions are compared with labels (`record="totals"`).
         fused_neurons: run each layer's neuron update (add, compare, reset,
@@ -32,7 +39,7 @@ class TimeLoop:
             elementwise operation; see `SpikingModel`.
     """
 
-    def __init__(self, plan, dtype, synapse_dtype=None, parallel_steps=10, head=None,
+    def __init__(self, plan, dtype, synapse_dtype=None, parallel_steps=None, head=None,
                  fused_neurons=True):
         self.plan = plan
         self.dtype = dtype
@@ -187,7 +194,9 @@ class TimeLoop:
             body,
             (tf.constant(0), states, array(readouts), array(kept), array(kept), array(kept)),
             maximum_iterations=timesteps,
-            parallel_iterations=self.parallel_steps,
+            parallel_iterations=self.parallel_steps or (
+                1 if readout_into is not None else OVERLAPPED_STEPS
+            ),
         )
         result = {"states": final_states}
         if readout_into is None:
@@ -227,7 +236,7 @@ class TimeLoop:
              tf.TensorArray(tf.float64, size=timesteps if labels is not None else 0),
              tf.zeros([len(plan.spiking_nodes)], tf.float64)),
             maximum_iterations=timesteps,
-            parallel_iterations=self.parallel_steps,
+            parallel_iterations=self.parallel_steps or OVERLAPPED_STEPS,
         )
         result = {
             "states": final_states,

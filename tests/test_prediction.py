@@ -100,6 +100,30 @@ def test_predict_writes_no_stacked_readout(monkeypatch):
     assert results and all("readout" not in result for result in results)
 
 
+@pytest.mark.parametrize("parallel_steps, in_predict, elsewhere", [(None, 1, 10), (4, 4, 4)])
+def test_auto_parallel_steps_runs_predict_one_step_at_a_time(
+    monkeypatch, parallel_steps, in_predict, elsewhere
+):
+    """"auto" overlaps steps where operations are counted, not in predict; a fixed value holds."""
+    snn = keras_snn.SpikingModel(
+        _network(layers.AnalogInput(), "if"), timesteps=5, parallel_steps=parallel_steps
+    )
+    seen = []
+    while_loop = tf.while_loop
+
+    def recording_while_loop(*args, **kwargs):
+        seen.append(kwargs["parallel_iterations"])
+        return while_loop(*args, **kwargs)
+
+    monkeypatch.setattr(tf, "while_loop", recording_while_loop)
+    x = _data(4)
+    snn.predict(x, batch_size=2, verbose=0)
+    assert seen == [in_predict]
+    keras_snn.simulate(snn, x, np.zeros(4, "int64"), batch_size=2, verbose=0)
+    snn(x)
+    assert seen[1:] == [elsewhere, elsewhere]
+
+
 def test_predict_returns_the_written_buffer_not_a_copy(monkeypatch):
     snn = keras_snn.SpikingModel(_network(layers.AnalogInput(), "if"), timesteps=6)
     buffers = []
