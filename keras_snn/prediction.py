@@ -114,13 +114,12 @@ def _as_numpy(buffer):
     read (TensorFlow's copy-on-read mode, which protects readers from later
     writes); there are no later writes here, so the mode is turned off and the
     read value is the buffer itself. `Tensor.numpy()` would copy it again
-    (tensors are immutable); nothing else holds the buffer once this function
-    returns, so its memory is handed over. Where that is not possible
-    (another device) it is copied.
+    (tensors are immutable); the variable is dropped when `predict` returns
+    and is never written again, so its memory is handed over. Where that is
+    not possible (another device) it is copied.
     """
     tf.raw_ops.DisableCopyOnRead(resource=buffer.handle)
     values = buffer.read_value()
-    del buffer
     array = values._numpy()  # pylint: disable=protected-access
     if not (isinstance(array, np.ndarray) and array.flags.writeable):
         array = np.array(array)

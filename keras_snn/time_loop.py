@@ -194,9 +194,7 @@ class TimeLoop:
             body,
             (tf.constant(0), states, array(readouts), array(kept), array(kept), array(kept)),
             maximum_iterations=timesteps,
-            parallel_iterations=self.parallel_steps or (
-                1 if readout_into is not None else OVERLAPPED_STEPS
-            ),
+            parallel_iterations=self._parallel_iterations(in_place=readout_into is not None),
         )
         result = {"states": final_states}
         if readout_into is None:
@@ -236,7 +234,7 @@ class TimeLoop:
              tf.TensorArray(tf.float64, size=timesteps if labels is not None else 0),
              tf.zeros([len(plan.spiking_nodes)], tf.float64)),
             maximum_iterations=timesteps,
-            parallel_iterations=self.parallel_steps or OVERLAPPED_STEPS,
+            parallel_iterations=self._parallel_iterations(in_place=False),
         )
         result = {
             "states": final_states,
@@ -246,6 +244,12 @@ class TimeLoop:
         if labels is not None:
             result["correct"] = correct_ta.stack()  # (T,)
         return result
+
+    def _parallel_iterations(self, in_place):
+        """`parallel_steps`, or for None ("auto"): 1 writing a readout in place, else 10."""
+        if self.parallel_steps is not None:
+            return self.parallel_steps
+        return 1 if in_place else OVERLAPPED_STEPS
 
     def _run_layer(self, node, inputs, states, timestep):
         if node.synaptic:
