@@ -9,8 +9,10 @@ measures what the untuned choice costs per architecture, in one process:
 - the first call of each variant on a fresh model (tracing plus compiling,
   plus one batch);
 - the best of `--repeats` further calls, interleaved across variants;
-both with op counting on (`snn(x, return_ops=True)`), on random inputs (the
-cost does not depend on the weights: every step is dense tensor work). With
+both with op counting on (`snn(x, return_ops=True)`), or with `--call predict`
+as `snn.predict` on `--items` items (no op counting; its readout written in
+place), on random inputs (the cost does not depend on the weights: every step
+is dense tensor work). With
 `--end_to_end_items`, also one `simulate` call as a user makes it, default
 options (autotuning decides whether tuning pays for its compilations) against
 a fixed fused copy.
@@ -21,6 +23,8 @@ a fixed fused copy.
         --end_to_end_items 200
     python benchmarks/loop_variants.py --models conv_mnist --batch_size 250 --variants fused \
         --parallel_steps 1,2,10
+    python benchmarks/loop_variants.py --models dense_mnist,conv_mnist,conv_cifar,resnet_small \
+        --variants fused --parallel_steps 10,1 --call predict --timesteps 100 --items 500
 """
 
 import os
@@ -54,8 +58,14 @@ flags.DEFINE_list(
 )
 flags.DEFINE_list(
     "parallel_steps", ["10"],
-    "SpikingModel parallel_steps values; every variant is timed with each.",
+    "SpikingModel parallel_steps values ('auto': the default); every variant is timed with each.",
 )
+flags.DEFINE_enum(
+    "call", "ops", ["ops", "predict"],
+    "What is timed: ops = `snn(x, return_ops=True)` on one batch; predict = `snn.predict` "
+    "of --items items at --batch_size.",
+)
+flags.DEFINE_integer("items", 0, "Items per `--call predict` (0: one batch).")
 flags.DEFINE_integer(
     "end_to_end_items", 0,
     "If > 0: also time one `simulate` of this many random items with the default options "
@@ -76,12 +86,18 @@ def build(name):
 
 def main(_):
     print(f"machine: {common.machine()}")
-    print(f"batch {FLAGS.batch_size}, {FLAGS.timesteps} steps, ops counted; seconds\n")
+    items = FLAGS.items or FLAGS.batch_size
+    timed = ("ops counted" if FLAGS.call == "ops"
+             else f"`predict` of {items} items")
+    print(f"batch {FLAGS.batch_size}, {FLAGS.timesteps} steps, {timed}; seconds\n")
     names = [
-        (variant, int(parallel)) for variant in FLAGS.variants for parallel in FLAGS.parallel_steps
+        (variant, None if parallel == "auto" else int(parallel))
+        for variant in FLAGS.variants for parallel in FLAGS.parallel_steps
     ]
-    labels = {n: n[0] if len(FLAGS.parallel_steps) == 1 else f"{n[0]}, parallel_steps {n[1]}"
-              for n in names}
+    labels = {
+        n: n[0] if len(FLAGS.parallel_steps) == 1 else f"{n[0]}, parallel_steps {n[1] or 'auto'}"
+        for n in names
+    }
     header = ["model", "layers"]
     header += [f"{labels[n]}, first call" for n in names]
     header += [f"{labels[n]}, steady" for n in names]
@@ -90,17 +106,20 @@ def main(_):
     rng = np.random.default_rng(0)
     for name in FLAGS.models:
         ann, shape = build(name)
-        x = rng.random((FLAGS.batch_size, *shape)).astype("float32")
+        x = rng.random((max(items, FLAGS.batch_size), *shape)).astype("float32")
         snn = keras_snn.convert_model(ann, x[:64], timesteps=FLAGS.timesteps)
-        batch = tf.constant(x)
+        batch = tf.constant(x[: FLAGS.batch_size])
         variants = {
             n: snn.with_options(parallel_steps=n[1], **autotune.VARIANTS[n[0]]) for n in names
         }
 
         def call(model):
             start = time.perf_counter()
-            readout, ops = model(batch, return_ops=True)
-            readout.numpy(), ops.numpy()
+            if FLAGS.call == "predict":
+                model.predict(x[:items], batch_size=FLAGS.batch_size, verbose=0)
+            else:
+                readout, ops = model(batch, return_ops=True)
+                readout.numpy(), ops.numpy()
             return time.perf_counter() - start
 
         first = {n: call(variants[n]) for n in names}
