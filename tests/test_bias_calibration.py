@@ -9,8 +9,10 @@ import tensorflow as tf
 
 import keras_snn
 from keras_snn.conversion import ConversionError
+from keras_snn.conversion.bias_calibration import AUTO_STARTS
 from keras_snn.conversion.bias_calibration import _ann_values
 from keras_snn.conversion.bias_calibration import channel_gains
+from keras_snn.conversion.bias_calibration import set_initial_membrane
 from keras_snn.layers import QReLU
 
 RNG = np.random.default_rng(0)
@@ -161,7 +163,7 @@ def test_auto_calibrates_relu_networks_below_32_spikes_per_neuron(
     ann = keras.Sequential([keras.Input((8, 8, 2)), keras.layers.Flatten(),
                             keras.layers.Dense(6, activation="relu"), keras.layers.Dense(3)])
     with mock.patch.object(
-            converter, "calibrate_biases", wraps=converter.calibrate_biases) as calibrate:
+            converter, "calibrate_network", wraps=converter.calibrate_network) as calibrate:
         keras_snn.convert_model(ann, IMAGES, timesteps=timesteps, spike_max=spike_max)
     assert calibrate.called == calibrated
 
@@ -183,26 +185,71 @@ def qrelu_net(shift):
     ])
 
 
-def test_auto_calibrates_eq1_qrelu_layers_from_half_threshold_at_any_length():
-    # An eq. 1 QReLU layer started at theta/2 rounds where its ANN floors (half a
-    # level too high at every T): "auto" calibrates it at 32 steps too, a QCFS one not.
-    def same(a, b):
-        return all(np.array_equal(x, y) for x, y in
-                   zip(a.network.get_weights(), b.network.get_weights()))
+def same_weights(a, b):
+    return all(np.array_equal(x, y) for x, y in
+               zip(a.network.get_weights(), b.network.get_weights()))
 
+
+def neurons(snn, signed=False):
+    """The neurons of the network's spiking layers, signed or not."""
+    return [layer.neuron for layer in snn.network.layers
+            if getattr(layer, "neuron", None) is not None
+            and getattr(layer.neuron, "signed", False) == signed]
+
+
+def starts(snn):
+    """The initial membranes of the network's neurons that are not signed."""
+    return {neuron.initial_membrane for neuron in neurons(snn)}
+
+
+def test_auto_calibrates_eq1_qrelu_layers_from_the_best_start_at_any_length():
+    # An eq. 1 QReLU layer started off its shift rounds where its ANN floors (half
+    # a level too high from theta/2, at every T): "auto" calibrates it at 32 steps
+    # too, from each of AUTO_STARTS, and keeps the start whose calibrated readout
+    # is closest to the ANN's logits on the calibration data. A QCFS one is not
+    # calibrated at 32 steps.
     def mse(snn, ann):
         out = np.asarray(snn(IMAGES, timesteps=32))[:, -1]
         return np.mean((out - logits_of(ann, IMAGES)) ** 2)
 
     eq1 = qrelu_net(0.0)
-    on = keras_snn.convert_model(eq1, IMAGES, timesteps=32, bias_calibration=True)
-    off = keras_snn.convert_model(eq1, IMAGES, timesteps=32, bias_calibration=False)
-    assert not same(on, off)
+    fixed = {start: keras_snn.convert_model(eq1, IMAGES, timesteps=32, initial_membrane=start)
+             for start in AUTO_STARTS}
+    errors = {start: mse(snn, eq1) for start, snn in fixed.items()}
+    assert len(set(errors.values())) == len(AUTO_STARTS)  # the starts make a difference
+    best = min(AUTO_STARTS, key=errors.get)
     auto = keras_snn.convert_model(eq1, IMAGES, timesteps=32)
-    assert same(auto, on if mse(on, eq1) <= mse(off, eq1) else off)
+    assert starts(auto) == {best}
+    assert same_weights(auto, fixed[best])
+    off = keras_snn.convert_model(eq1, IMAGES, timesteps=32, bias_calibration=False)
+    assert starts(off) == {0.5} and not same_weights(fixed[0.5], off)
     qcfs = qrelu_net(0.5)
-    assert same(keras_snn.convert_model(qcfs, IMAGES, timesteps=32),
-                keras_snn.convert_model(qcfs, IMAGES, timesteps=32, bias_calibration=False))
+    assert same_weights(keras_snn.convert_model(qcfs, IMAGES, timesteps=32),
+                        keras_snn.convert_model(qcfs, IMAGES, timesteps=32, bias_calibration=False))
+
+
+@pytest.mark.parametrize("options", [
+    {"initial_membrane": 0.5}, {"initial_membrane": "shift"}, {"bias_calibration": True},
+])
+def test_only_auto_options_choose_the_start(options):
+    # A start or a calibration the user fixed is built as asked: one calibration.
+    from keras_snn.conversion import converter
+
+    with mock.patch.object(
+            converter, "calibrate_network", wraps=converter.calibrate_network) as calibrate:
+        snn = keras_snn.convert_model(qrelu_net(0.0), IMAGES, timesteps=8, **options)
+    assert calibrate.call_args.kwargs["starts"] == (None,)
+    assert starts(snn) == {0.0 if options.get("initial_membrane") == "shift" else 0.5}
+
+
+def test_setting_the_start_leaves_signed_neurons_at_zero():
+    ann = residual_net()  # its linear bottleneck fires signed spikes
+    snn = keras_snn.convert_model(ann, IMAGES, timesteps=T, bias_calibration=False)
+    set_initial_membrane(snn.network, 0.4)
+    signed = neurons(snn, signed=True)
+    assert signed and all(neuron.initial_membrane == 0.0 for neuron in signed)
+    assert starts(snn) == {0.4}
+    assert all(isinstance(neuron, keras_snn.neurons.BufferedIF) for neuron in neurons(snn))
 
 
 def test_calibration_works_when_the_network_already_holds_automatic_layer_names():

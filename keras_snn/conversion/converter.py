@@ -26,13 +26,13 @@ import warnings
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from keras_snn import layers as snn_layers
 from keras_snn import neurons as neurons_lib
 from keras_snn.conversion import bias_calibration as bias_calibration_lib
 from keras_snn.conversion import ir
-from keras_snn.conversion.bias_calibration import calibrate_biases
+from keras_snn.conversion.bias_calibration import AUTO_STARTS
+from keras_snn.conversion.bias_calibration import calibrate_network
 from keras_snn.conversion.bias_calibration import check_bias_calibration
 from keras_snn.conversion.bias_calibration import first_samples
 from keras_snn.conversion.calibration import CalibrationReader
@@ -163,7 +163,13 @@ def convert_model(
             pooling, a spiking input) start at 0.5, which centres their
             rounding error. "auto" (default): as "shift", except that an
             eq. 1 QReLU (phi = 0) starts at 0.5 too, which was much better on
-            the deeper measured network. Signed neurons always start at 0.
+            the deeper measured network; when such a network is calibrated
+            ("auto" `bias_calibration`), every neuron's start is chosen among
+            0.5, 0.45 and 0.4 (the network is calibrated from each, and the
+            one whose readout comes closest to the ANN's logits on the
+            calibration data is kept: three calibrations instead of one).
+            The chosen start is each layer's `neuron.initial_membrane`.
+            Signed neurons always start at 0.
             The "auto" choices were measured on the repo's benchmark models
             (benchmarks/RESULTS.md, "Conversion defaults").
         bias_calibration: correct each layer's bias by its mean per-channel
@@ -270,17 +276,13 @@ def convert_model(
         calibrate = False  # one simulation per layer: too slow for a default on deep nets
     if calibrate:
         auto = bias_calibration == "auto"
-        report = calibrate_biases(
-            builder.network, targets, samples,
-            options.timesteps, options.spike_max, keep_if_better=auto,
+        choose_start = (auto and options.initial_membrane == "auto"
+                        and not isinstance(options.neuron, neurons_lib.Neuron)
+                        and _rounds_unlike_its_qrelu(ops, options))
+        calibrate_network(
+            builder.network, targets, samples, options.timesteps, options.spike_max, auto,
+            starts=AUTO_STARTS if choose_start else (None,),
         )
-        if auto and not report["kept"]:
-            # Gains too did not bring the readout closer (the eq. 1 ResNet at
-            # T=8, benchmarks/RESULTS.md): the biases alone may still do.
-            calibrate_biases(
-                builder.network, targets, samples,
-                options.timesteps, options.spike_max, keep_if_better=True, gains=False,
-            )
     return SpikingModel(builder.network, timesteps=options.timesteps, head=tail)
 
 
