@@ -79,9 +79,10 @@ class SpikingModel(keras.Model):
             on a 2-core CPU) and keeps up to that many steps' intermediate
             tensors alive; 1 keeps one step's, the least memory (a Conv MNIST
             batch of 1000 at T=500 peaked at 1.8 GiB with 1 against 2.7-3.0
-            GiB with 10). `predict` counts no operations, so there the
-            overlap gained at most 5% of speed, for memory that grows over a
-            long run beyond the returned readout; see benchmarks/RESULTS.md.
+            GiB with 10). `predict` counts no operations: there the two
+            settings measured within 12% of each other in speed, either way,
+            and alike in memory (its long-run growth is set by the batch
+            size); see benchmarks/RESULTS.md.
         fused_neurons: True runs each layer's neuron update (integrate,
             fire, reset; buffered neurons' negative spikes) as one
             XLA-compiled kernel inside the loop while convolutions and

@@ -207,23 +207,26 @@ def calibrate_network(network, targets, inputs, timesteps, spike_max, auto, star
         auto: keep only what brings the readout closer (`bias_calibration`
             "auto"); False keeps the calibration as it comes.
         starts: initial membranes (fractions of the threshold) tried for
-            every neuron that is not signed (`set_initial_membrane`).
+            every neuron that is not signed (`set_initial_membrane`); with
+            several, each is calibrated from the weights as given.
 
     Returns:
         `(start, readout_mse)` of the kept network.
     """
+    if len(starts) == 1:  # nothing to compare: no weights to keep aside
+        if starts[0] is not None:
+            set_initial_membrane(network, starts[0])
+        return starts[0], _calibrate_once(network, targets, inputs, timesteps, spike_max, auto)
     weights = network.get_weights()
     best = None
     for start in starts:
-        if start is not None:
-            set_initial_membrane(network, start)
-            network.set_weights(weights)
+        set_initial_membrane(network, start)
+        network.set_weights(weights)
         mse = _calibrate_once(network, targets, inputs, timesteps, spike_max, auto)
         if best is None or mse < best[1]:
-            best = (start, mse, network.get_weights() if len(starts) > 1 else None)
-    if len(starts) > 1:
-        set_initial_membrane(network, best[0])
-        network.set_weights(best[2])
+            best = (start, mse, network.get_weights())
+    set_initial_membrane(network, best[0])
+    network.set_weights(best[2])
     return best[:2]
 
 

@@ -262,11 +262,11 @@ def convert_model(
         ops, graph.input_keys[0], output_key, keras_model, options, layout, input_affine
     )
     builder.build()
+    off_shift = _rounds_unlike_its_qrelu(ops, options)
     calibrate = bias_calibration is True or (
         bias_calibration == "auto" and calibration_data is not None
         and options.normalization != "none"  # "none": the weights as they are
-        and (options.timesteps * options.spike_max < _CALIBRATE_BELOW_RESOLUTION
-             or _rounds_unlike_its_qrelu(ops, options))
+        and (options.timesteps * options.spike_max < _CALIBRATE_BELOW_RESOLUTION or off_shift)
     )
     if calibrate:  # taken first: normalize may read a one-shot iterator to its end
         samples, calibration_data = first_samples(calibration_data)
@@ -276,9 +276,8 @@ def convert_model(
         calibrate = False  # one simulation per layer: too slow for a default on deep nets
     if calibrate:
         auto = bias_calibration == "auto"
-        choose_start = (auto and options.initial_membrane == "auto"
-                        and not isinstance(options.neuron, neurons_lib.Neuron)
-                        and _rounds_unlike_its_qrelu(ops, options))
+        choose_start = (auto and off_shift and options.initial_membrane == "auto"
+                        and not isinstance(options.neuron, neurons_lib.Neuron))
         calibrate_network(
             builder.network, targets, samples, options.timesteps, options.spike_max, auto,
             starts=AUTO_STARTS if choose_start else (None,),
