@@ -3,13 +3,15 @@
 Each measurement runs in a fresh subprocess and reports its peak resident set
 size (ru_maxrss) after `convert_model` and after the measured call, so one
 run's allocations cannot hide another's.
-- inference: the Conv MNIST SNN (untrained weights: memory does not depend on
-  them) on `--batches` batches of random images, for every T in
+- inference: the Conv MNIST SNN (or the `--model` one; untrained weights:
+  memory does not depend on them) on `--batches` batches of random images, for every T in
   `--inference_steps` and batch size in `--batch_sizes`, through `simulate`
   (sums only), `predict` (the `(batch, T, 10)` readout, written in place by
   the loop into the returned array), `predict` with `readout_every="final"` and
   `keras_predict` (Keras's own predict loop, for comparison), with the
-  default (autotuned) loop or the one `--loop` fixes. The growth over the
+  default (autotuned) loop or the one `--loop` fixes, and the default
+  `sub_batch_size` (a batch of 1000 runs as four loop calls of 250) or the
+  one `--sub_batch_size` fixes. The growth over the
   smallest T is compared with the size of what the call returns;
   `--malloc_arena_max` caps glibc's malloc arenas in the measured processes;
   `--repeats` measures every cell in that many fresh processes and compares
@@ -21,6 +23,9 @@ run's allocations cannot hide another's.
     python benchmarks/memory.py
     python benchmarks/memory.py --inference_steps 50,500,2000,5000 --batch_sizes 250,1000
     python benchmarks/memory.py --inference_steps 50,5000 --repeats 3 --training_steps ''
+    python benchmarks/memory.py --inference_steps 50,5000 --batch_sizes 1000 --sub_batch_size 1000
+    python benchmarks/memory.py --model conv_cifar --inference_steps 50,1000 --batch_sizes 200 \
+        --modes predict --training_steps ''
 """
 
 import json
@@ -49,6 +54,15 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_integer(
     "parallel_steps", None, "SpikingModel parallel_steps for inference (unset: the default, auto)."
+)
+flags.DEFINE_enum(
+    "model", "conv_mnist", ["conv_mnist", "conv_cifar", "resnet_small"],
+    "Inference network (keras_snn.applications, untrained).",
+)
+flags.DEFINE_integer(
+    "sub_batch_size", None,
+    "SpikingModel sub_batch_size for inference (unset: the default, auto: a batch of 1000 "
+    "runs as four loop calls of 250).",
 )
 flags.DEFINE_enum(
     "loop", "auto", ["auto", "fused", "unfused", "xla"],
@@ -89,6 +103,8 @@ def mmapped_mib():
 mode, steps, items, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 parallel_steps = None if sys.argv[5] == "auto" else int(sys.argv[5])
 loop = sys.argv[6]
+sub_batch_size = None if sys.argv[7] == "auto" else int(sys.argv[7])
+network = sys.argv[8]
 rng = np.random.default_rng(0)
 if mode == "training":
     ann = applications.vgg6()
@@ -100,11 +116,12 @@ if mode == "training":
     snn.fit(x, y, batch_size=batch, epochs=1, verbose=0)
     returned = 0
 else:
-    ann = applications.conv_mnist()
-    x = rng.random((items, 28, 28, 1)).astype("float32")
+    shape = (32, 32, 3) if network == "conv_cifar" else (28, 28, 1)
+    ann = getattr(applications, network)(input_shape=shape)
+    x = rng.random((items,) + shape).astype("float32")
     y = rng.integers(0, 10, items)
     snn = keras_snn.convert_model(ann, x[:200], timesteps=steps)
-    snn = snn.with_options(parallel_steps=parallel_steps)
+    snn = snn.with_options(parallel_steps=parallel_steps, sub_batch_size=sub_batch_size)
     if loop != "auto":
         snn = snn.with_options(**keras_snn.autotune.VARIANTS[loop])
     converted = peak_mib()
@@ -131,10 +148,11 @@ def _child_environment():
     return env
 
 
-def measure(mode, steps, items, batch, parallel_steps=None, loop="auto"):
+def measure(mode, steps, items, batch, parallel_steps=None, loop="auto", sub_batch_size=None,
+            network="conv_mnist"):
     out = subprocess.run(
         [sys.executable, "-c", CHILD, mode, str(steps), str(items), str(batch),
-         str(parallel_steps or "auto"), loop],
+         str(parallel_steps or "auto"), loop, str(sub_batch_size or "auto"), network],
         capture_output=True, text=True, check=True, env=_child_environment(),
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -145,8 +163,9 @@ def main(_):
     steps = sorted(int(t) for t in FLAGS.inference_steps)
     for batch in (int(b) for b in FLAGS.batch_sizes):
         items = batch * FLAGS.batches
-        print(f"Conv MNIST SNN, {items} random images, batch {batch}, parallel_steps "
-              f"{FLAGS.parallel_steps or 'auto'}, loop {FLAGS.loop}, MALLOC_ARENA_MAX "
+        print(f"{FLAGS.model} SNN, {items} random images, batch {batch}, parallel_steps "
+              f"{FLAGS.parallel_steps or 'auto'}, sub_batch_size {FLAGS.sub_batch_size or 'auto'}, "
+              f"loop {FLAGS.loop}, MALLOC_ARENA_MAX "
               f"{FLAGS.malloc_arena_max or 'unset'}; peak RSS in MiB "
               f"(growth over T={steps[0]}; what the call returns; live mmapped blocks at "
               f"the end, TensorFlow's allocator pool)\n")
@@ -155,7 +174,8 @@ def main(_):
         for mode in FLAGS.modes:
             # runs[i][j]: the j-th fresh process at steps[i].
             runs = [
-                [measure(mode, t, items, batch, FLAGS.parallel_steps, FLAGS.loop)
+                [measure(mode, t, items, batch, FLAGS.parallel_steps, FLAGS.loop,
+                         FLAGS.sub_batch_size, FLAGS.model)
                  for _ in range(FLAGS.repeats)]
                 for t in steps
             ]

@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from keras_snn import autotune
 from keras_snn import metrics
+from keras_snn import sub_batching
 from keras_snn.spiking_model import SpikingModel
 
 
@@ -181,10 +182,13 @@ def simulate(snn, x, y=None, *, timesteps=None, batch_size=256, verbose="auto"):
     Each batch runs through one compiled step that keeps only sums over the
     batch (correct predictions and operations per layer at every step, spikes
     per layer), so memory depends on the network and the batch, not on T or
-    the dataset size. The step is compiled once per model, `timesteps` and
-    strategy, and reused by later calls. Inside a `tf.distribute` strategy's
-    scope (MirroredStrategy, or MultiWorkerMirroredStrategy with the same data
-    on every worker) the batches are split over the replicas and the sums
+    the dataset size. A batch larger than the model's `sub_batch_size` (by
+    default set from the network's size, `keras_snn.sub_batching`) runs as
+    several calls of the step, whose sums are added. The step is compiled
+    once per model, `timesteps` and strategy, and reused by later calls.
+    Inside a `tf.distribute` strategy's scope (MirroredStrategy, or
+    MultiWorkerMirroredStrategy with the same data on every worker) the
+    batches are split over the replicas (not into sub-batches) and the sums
     reduced: every worker gets the numbers one device would.
 
     Args:
@@ -263,16 +267,27 @@ def simulate(snn, x, y=None, *, timesteps=None, batch_size=256, verbose="auto"):
             )
             sums = _numpy(sums)
         else:
+            rows = int(inputs.shape[0])
             if runner is None:
-                signature = autotune.signature("simulate", inputs.shape[0], steps, inputs)
-                runner = autotune.tuner_for(snn, signature, batches)
-            sums = runner.run(
-                lambda model: _numpy(
-                    _compiled_step(model, steps, has_labels, classes, strategy)(inputs, labels)
-                ),
-                timed=inputs.shape[0] == signature[1],
-            )
-        totals = sums if totals is None else tf.nest.map_structure(np.add, totals, sums)
+                # A large batch runs as several loop calls (keras_snn.sub_batching),
+                # the units on which the loop variants are timed.
+                limit = sub_batching.rows_per_call(snn)
+                unit_rows = sub_batching.call_rows(rows, limit)
+                signature = autotune.signature("simulate", unit_rows, steps, inputs)
+                units = None if batches is None else batches * sub_batching.call_count(rows, limit)
+                runner = autotune.tuner_for(snn, signature, units)
+            sums = None
+            for start, stop in sub_batching.call_slices(rows, limit):
+                call_sums = runner.run(
+                    lambda model, start=start, stop=stop: _numpy(
+                        _compiled_step(model, steps, has_labels, classes, strategy)(
+                            inputs[start:stop], labels[start:stop] if has_labels else labels
+                        )
+                    ),
+                    timed=stop - start == unit_rows,
+                )
+                sums = _added(sums, call_sums)
+        totals = _added(totals, sums)
         if progress is not None:
             progress.update(index + 1)
     if totals is None or totals["samples"] == 0:
@@ -299,6 +314,11 @@ def simulate(snn, x, y=None, *, timesteps=None, batch_size=256, verbose="auto"):
 
 def _numpy(sums):
     return tf.nest.map_structure(lambda t: t.numpy(), sums)
+
+
+def _added(totals, sums):
+    """`totals + sums` leaf by leaf; `sums` when there are no totals yet."""
+    return sums if totals is None else tf.nest.map_structure(np.add, totals, sums)
 
 
 # Compiled batch steps, per model: (timesteps, labels?, strategy) -> tf.function.

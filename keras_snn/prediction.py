@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_snn import autotune
+from keras_snn import sub_batching
 
 _DEFAULT_BATCH_SIZE = 32  # Keras's predict default
 
@@ -75,25 +76,31 @@ def predict_in_place(model, x, batch_size=None, verbose="auto", callbacks=None):
     )
     classes = tuple(model.compute_output_shape((None,) + tuple(x.shape[1:]))[2:])
     buffer = _zeroed_buffer((samples, model.timesteps // every) + classes, model.compute_dtype)
-    # Loop variants timed on the first full batches (keras_snn.autotune).
-    signature = autotune.signature("predict", batch_size, model.timesteps, x)
-    runner = autotune.tuner_for(model, signature, samples // batch_size)
+    # A large batch runs as several loop calls (keras_snn.sub_batching); the
+    # calls are the units on which the loop variants are timed
+    # (keras_snn.autotune), the full-sized ones only.
+    limit = sub_batching.rows_per_call(model)
+    unit_rows = sub_batching.call_rows(batch_size, limit)
+    signature = autotune.signature("predict", unit_rows, model.timesteps, x)
+    full_units = (samples // batch_size) * sub_batching.call_count(batch_size, limit)
+    runner = autotune.tuner_for(model, signature, full_units)
     callbacks.on_predict_begin()
     for index in range(batches):
         callbacks.on_predict_batch_begin(index)
-        start = index * batch_size
-        inputs = tf.convert_to_tensor(x[start : start + batch_size])
-        rows = int(inputs.shape[0])
+        first = index * batch_size
+        rows = min(batch_size, samples - first)
+        for start, stop in sub_batching.call_slices(rows, limit):
+            inputs = tf.convert_to_tensor(x[first + start : first + stop])
 
-        def run(variant, inputs=inputs, start=start):
-            _batch_runner(variant, every, inputs, buffer)(inputs, buffer, tf.constant(start))
+            def run(variant, inputs=inputs, start=first + start):
+                _batch_runner(variant, every, inputs, buffer)(inputs, buffer, tf.constant(start))
 
-        runner.run(run, timed=rows == batch_size)
+            runner.run(run, timed=stop - start == unit_rows)
         # A gather copies the batch's rows only: after the loop's scatters a
         # dense read would copy the whole buffer (copy-on-read mode).
         logs = {}
         if logs_outputs:
-            logs["outputs"] = buffer.sparse_read(tf.range(start, start + rows)).numpy()
+            logs["outputs"] = buffer.sparse_read(tf.range(first, first + rows)).numpy()
         callbacks.on_predict_batch_end(index, logs)
     callbacks.on_predict_end()
     return _as_numpy(buffer)

@@ -95,6 +95,20 @@ class SpikingModel(keras.Model):
             the last bit. Ignored with `xla=True`, which compiles the whole
             loop. None (default) is tuned like `xla`, and fused when
             untuned.
+        sub_batch_size: the most samples one call of the loop runs in
+            `predict` on arrays and in `simulate`; a larger batch runs as
+            several calls on consecutive slices of it, with the same numbers
+            (samples are independent; random encoders draw per call). None
+            (auto, the default): as many samples as keep one tensor of every
+            spiking layer's neurons within 96 MiB
+            (`keras_snn.sub_batching`): 296 for a Conv MNIST net, so a batch
+            of 1000 runs as four calls of 250, and a small dense network is
+            never split. TensorFlow's allocator pool follows the size of one
+            call and a long run touches more of it: `predict` on Conv MNIST
+            at batch 1000 and T=5000 peaked about 1.5 GiB higher as one call
+            than as four. One large call was up to 9% faster in `predict`
+            and alike in `simulate` on a 2-core CPU (benchmarks/RESULTS.md,
+            "Memory"). `snn(x)`, `fit` and `evaluate` run a batch as given.
         **kwargs: `keras.Model` arguments such as `name`.
 
     Call arguments:
@@ -143,6 +157,7 @@ class SpikingModel(keras.Model):
         readout_every=1,
         parallel_steps=None,
         fused_neurons=None,
+        sub_batch_size=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -164,16 +179,9 @@ class SpikingModel(keras.Model):
         self.dropout = float(dropout)
         self.synapse_dtype = _check_synapse_dtype(synapse_dtype)
         self.readout_every = _check_readout_every(readout_every)
-        if parallel_steps is not None and (
-            isinstance(parallel_steps, bool) or not isinstance(parallel_steps, int)
-            or parallel_steps < 1
-        ):
-            raise ValueError(
-                f"`parallel_steps` must be an int >= 1 or None (auto); received "
-                f"{parallel_steps!r}."
-            )
-        self.parallel_steps = parallel_steps
+        self.parallel_steps = _check_count_or_auto(parallel_steps, "parallel_steps")
         self.fused_neurons = None if fused_neurons is None else bool(fused_neurons)
+        self.sub_batch_size = _check_count_or_auto(sub_batch_size, "sub_batch_size")
         self._plan = Plan(network)
         self._time_loop = TimeLoop(
             self._plan, self.compute_dtype, self.synapse_dtype, parallel_steps, head,
@@ -652,7 +660,8 @@ class SpikingModel(keras.Model):
         The network (layers and weights) and the head are shared, not copied:
         training one trains the other. Options are the constructor's:
         `timesteps`, `stateful`, `batch_size`, `xla`, `head`, `dropout`,
-        `synapse_dtype`, `readout_every`, `parallel_steps`, `fused_neurons`.
+        `synapse_dtype`, `readout_every`, `parallel_steps`, `fused_neurons`,
+        `sub_batch_size`.
         Not carried over: a stateful model's stream state,
         the model's `name` and its `compile()` state (compile the new model
         to train or evaluate it).
@@ -715,6 +724,7 @@ class SpikingModel(keras.Model):
             "readout_every": self.readout_every,
             "parallel_steps": self.parallel_steps,
             "fused_neurons": self.fused_neurons,
+            "sub_batch_size": self.sub_batch_size,
         }
 
     @classmethod
@@ -783,6 +793,13 @@ def _nonfinite_samples(inputs):
     """(batch,) bool: the samples whose static input holds a NaN or an infinity."""
     flat = tf.reshape(inputs, [tf.shape(inputs)[0], -1])
     return tf.logical_not(tf.reduce_all(tf.math.is_finite(flat), axis=-1))
+
+
+def _check_count_or_auto(value, name):
+    """`value` if it is None ("auto") or an int >= 1; otherwise a ValueError naming `name`."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"`{name}` must be an int >= 1 or None (auto); received {value!r}.")
+    return value
 
 
 def _check_readout_every(value, timesteps=None):
