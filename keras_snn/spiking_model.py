@@ -106,8 +106,8 @@ class SpikingModel(keras.Model):
             never split. TensorFlow's allocator pool follows the size of one
             call and a long run touches more of it: `predict` on Conv MNIST
             at batch 1000 and T=5000 peaked about 1.5 GiB higher as one call
-            than as four. One large call was up to 9% faster in `predict`
-            and alike in `simulate` on a 2-core CPU (benchmarks/RESULTS.md,
+            than as four. One large call was 5% faster in `predict` and 2%
+            slower in `simulate` on a 2-core CPU (benchmarks/RESULTS.md,
             "Memory"). `snn(x)`, `fit` and `evaluate` run a batch as given.
         **kwargs: `keras.Model` arguments such as `name`.
 
