@@ -9,6 +9,7 @@ across hosts) the batches are split over the replicas and the sums are
 reduced, giving the same numbers as one device.
 """
 
+import functools
 import json
 import weakref
 
@@ -16,7 +17,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_snn import autotune
 from keras_snn import metrics
 from keras_snn import sub_batching
 from keras_snn.spiking_model import SpikingModel
@@ -252,7 +252,7 @@ def simulate(snn, x, y=None, *, timesteps=None, batch_size=256, verbose="auto"):
     if distributed:
         dataset = strategy.experimental_distribute_dataset(dataset)
     progress = keras.utils.Progbar(batches) if verbose not in (0, False) else None
-    runner = signature = None  # loop variants timed on the first batches (one device only)
+    calls = None  # the batches' loop calls, timed by autotune (one device only)
     totals = None
     for index, batch in enumerate(dataset):
         inputs, labels = batch if has_labels else (batch, tf.zeros([0], tf.int32))
@@ -268,25 +268,18 @@ def simulate(snn, x, y=None, *, timesteps=None, batch_size=256, verbose="auto"):
             sums = _numpy(sums)
         else:
             rows = int(inputs.shape[0])
-            if runner is None:
+            if calls is None:
                 # A large batch runs as several loop calls (keras_snn.sub_batching),
-                # the units on which the loop variants are timed.
-                limit = sub_batching.rows_per_call(snn)
-                unit_rows = sub_batching.call_rows(rows, limit)
-                signature = autotune.signature("simulate", unit_rows, steps, inputs)
-                units = None if batches is None else batches * sub_batching.call_count(rows, limit)
-                runner = autotune.tuner_for(snn, signature, units)
-            sums = None
-            for start, stop in sub_batching.call_slices(rows, limit):
-                call_sums = runner.run(
-                    lambda model, start=start, stop=stop: _numpy(
-                        _compiled_step(model, steps, has_labels, classes, strategy)(
-                            inputs[start:stop], labels[start:stop] if has_labels else labels
-                        )
-                    ),
-                    timed=stop - start == unit_rows,
+                # the units on which the loop variants are timed (keras_snn.autotune).
+                calls = sub_batching.BatchCalls(snn, "simulate", rows, steps, inputs, batches)
+
+            def run(model, start, stop, inputs=inputs, labels=labels):
+                step = _compiled_step(model, steps, has_labels, classes, strategy)
+                return _numpy(
+                    step(inputs[start:stop], labels[start:stop] if has_labels else labels)
                 )
-                sums = _added(sums, call_sums)
+
+            sums = functools.reduce(_added, calls.run(rows, run), None)
         totals = _added(totals, sums)
         if progress is not None:
             progress.update(index + 1)

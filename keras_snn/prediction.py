@@ -12,8 +12,9 @@ array is that variable's memory. Each batch runs as one call of the loop
 that starts at rest: carrying neuron states from call to call (an earlier
 version ran batches in chunks of steps) keeps a second set of states alive
 and made TensorFlow's allocator pool twice as large (benchmarks/RESULTS.md,
-"Memory"). The batches are the units on which `keras_snn.autotune` times the
-loop variants.
+"Memory"). A batch larger than the model's `sub_batch_size` runs as several
+such calls (`keras_snn.sub_batching`), the units on which `keras_snn.autotune`
+times the loop variants.
 
 Everything else (datasets and generators, `steps`, stateful models, event
 input whose frames already hold T steps, a `tf.distribute` strategy) goes
@@ -26,7 +27,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_snn import autotune
 from keras_snn import sub_batching
 
 _DEFAULT_BATCH_SIZE = 32  # Keras's predict default
@@ -76,26 +76,24 @@ def predict_in_place(model, x, batch_size=None, verbose="auto", callbacks=None):
     )
     classes = tuple(model.compute_output_shape((None,) + tuple(x.shape[1:]))[2:])
     buffer = _zeroed_buffer((samples, model.timesteps // every) + classes, model.compute_dtype)
-    # A large batch runs as several loop calls (keras_snn.sub_batching); the
-    # calls are the units on which the loop variants are timed
-    # (keras_snn.autotune), the full-sized ones only.
-    limit = sub_batching.rows_per_call(model)
-    unit_rows = sub_batching.call_rows(batch_size, limit)
-    signature = autotune.signature("predict", unit_rows, model.timesteps, x)
-    full_units = (samples // batch_size) * sub_batching.call_count(batch_size, limit)
-    runner = autotune.tuner_for(model, signature, full_units)
+    # A large batch runs as several loop calls (keras_snn.sub_batching), the
+    # units on which the loop variants are timed (keras_snn.autotune).
+    calls = sub_batching.BatchCalls(
+        model, "predict", batch_size, model.timesteps, x, samples // batch_size
+    )
     callbacks.on_predict_begin()
     for index in range(batches):
         callbacks.on_predict_batch_begin(index)
         first = index * batch_size
         rows = min(batch_size, samples - first)
-        for start, stop in sub_batching.call_slices(rows, limit):
+
+        def run(variant, start, stop, first=first):
             inputs = tf.convert_to_tensor(x[first + start : first + stop])
+            _batch_runner(variant, every, inputs, buffer)(
+                inputs, buffer, tf.constant(first + start)
+            )
 
-            def run(variant, inputs=inputs, start=first + start):
-                _batch_runner(variant, every, inputs, buffer)(inputs, buffer, tf.constant(start))
-
-            runner.run(run, timed=stop - start == unit_rows)
+        calls.run(rows, run)
         # A gather copies the batch's rows only: after the loop's scatters a
         # dense read would copy the whole buffer (copy-on-read mode).
         logs = {}

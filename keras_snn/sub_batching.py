@@ -16,6 +16,8 @@ training needs the whole batch in one graph for its gradients.
 
 import tensorflow as tf
 
+from keras_snn import autotune
+
 # The neuron states of one loop call are kept within this many bytes (one
 # tensor of every spiking layer's neurons, `SpikingModel.neuron_counts`):
 # a Conv MNIST batch of 250 holds 85 MB, the size at which its memory stayed
@@ -70,3 +72,56 @@ def call_count(rows, limit):
 def call_rows(rows, limit):
     """The size of the largest call for a batch of `rows` (the unit autotune times)."""
     return -(-rows // call_count(rows, limit))
+
+
+class BatchCalls:
+    """A driver's batches run as loop calls, each a unit `keras_snn.autotune` may time.
+
+    The calls of a full batch are the units: the tuning signature carries the
+    largest call's size, and only calls of that size are timed (a smaller
+    call, e.g. from a last partial batch, runs the current choice untimed).
+
+    Args:
+        model: the `SpikingModel` run.
+        kind: what the driver runs ("predict", "simulate"), part of the
+            signature.
+        batch_rows: the samples of a full batch.
+        steps: the steps of every call.
+        inputs: a batch (its shape after the batch dimension and its dtype
+            enter the signature).
+        batches: the full batches the driver will run (None: unknown).
+
+    Example:
+
+    >>> import keras, numpy as np, keras_snn
+    >>> from keras_snn import layers
+    >>> inputs = keras.Input((4,))
+    >>> x = layers.SpikingDense(3, neuron=None)(layers.AnalogInput()(inputs))
+    >>> snn = keras_snn.SpikingModel(keras.Model(inputs, layers.Readout()(x)), timesteps=5,
+    ...                              sub_batch_size=3)
+    >>> x = np.ones((7, 4), "float32")
+    >>> calls = BatchCalls(snn, "predict", 7, 5, x, batches=1)
+    >>> calls.run(7, lambda model, start, stop: (start, stop))
+    [(0, 3), (3, 5), (5, 7)]
+    """
+
+    def __init__(self, model, kind, batch_rows, steps, inputs, batches):
+        self._limit = rows_per_call(model)
+        self._unit_rows = call_rows(batch_rows, self._limit)
+        signature = autotune.signature(kind, self._unit_rows, steps, inputs)
+        units = None if batches is None else batches * call_count(batch_rows, self._limit)
+        self._runner = autotune.tuner_for(model, signature, units)
+
+    def run(self, rows, call):
+        """`call(variant_model, start, stop)` for each loop call of a batch of `rows`.
+
+        `call` must return only once its work is done (it is timed). Returns
+        the calls' results, in order.
+        """
+        return [
+            self._runner.run(
+                lambda variant, start=start, stop=stop: call(variant, start, stop),
+                timed=stop - start == self._unit_rows,
+            )
+            for start, stop in call_slices(rows, self._limit)
+        ]
