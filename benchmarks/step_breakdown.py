@@ -12,8 +12,9 @@ Two measurements, in one process on one machine:
    pooling, and op counting (absolute values, sums and the fan-out
    matrix-vector products).
 2. The neuron update against the memory floor. For the SNN's largest spiking
-   layer whose current changes every step, at the same batch: its compiled neuron update; an XLA kernel that
-   reads and writes as many float32 tensors of that shape with one add each
+   layer whose current changes every step, at the same batch: its compiled
+   neuron update; an XLA kernel that reads and writes as many float32
+   tensors of that shape with one add each
    (the time to move those bytes, the floor for any update that keeps its
    state in float32); the layer's synaptic current; and counting its spikes
    (events per sample and fan-out-weighted operations).
@@ -149,10 +150,12 @@ def neuron_floor(snn, batch_size):
     # Unit spikes (-1, 0, 1) into the layer: what a buffered layer before it emits.
     source = tf.constant(
         rng.integers(-1, 2, (batch_size,) + tuple(layer.input.shape[1:])).astype("float32"))
-    rows.append(("the layer's synaptic current", best_ms(tf.function(layer.compute_current), source)))
+    current_ms = best_ms(tf.function(layer.compute_current), source)
+    rows.append(("the layer's synaptic current", current_ms))
     flat = tf.reshape(spikes, [batch_size, -1])
     fanout = tf.ones([flat.shape[1]])
-    count = tf.function(lambda s: (tf.reduce_sum(tf.abs(s), 1), tf.linalg.matvec(tf.abs(s), fanout)))
+    count = tf.function(
+        lambda s: (tf.reduce_sum(tf.abs(s), 1), tf.linalg.matvec(tf.abs(s), fanout)))
     rows.append(("counting its spikes (events and weighted ops per sample)", best_ms(count, flat)))
     return layer.name, int(np.prod(shape[1:])), rows
 
