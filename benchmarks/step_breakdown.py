@@ -31,7 +31,6 @@ import glob
 import os
 import sys
 import tempfile
-import time
 
 from absl import app
 from absl import flags
@@ -100,18 +99,12 @@ def by_kind(totals):
 
 def best_ms(fn, *args):
     """Best of 3 timings of `--repeats` calls, in ms per call, after a warm-up."""
-    def read(result):
-        tf.nest.map_structure(lambda t: t.numpy(), result)
-
-    read(fn(*args))
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
+    def calls():
         for _ in range(FLAGS.repeats):
             result = fn(*args)
-        read(result)
-        best = min(best, (time.perf_counter() - start) / FLAGS.repeats)
-    return 1e3 * best
+        tf.nest.map_structure(lambda t: t.numpy(), result)  # the work is done, not queued
+
+    return 1e3 * common.best_time(calls, repeats=3) / FLAGS.repeats
 
 
 def neuron_floor(snn, batch_size):
@@ -154,6 +147,8 @@ def neuron_floor(snn, batch_size):
     rows.append(("the layer's synaptic current", current_ms))
     flat = tf.reshape(spikes, [batch_size, -1])
     fanout = tf.ones([flat.shape[1]])
+    # As the time loop counts unit spikes (keras_snn.time_loop, keras_snn.costs): the
+    # magnitudes summed per sample, and their product with a fan-out map (ones here).
     count = tf.function(
         lambda s: (tf.reduce_sum(tf.abs(s), 1), tf.linalg.matvec(tf.abs(s), fanout)))
     rows.append(("counting its spikes (events and weighted ops per sample)", best_ms(count, flat)))
@@ -179,12 +174,8 @@ def main(_):
     def snn_run():
         tf.nest.map_structure(lambda t: t.numpy(), snn(x, return_ops=True))
 
-    wall = {}
-    for label, fn in (("ANN", ann_run), ("SNN", snn_run)):
-        fn()
-        start = time.perf_counter()
-        fn()
-        wall[label] = time.perf_counter() - start
+    wall = {label: common.best_time(fn, repeats=1)
+            for label, fn in (("ANN", ann_run), ("SNN", snn_run))}
     kernels = {"ANN": profiled_kernel_ms(ann_run), "SNN": profiled_kernel_ms(snn_run)}
     print(f"\n{name}, batch {batch}: {steps} ANN passes against {steps} SNN steps "
           f"(ops counted); wall time of one unprofiled call: ANN {wall['ANN']:.2f} s, "
