@@ -31,6 +31,7 @@ from keras_snn import layers as snn_layers
 from keras_snn import neurons as neurons_lib
 from keras_snn.conversion import bias_calibration as bias_calibration_lib
 from keras_snn.conversion import ir
+from keras_snn.conversion.bias_calibration import AUTO_RELU_STARTS
 from keras_snn.conversion.bias_calibration import AUTO_STARTS
 from keras_snn.conversion.bias_calibration import calibrate_network
 from keras_snn.conversion.bias_calibration import check_bias_calibration
@@ -163,12 +164,15 @@ def convert_model(
             pooling, a spiking input) start at 0.5, which centres their
             rounding error. "auto" (default): as "shift", except that an
             eq. 1 QReLU (phi = 0) starts at 0.5 too, which was much better on
-            the deeper measured network; when such a network is calibrated
-            ("auto" `bias_calibration`), every neuron's start is chosen among
-            0.5, 0.45 and 0.4 (the network is calibrated from each, and the
-            one whose readout comes closest to the ANN's logits on the
-            calibration data is kept: three calibrations instead of one).
-            The chosen start is each layer's `neuron.initial_membrane`.
+            the deeper measured network. When "auto" `bias_calibration`
+            calibrates a network whose start is a free choice, every
+            neuron's start is chosen: among 0.5, 0.45 and 0.4 for an eq. 1
+            QReLU network, 0.5 and 0.6 for a network without QReLU layers
+            (the network is calibrated from each, and the one whose top-1
+            agrees with the ANN's on the most calibration inputs, up to
+            2048 of them, is kept: a calibration and a simulation of those
+            inputs per start). Not under a `head`. The chosen start is each
+            layer's `neuron.initial_membrane`.
             Signed neurons always start at 0.
             The "auto" choices were measured on the repo's benchmark models
             (benchmarks/RESULTS.md, "Conversion defaults").
@@ -263,24 +267,24 @@ def convert_model(
     )
     builder.build()
     off_shift = _rounds_unlike_its_qrelu(ops, options)
+    targets = builder.calibration_targets()
+    auto = bias_calibration == "auto"
     calibrate = bias_calibration is True or (
-        bias_calibration == "auto" and calibration_data is not None
+        auto and calibration_data is not None
         and options.normalization != "none"  # "none": the weights as they are
         and (options.timesteps * options.spike_max < _CALIBRATE_BELOW_RESOLUTION or off_shift)
+        # one simulation per layer: too slow for a default on deep nets
+        and len(targets) <= _MOST_AUTO_CALIBRATED_LAYERS
     )
+    starts = (_starts_to_choose(ops, options, off_shift, tail)
+              if calibrate and auto else (None,))
     if calibrate:  # taken first: normalize may read a one-shot iterator to its end
-        samples, calibration_data = first_samples(calibration_data)
+        samples, calibration_data = first_samples(calibration_data, len(starts) > 1)
     builder.normalize(calibration_data)
-    targets = builder.calibration_targets() if calibrate else []
-    if bias_calibration == "auto" and len(targets) > _MOST_AUTO_CALIBRATED_LAYERS:
-        calibrate = False  # one simulation per layer: too slow for a default on deep nets
     if calibrate:
-        auto = bias_calibration == "auto"
-        choose_start = (auto and off_shift and options.initial_membrane == "auto"
-                        and not isinstance(options.neuron, neurons_lib.Neuron))
         calibrate_network(
             builder.network, targets, samples, options.timesteps, options.spike_max, auto,
-            starts=AUTO_STARTS if choose_start else (None,),
+            starts=starts,
         )
     return SpikingModel(builder.network, timesteps=options.timesteps, head=tail)
 
@@ -374,6 +378,24 @@ class _Options:
         if isinstance(self.neuron, neurons_lib.Neuron):  # a template: one copy per layer
             return copy.deepcopy(self.neuron)  # needs no registration, unlike a config copy
         return _named_neuron(self.neuron, self.spike_max, self.membrane_for(op))
+
+
+def _starts_to_choose(ops, options, off_shift, head):
+    """The initial membranes "auto" calibration chooses among, or `(None,)` for none.
+
+    Only where the start is a free choice the user left to "auto": an eq. 1
+    QReLU network started off its shift (AUTO_STARTS), a network without QReLU
+    layers (AUTO_RELU_STARTS). A QCFS network starts at its shift. With a
+    `head` the readout is not the class scores the choice compares.
+    """
+    if (options.initial_membrane != "auto" or isinstance(options.neuron, neurons_lib.Neuron)
+            or head is not None):
+        return (None,)
+    if off_shift:
+        return AUTO_STARTS
+    if not any(getattr(op, "spiking", False) and getattr(op, "quantized", False) for op in ops):
+        return AUTO_RELU_STARTS
+    return (None,)
 
 
 def _rounds_unlike_its_qrelu(ops, options):
