@@ -79,11 +79,11 @@ _GAIN_RANGE = (0.5, 2.0)
 # of three trainings, 0.45 and 0.5 were best on the others); 0.35 and below
 # lost 4-12 points there (benchmarks/RESULTS.md, issue 16).
 AUTO_STARTS = (0.5, 0.45, 0.4)
-# ...and for a ReLU network. A ReLU layer's ceiling is a percentile, not a
-# level the ANN rounds to, and its activations are spread below it: at T=4-8
-# a start above theta/2 gained the long-trained small ReLU ResNet 1.3-1.9
-# points, but cost a shorter-trained one 1.4 and the VGGs up to 0.2; at T=16
-# it cost 0.15-0.25 (benchmarks/RESULTS.md, issue 16, tenth pass).
+# ...and for a network without QReLU layers. Which start is better varies as
+# much: on 10000 test images at T=4-8, 0.6 gained a long-trained small ReLU
+# ResNet 1.3-1.9 points over 0.5 and cost a shorter-trained one 1.4-3.0; the
+# VGGs and Conv MNIST moved by -0.13 to +0.35, and at T=16 every network by at
+# most 0.25 (benchmarks/RESULTS.md, issue 16, tenth pass).
 AUTO_RELU_STARTS = (0.5, 0.6)
 # The start is chosen by the top-1 agreement of the calibrated network with
 # the ANN on up to this many calibration inputs (the first _SAMPLES of them
