@@ -283,20 +283,37 @@ def test_the_start_is_chosen_by_agreement_before_readout_error():
     assert same_weights(auto, fixed[more])
 
 
-@pytest.mark.parametrize("make", [
-    lambda: keras_snn.convert_model(qrelu_net(0.5), IMAGES, timesteps=8),
-    lambda: (lambda ann: keras_snn.convert_model(
-        ann, IMAGES, timesteps=T, head=ann.layers[-1].name))(residual_net()),
-])
-def test_no_start_is_chosen_for_a_qcfs_network_or_under_a_head(make):
-    # A QCFS layer starts at its own shift; with a head the readout feeds
-    # Keras layers, not class scores to compare with the ANN's.
+def test_no_start_is_chosen_for_a_qcfs_network():
+    # A QCFS layer starts at its own shift.
     from keras_snn.conversion import converter
 
     with mock.patch.object(
             converter, "calibrate_network", wraps=converter.calibrate_network) as calibrate:
-        make()
+        keras_snn.convert_model(qrelu_net(0.5), IMAGES, timesteps=8)
     assert calibrate.called and calibrate.call_args.kwargs["starts"] == (None,)
+
+
+def test_under_a_head_the_readout_error_alone_chooses_the_start():
+    # The readout then feeds the head's Keras layers: its largest output is no
+    # decision to compare, its closeness to the ANN's values still is.
+    from keras_snn.conversion import converter
+
+    ann = residual_net()
+    with mock.patch.object(
+            converter, "calibrate_network", wraps=converter.calibrate_network) as calibrate:
+        keras_snn.convert_model(ann, IMAGES, timesteps=T, head=ann.layers[-1].name)
+    kwargs = calibrate.call_args.kwargs
+    assert kwargs["starts"] == AUTO_RELU_STARTS and kwargs["by_decisions"] is False
+
+
+@pytest.mark.parametrize("values, expected", [
+    (np.array([[0.1, 0.7, 0.2], [0.5, 0.1, 0.0]]), [[1], [0]]),  # classes: the top one
+    (np.array([[-0.3], [0.4]]), [[False], [True]]),  # one output: its sign
+    (np.array([[[1.0, 0.0], [0.0, 2.0]]]), [[0, 1]]),  # a feature map: per position
+])
+def test_a_readouts_decisions(values, expected):
+    decisions = bias_calibration._decisions(values, len(values), values.shape[-1])
+    np.testing.assert_array_equal(decisions, expected)
 
 
 def test_choosing_the_start_reads_more_calibration_inputs_within_a_byte_budget():
@@ -304,10 +321,19 @@ def test_choosing_the_start_reads_more_calibration_inputs_within_a_byte_budget()
     assert len(first_samples(data)[0]) == 256
     assert len(first_samples(data, choosing_start=True)[0]) == 2048
     with mock.patch.object(bias_calibration, "_CHOICE_BYTES", 300 * 4 * 4):
-        # Read in batches of 256: the one that passes the budget is the last.
-        assert len(first_samples(data, choosing_start=True)[0]) == 512
-        with mock.patch.object(bias_calibration, "_CHOICE_BYTES", 4):
-            assert len(first_samples(data, choosing_start=True)[0]) == 256  # never fewer
+        assert len(first_samples(data, choosing_start=True)[0]) == 300
+    with mock.patch.object(bias_calibration, "_CHOICE_BYTES", 4):
+        assert len(first_samples(data, choosing_start=True)[0]) == 256  # never fewer
+
+
+def test_calibration_batches_of_another_shape_are_refused_naming_the_data():
+    # A sequence model takes any length, the calibration reader one per conversion.
+    ann = keras.Sequential([keras.Input((None, 3)), keras.layers.Conv1D(4, 3, activation="relu"),
+                            keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(2)])
+    rng = np.random.default_rng(5)
+    batches = (rng.random((128, length, 3)).astype("float32") for length in (9, 9, 11, 11))
+    with pytest.raises(ConversionError, match="calibration_data"):
+        keras_snn.convert_model(ann, batches, timesteps=T)
 
 
 @pytest.mark.parametrize("options", [

@@ -205,17 +205,22 @@ def calibrate_biases(network, targets, inputs, timesteps, spike_max, keep_if_bet
     }
 
 
-def calibrate_network(network, targets, inputs, timesteps, spike_max, auto, starts=(None,)):
+def calibrate_network(network, targets, inputs, timesteps, spike_max, auto, starts=(None,),
+                      by_decisions=True):
     """Calibrate `network` in place, choosing its neurons' start among `starts`.
 
     For each start (None: the neurons as they are) the network's weights as
     given are calibrated on the first 256 `inputs` (`calibrate_biases`; with
     `auto`, kept only if the readout comes closer to the ANN's logits, and if
     the gains do not, the biases alone are tried). With several starts the
-    one whose calibrated network's top-1 (the readout's largest output after
-    `timesteps` steps) agrees with the ANN's on the most `inputs` is kept,
-    with its weights; among equal agreements, the one whose readout is
-    closest to the ANN's logits, then the earlier one.
+    one whose calibrated network decides like the ANN on the most `inputs`
+    (the top class of the readout after `timesteps` steps, per position for
+    a feature-map output; the sign of a single output) is kept, with its
+    weights; among equal agreements, the one whose readout is closest to the
+    ANN's logits, then the earlier one. The ANN is the network's own analog
+    pass, ceilings included (the Keras model up to clipping at them).
+    Without `by_decisions` (a readout that feeds a head, not class scores)
+    the readout's closeness alone ranks them.
 
     Args:
         network, targets, timesteps, spike_max: as for `calibrate_biases`.
@@ -225,6 +230,7 @@ def calibrate_network(network, targets, inputs, timesteps, spike_max, auto, star
         starts: initial membranes (fractions of the threshold) tried for
             every neuron that is not signed (`set_initial_membrane`); with
             several, each is calibrated from the weights as given.
+        by_decisions: rank the starts by agreement in decisions first.
 
     Returns:
         The start of the kept network.
@@ -237,22 +243,34 @@ def calibrate_network(network, targets, inputs, timesteps, spike_max, auto, star
     inputs = np.asarray(inputs, "float32")
     readout_input = _producer(network, network.layers[-1])
     quantizers = {t.tap: t.quantizer for t in targets if t.quantizer is not None}
-    ann_top1 = _ann_values(
-        network, inputs, spike_max, quantizers, keep=readout_input.name
-    )[readout_input.name].reshape(len(inputs), -1).argmax(axis=-1)
+    classes = readout_input.output.shape[-1]
+    if by_decisions:
+        ann_decisions = _decisions(_ann_values(
+            network, inputs, spike_max, quantizers, keep=readout_input.name
+        )[readout_input.name], len(inputs), classes)
     weights = network.get_weights()
     best = None
     for start in starts:
         set_initial_membrane(network, start)
         network.set_weights(weights)
         mse = _calibrate_once(network, targets, inputs, timesteps, spike_max, auto)
-        probe, _ = _probe(network, [readout_input], timesteps)  # traces the new neurons
-        agreement = np.mean(_run(probe, inputs, timesteps).argmax(axis=-1) == ann_top1)
+        agreement = 0.0
+        if by_decisions:
+            probe, _ = _probe(network, [readout_input], timesteps)  # traces the new neurons
+            decisions = _decisions(_run(probe, inputs, timesteps), len(inputs), classes)
+            agreement = np.mean(decisions == ann_decisions)
         if best is None or (agreement, -mse) > best[1]:
             best = (start, (agreement, -mse), network.get_weights())
     set_initial_membrane(network, best[0])
     network.set_weights(best[2])
     return best[0]
+
+
+def _decisions(values, items, classes):
+    """What a readout decides per item and position: the top class along the
+    last axis, or the sign of a single output (a sigmoid's decision at 0)."""
+    values = np.reshape(values, (items, -1, classes))
+    return values[..., 0] > 0 if classes == 1 else values.argmax(axis=-1)
 
 
 def _calibrate_once(network, targets, inputs, timesteps, spike_max, auto):
@@ -316,9 +334,11 @@ def first_samples(calibration_data, choosing_start=False):
     calibration data to read again from its start.
 
     The first `_SAMPLES` inputs, or for choosing the start up to
-    `_CHOICE_SAMPLES` (fewer if they would take more than `_CHOICE_BYTES`).
-    A one-shot iterator (a generator) is read once: what was taken from it
-    is put back in front of the rest.
+    `_CHOICE_SAMPLES`, as many as fit in `_CHOICE_BYTES` (at least
+    `_SAMPLES`). Reading stops at a batch whose input shape differs from the
+    first's (normalisation's reader names that error). A one-shot iterator
+    (a generator) is read once: what was taken from it is put back in front
+    of the rest.
     """
     count = _CHOICE_SAMPLES if choosing_start else _SAMPLES
     iter_once = (
@@ -331,15 +351,23 @@ def first_samples(calibration_data, choosing_start=False):
     for element in source:
         taken.append(element)
         for batch in calibration_batches([element]) if iter_once else [element]:
-            parts.append(np.asarray(batch, "float32"))
-            total += len(batch)
-        if total >= count or (
-                total >= _SAMPLES and sum(part.nbytes for part in parts) >= _CHOICE_BYTES):
+            batch = np.asarray(batch, "float32")
+            if parts and batch.shape[1:] != parts[0].shape[1:]:
+                total = count  # stop here
+                break
+            if not parts and choosing_start:
+                fitting = _CHOICE_BYTES // max(batch[:1].nbytes, 1)
+                count = min(_CHOICE_SAMPLES, max(_SAMPLES, fitting))
+            parts.append(batch[: count - total])
+            total += len(parts[-1])
+            if total >= count:
+                break
+        if total >= count:
             break
     if not parts:
         raise ConversionError("calibration_data yielded no batches.")
     rest = itertools.chain(taken, calibration_data) if iter_once else calibration_data
-    return np.concatenate(parts)[:count], rest
+    return np.concatenate(parts), rest
 
 
 def _producer(network, layer):

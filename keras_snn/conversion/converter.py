@@ -51,7 +51,8 @@ from keras_snn.spiking_model import SpikingModel
 _NORMALIZATIONS = ("auto", "percentile", "max", "none")
 _ENCODINGS = ("analog", "spiking", "poisson")
 _MEMBRANE_RULES = ("auto", "shift")
-# initial_membrane="auto" for layers that are not QReLU (ReLU, pooling, input).
+# initial_membrane="auto" for layers that are not QReLU (ReLU, pooling, input),
+# before "auto" calibration may choose another start (AUTO_RELU_STARTS).
 _RELU_MEMBRANE = 0.5
 # per_channel="auto": per-channel ceilings wherever the network can carry them.
 _PER_CHANNEL = True
@@ -171,8 +172,9 @@ def convert_model(
             (the network is calibrated from each, and the one whose top-1
             agrees with the ANN's on the most calibration inputs, up to
             2048 of them, is kept: a calibration and a simulation of those
-            inputs per start). Not under a `head`. The chosen start is each
-            layer's `neuron.initial_membrane`.
+            inputs per start; under a `head`, the one whose readout is
+            closest to the ANN's). The chosen start is each layer's
+            `neuron.initial_membrane`.
             Signed neurons always start at 0.
             The "auto" choices were measured on the repo's benchmark models
             (benchmarks/RESULTS.md, "Conversion defaults").
@@ -276,15 +278,15 @@ def convert_model(
         # one simulation per layer: too slow for a default on deep nets
         and len(targets) <= _MOST_AUTO_CALIBRATED_LAYERS
     )
-    starts = (_starts_to_choose(ops, options, off_shift, tail)
-              if calibrate and auto else (None,))
+    starts = _starts_to_choose(ops, options, off_shift) if calibrate and auto else (None,)
     if calibrate:  # taken first: normalize may read a one-shot iterator to its end
-        samples, calibration_data = first_samples(calibration_data, len(starts) > 1)
+        samples, calibration_data = first_samples(
+            calibration_data, choosing_start=len(starts) > 1 and tail is None)
     builder.normalize(calibration_data)
     if calibrate:
         calibrate_network(
             builder.network, targets, samples, options.timesteps, options.spike_max, auto,
-            starts=starts,
+            starts=starts, by_decisions=tail is None,  # a head's input is no class scores
         )
     return SpikingModel(builder.network, timesteps=options.timesteps, head=tail)
 
@@ -380,16 +382,17 @@ class _Options:
         return _named_neuron(self.neuron, self.spike_max, self.membrane_for(op))
 
 
-def _starts_to_choose(ops, options, off_shift, head):
+def _starts_to_choose(ops, options, off_shift):
     """The initial membranes "auto" calibration chooses among, or `(None,)` for none.
 
     Only where the start is a free choice the user left to "auto": an eq. 1
     QReLU network started off its shift (AUTO_STARTS), a network without QReLU
-    layers (AUTO_RELU_STARTS). A QCFS network starts at its shift. With a
-    `head` the readout is not the class scores the choice compares.
+    layers (AUTO_RELU_STARTS). A QCFS network starts at its shift; signed
+    neurons start at 0 whatever is chosen.
     """
     if (options.initial_membrane != "auto" or isinstance(options.neuron, neurons_lib.Neuron)
-            or head is not None):
+            or not any(getattr(op, "spiking", False) and not getattr(op, "signed", False)
+                       for op in ops)):
         return (None,)
     if off_shift:
         return AUTO_STARTS

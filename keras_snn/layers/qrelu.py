@@ -41,8 +41,9 @@ class QReLU(keras.layers.Layer):
     zero, so they agree in expectation at every T (QCFS Theorem 2); with
     `phi = 0` the SNN's rate is on average `theta / (2T)` under its input,
     the ANN's `lambda_b / (2P)`, and they agree only at `T = P`. ("auto"
-    starts eq. 1 layers at theta/2 all the same: on deep networks that was
-    measured far better, benchmarks/RESULTS.md.)
+    starts eq. 1 layers near theta/2 instead, 0.5, 0.45 or 0.4 of it as its
+    calibration chooses: on deep networks that was measured far better,
+    benchmarks/RESULTS.md.)
 
     Gradients use a straight-through estimator: the gradient of the clipped
     ReLU, 1 for `0 < x < lambda_b`; the bound gets the gradient of the clip,
