@@ -194,8 +194,12 @@ def same_weights(a, b):
 
 
 def neurons(snn, signed=False):
-    """The neurons of the network's spiking layers, signed or not."""
-    return [layer.neuron for layer in snn.network.layers
+    """The neurons of the SNN's spiking layers, signed or not."""
+    return neurons_of(snn.network, signed)
+
+
+def neurons_of(network, signed=False):
+    return [layer.neuron for layer in network.layers
             if getattr(layer, "neuron", None) is not None
             and getattr(layer.neuron, "signed", False) == signed]
 
@@ -206,9 +210,7 @@ def starts(snn):
 
 
 def starts_of(network):
-    return {layer.neuron.initial_membrane for layer in network.layers
-            if getattr(layer, "neuron", None) is not None
-            and not getattr(layer.neuron, "signed", False)}
+    return {neuron.initial_membrane for neuron in neurons_of(network)}
 
 
 def agreement_and_error(snn, ann):
@@ -245,14 +247,19 @@ def test_auto_calibrates_eq1_qrelu_layers_from_the_best_start_at_any_length():
                         keras_snn.convert_model(qcfs, IMAGES, timesteps=32, bias_calibration=False))
 
 
+def relu_net_from_each_start(ann):
+    """{start: `ann` converted from it} for AUTO_RELU_STARTS ("max" ceilings: the
+    ANN the choice compares with is then the Keras model itself, nothing clipped)."""
+    return {start: keras_snn.convert_model(ann, IMAGES, timesteps=T, normalization="max",
+                                           initial_membrane=start)
+            for start in AUTO_RELU_STARTS}
+
+
 def test_auto_chooses_a_relu_networks_start_when_it_calibrates():
     # A ReLU network's start is a free choice too: at a few steps "auto" calibrates
-    # it from each of AUTO_RELU_STARTS ("max" ceilings: the ANN the choice compares
-    # with is then the Keras model itself, nothing clipped).
+    # it from each of AUTO_RELU_STARTS.
     ann = residual_net()
-    fixed = {start: keras_snn.convert_model(ann, IMAGES, timesteps=T, normalization="max",
-                                            initial_membrane=start)
-             for start in AUTO_RELU_STARTS}
+    fixed = relu_net_from_each_start(ann)
     best = the_chosen_start(fixed, ann)
     auto = keras_snn.convert_model(ann, IMAGES, timesteps=T, normalization="max")
     assert starts(auto) == {best}
@@ -265,9 +272,7 @@ def test_the_start_is_chosen_by_agreement_before_readout_error():
     # top-1 ranks first. Here the error each calibration reports is made to favour
     # the start that agrees less, and the start that agrees more is still kept.
     ann = residual_net()
-    fixed = {start: keras_snn.convert_model(ann, IMAGES, timesteps=T, normalization="max",
-                                            initial_membrane=start)
-             for start in AUTO_RELU_STARTS}
+    fixed = relu_net_from_each_start(ann)
     agreements = {start: agreement_and_error(snn, ann)[0] for start, snn in fixed.items()}
     assert len(set(agreements.values())) == len(agreements)
     more, less = sorted(agreements, key=agreements.get, reverse=True)

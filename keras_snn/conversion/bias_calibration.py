@@ -242,9 +242,9 @@ def calibrate_network(network, targets, inputs, timesteps, spike_max, auto, star
         return starts[0]
     inputs = np.asarray(inputs, "float32")
     readout_input = _producer(network, network.layers[-1])
-    quantizers = {t.tap: t.quantizer for t in targets if t.quantizer is not None}
     classes = readout_input.output.shape[-1]
     if by_decisions:
+        quantizers = {t.tap: t.quantizer for t in targets if t.quantizer is not None}
         ann_decisions = _decisions(_ann_values(
             network, inputs, spike_max, quantizers, keep=readout_input.name
         )[readout_input.name], len(inputs), classes)
@@ -348,20 +348,21 @@ def first_samples(calibration_data, choosing_start=False):
     )
     taken, parts, total = [], [], 0
     source = calibration_data if iter_once else calibration_batches(calibration_data)
-    for element in source:
-        taken.append(element)
-        for batch in calibration_batches([element]) if iter_once else [element]:
-            batch = np.asarray(batch, "float32")
-            if parts and batch.shape[1:] != parts[0].shape[1:]:
-                total = count  # stop here
-                break
-            if not parts and choosing_start:
-                fitting = _CHOICE_BYTES // max(batch[:1].nbytes, 1)
-                count = min(_CHOICE_SAMPLES, max(_SAMPLES, fitting))
-            parts.append(batch[: count - total])
-            total += len(parts[-1])
-            if total >= count:
-                break
+
+    def batches():  # what is taken from a one-shot iterator is kept, to put back
+        for element in source:
+            taken.append(element)
+            yield from calibration_batches([element]) if iter_once else [element]
+
+    for batch in batches():
+        batch = np.asarray(batch, "float32")
+        if parts and batch.shape[1:] != parts[0].shape[1:]:
+            break
+        if not parts and choosing_start:
+            fitting = _CHOICE_BYTES // max(batch[:1].nbytes, 1)
+            count = min(_CHOICE_SAMPLES, max(_SAMPLES, fitting))
+        parts.append(batch[: count - total])
+        total += len(parts[-1])
         if total >= count:
             break
     if not parts:

@@ -279,14 +279,15 @@ def convert_model(
         and len(targets) <= _MOST_AUTO_CALIBRATED_LAYERS
     )
     starts = _starts_to_choose(ops, options, off_shift) if calibrate and auto else (None,)
+    by_decisions = tail is None  # a head's input is no class scores to compare
     if calibrate:  # taken first: normalize may read a one-shot iterator to its end
         samples, calibration_data = first_samples(
-            calibration_data, choosing_start=len(starts) > 1 and tail is None)
+            calibration_data, choosing_start=len(starts) > 1 and by_decisions)
     builder.normalize(calibration_data)
     if calibrate:
         calibrate_network(
             builder.network, targets, samples, options.timesteps, options.spike_max, auto,
-            starts=starts, by_decisions=tail is None,  # a head's input is no class scores
+            starts=starts, by_decisions=by_decisions,
         )
     return SpikingModel(builder.network, timesteps=options.timesteps, head=tail)
 
