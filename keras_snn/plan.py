@@ -39,14 +39,18 @@ class Carries(enum.Enum):
     CURRENT = "current"
 
     @classmethod
-    def after_synapse(cls, input_kinds, emits_spikes):
+    def after_synapse(cls, input_kinds, emits_spikes, averages=False):
         """The output kind of a synaptic layer (weights, then maybe a neuron).
 
-        A neuron makes spikes; without one, analog stays analog (a linear map
-        of the input) and anything reached by spikes is a current.
+        A neuron makes spikes; without one, an average (pooling) passes on
+        what it receives (the mean of spikes is a graded spike event), and
+        for any other map analog stays analog (a linear map of the input) and
+        anything reached by spikes is a current.
         """
         if emits_spikes:
             return cls.SPIKES
+        if averages:
+            return cls.passed_on(input_kinds)
         return cls.ANALOG if set(input_kinds) == {cls.ANALOG} else cls.CURRENT
 
     @classmethod
@@ -71,16 +75,19 @@ class PlanNode:
             only its neuron runs inside the loop.
         synaptic: the layer has weights (a `SynapticLayer`).
         counts_ops: synaptic and fed by spikes: its input events are counted.
-        spike_products: every input is spikes, so the weight products may run
-            in a narrow dtype.
+        spike_products: every input is integer-valued spikes, so the weight
+            products may run in a narrow dtype (exact on them); graded
+            events (window means) are not.
         binary: the output spikes are 0 or 1 (their own event mask);
             input_binary: the same for each input.
         unit: the output spikes are -1, 0 or 1 (`|s|` is the event mask and
             the spike magnitude at once); input_unit: the same for each input.
+        input_graded: per input, whether its spikes may be fractions (the
+            window means of a pooling without neuron).
     """
 
     def __init__(self, node, input_kinds, kind, static, static_current, binary, input_binary,
-                 unit, input_unit):
+                 unit, input_unit, input_graded):
         self.key = node.key
         self.layer = node.layer
         self.input_keys = node.input_keys
@@ -90,11 +97,14 @@ class PlanNode:
         self.static_current = static_current
         self.synaptic = isinstance(node.layer, SynapticLayer)
         self.counts_ops = self.synaptic and Carries.SPIKES in input_kinds
-        self.spike_products = self.synaptic and set(input_kinds) == {Carries.SPIKES}
+        self.spike_products = (
+            self.synaptic and set(input_kinds) == {Carries.SPIKES} and not any(input_graded)
+        )
         self.binary = binary
         self.input_binary = input_binary
         self.unit = unit
         self.input_unit = input_unit
+        self.input_graded = input_graded
 
     def gather(self, values):
         """This node's inputs from a dict key -> value (one value or a list)."""
@@ -158,9 +168,10 @@ class Plan:
             )
         self.dynamic = [node for node in self.nodes if not node.static]
         self.op_nodes = [node for node in self.nodes if node.counts_ops]
-        self.spiking_nodes = [
+        self.spiking_nodes = [  # a pooling without neuron passes events on, fires none
             node for node in self.nodes
             if node.kind is Carries.SPIKES and isinstance(node.layer, SpikingLayer)
+            and node.layer.emits_spikes
         ]
         self.frame_shape = tuple(network.inputs[0].shape[1:])
         self.output_shapes = self._output_shapes()
@@ -217,6 +228,7 @@ class Plan:
         # Event frames may hold counts, so a sequence input is not binary.
         binary = {self.input_key: False}
         unit = {self.input_key: False}
+        graded = {self.input_key: False}  # spikes that may be fractions (window means)
         kinds = {self.input_key: Carries.SPIKES if self.sequence_input else Carries.ANALOG}
         static = {self.input_key: not self.sequence_input}
         plan = []
@@ -225,7 +237,7 @@ class Plan:
             in_kinds = [kinds[key] for key in node.input_keys]
             in_static = all(static[key] for key in node.input_keys)
             if isinstance(layer, SynapticLayer):
-                kind = Carries.after_synapse(in_kinds, layer.emits_spikes)
+                kind = Carries.after_synapse(in_kinds, layer.emits_spikes, layer.averages_inputs)
                 out_static, current_static = False, in_static
             elif isinstance(layer, SpikingLayer):  # encoders, readout
                 if layer.emits_spikes:
@@ -237,19 +249,26 @@ class Plan:
                 kind = Carries.passed_on(in_kinds)
                 out_static, current_static = in_static, False
             kinds[node.key], static[node.key] = kind, out_static
+            graded_input = any(graded[key] for key in node.input_keys)
             if isinstance(layer, SpikingLayer):
                 is_binary = kind is Carries.SPIKES and layer.emits_binary_spikes
                 neuron = getattr(layer, "neuron", None)
                 is_unit = is_binary or (
                     kind is Carries.SPIKES and neuron is not None and neuron.spike_max == 1
                 )
+                # Without a neuron the spikes out are means (or maxima) of those in.
+                is_graded = kind is Carries.SPIKES and neuron is None and (
+                    getattr(layer, "averages_inputs", False) or graded_input)
             else:
                 is_binary = all(binary[key] for key in node.input_keys)
                 is_unit = all(unit[key] for key in node.input_keys)
+                is_graded = graded_input
             binary[node.key], unit[node.key] = is_binary, is_unit
+            graded[node.key] = is_graded
             plan.append(PlanNode(
                 node, in_kinds, kind, out_static, current_static, is_binary,
                 [binary[key] for key in node.input_keys], is_unit,
                 [unit[key] for key in node.input_keys],
+                [graded[key] for key in node.input_keys],
             ))
         return plan

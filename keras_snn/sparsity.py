@@ -26,7 +26,8 @@ from keras_snn.layers.weighted import weighted_kernel
 from keras_snn.metrics import combined_sparsity
 
 # Average pooling of hidden activations is a hidden activation too: in the
-# converted network its neurons fire like any layer's.
+# converted network its neurons fire like any layer's (a global pooling's means
+# go on as graded events), and where it is zero the next layer skips its synapses.
 _AVERAGE_POOLING = (
     keras.layers.AveragePooling1D,
     keras.layers.AveragePooling2D,

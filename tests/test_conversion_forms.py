@@ -86,6 +86,41 @@ def test_all_convolutional_classifier_reads_out_through_global_pooling():
     assert errors[1] < errors[0] and errors[1] < 0.05
 
 
+@pytest.mark.parametrize("pooling", [
+    lambda: keras.layers.GlobalAveragePooling2D(),
+    lambda: keras.layers.GlobalAveragePooling2D(keepdims=True),
+    lambda: keras.layers.AveragePooling2D(8),  # a window as large as the map
+])
+def test_a_pooling_to_one_position_passes_its_mean_unrounded(pooling):
+    # One pixel of 64 is on: the pooled mean is 1/64 of the conv's ceiling.
+    # A pooling neuron would round it away (0.5 + 4/64 never reaches the
+    # threshold in 4 steps); without one it reaches the readout at every step.
+    ann = keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(2, 1, activation="relu", kernel_initializer="ones"),
+        pooling(), keras.layers.Flatten(),
+        keras.layers.Dense(3, kernel_initializer=keras.initializers.Constant([[1, 2, 3]] * 2)),
+    ])
+    images = np.zeros((4, 8, 8, 1), "float32")
+    images[np.arange(4), np.arange(4), 2 * np.arange(4), 0] = 1.0
+    snn = keras_snn.convert_model(ann, images, timesteps=4, bias_calibration=False)
+    pool = next(layer for layer in snn.network.layers if "pooling" in layer.name)
+    assert pool.neuron is None
+    readout = np.asarray(snn(images))
+    np.testing.assert_allclose(readout, np.broadcast_to(ann.predict(images, verbose=0)[:, None],
+                                                        readout.shape), rtol=1e-5)
+
+
+def test_a_windowed_pooling_of_spikes_keeps_its_neuron():
+    ann = keras.Sequential([
+        keras.Input((8, 8, 2)), keras.layers.Conv2D(4, 3, activation="relu"),
+        keras.layers.AveragePooling2D(2), keras.layers.Flatten(), keras.layers.Dense(3),
+    ])
+    snn = keras_snn.convert_model(ann, IMAGES, timesteps=4)
+    pool = next(layer for layer in snn.network.layers if "pooling" in layer.name)
+    assert pool.neuron is not None and pool.neuron.spike_max == 1
+
+
 def test_mobilenet_style_head_conv_reshape_softmax_is_the_readout():
     inputs = keras.Input((8, 8, 2))
     x = keras.layers.Conv2D(6, 3, activation="relu")(inputs)

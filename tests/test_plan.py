@@ -17,6 +17,10 @@ def test_synapse_and_passthrough_rules():
     assert Carries.after_synapse([A], emits_spikes=False) is A  # a linear map of the input
     assert Carries.after_synapse([S], emits_spikes=False) is C
     assert Carries.after_synapse([S, A], emits_spikes=False) is C
+    # An average (pooling) without neuron passes on what it receives: the
+    # window means of spikes are graded events.
+    assert Carries.after_synapse([S], emits_spikes=False, averages=True) is S
+    assert Carries.after_synapse([A], emits_spikes=False, averages=True) is A
     assert Carries.passed_on([S, S]) is S
     assert Carries.passed_on([A]) is A
     assert Carries.passed_on([S, C]) is C  # mixed values are not events
@@ -52,6 +56,37 @@ def test_plan_kinds_and_what_the_loop_counts(encoder, first):
     assert plan.nodes[1].static_current == (first is Carries.ANALOG)
     # Poisson spikes are binary (their own event mask), by the layer's attribute.
     assert plan.nodes[0].binary == (first is Carries.SPIKES)
+
+
+def test_a_pooling_without_neuron_passes_graded_events_counted_once_each():
+    inputs = keras.Input((3, 3, 2))
+    x = layers.EventInput()(inputs)
+    x = layers.SpikingGlobalAveragePooling2D(neuron=None)(x)
+    dense = layers.SpikingDense(4, neuron=None)
+    network = keras.Model(inputs, layers.Readout()(dense(x)))
+    kernel = np.array([[1.0, 0.0, 2.0, 0.0], [0.5, -1.0, 1.0, 3.0]], "float32")
+    dense.kernel.assign(kernel)  # fan-out 2 from channel 0, 4 from channel 1
+    plan = Plan(network)
+    pool, readout_layer = plan.nodes[1], plan.nodes[2]
+    assert pool.kind is Carries.SPIKES and not pool.binary and not pool.unit
+    assert pool.counts_ops and readout_layer.counts_ops
+    assert readout_layer.input_graded == [True] and not readout_layer.spike_products
+    assert pool.key not in [node.key for node in plan.spiking_nodes]  # it fires nothing
+    frames = (np.random.default_rng(0).random((5, 6, 3, 3, 2)) < 0.15).astype("float32")
+    run = keras_snn.SpikingModel(network).run(frames)
+    events = frames.reshape(5, 6, 9, 2)
+    # The pool: one accumulate per input event. The layer after it: one event
+    # per channel that had any spike this step, times that channel's fan-out.
+    np.testing.assert_array_equal(run["layer_ops"][pool.key], events.sum(axis=(2, 3)))
+    pooled_events = events.any(axis=2)
+    np.testing.assert_array_equal(
+        run["layer_ops"][readout_layer.key], pooled_events @ np.array([2.0, 4.0]))
+    # The means themselves reach the layer: its current is kernel . mean.
+    np.testing.assert_allclose(
+        np.asarray(run["readout"])[:, -1], events.mean(axis=2).mean(axis=1) @ kernel, atol=1e-6)
+    # Means such as 1/9 are not exact in bfloat16: their products stay float32.
+    narrow = keras_snn.SpikingModel(network, synapse_dtype="bfloat16").run(frames)
+    np.testing.assert_array_equal(narrow["readout"], run["readout"])
 
 
 def test_spiking_model_exposes_its_plan_and_simulate_reads_it():

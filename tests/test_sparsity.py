@@ -12,6 +12,8 @@ from keras_snn.conversion.calibration import calibration_batches
 from keras_snn.graph import layer_graph
 from keras_snn.layers.base import SynapticLayer
 from keras_snn.metrics import combined_sparsity
+from keras_snn.plan import Carries
+from keras_snn.plan import Plan
 
 
 def converted_sparsity(model, x, batch_size=256):
@@ -19,14 +21,15 @@ def converted_sparsity(model, x, batch_size=256):
 
     Kept as the reference: it converted the model (normalization "none", so the
     spiking network in ANN mode is the ANN with BN folded in) and counted the
-    zero outputs of every layer with a neuron and the zero weights of every
-    spiking kernel.
+    zero outputs of every layer that makes spike events (a neuron's, or a
+    global pooling's graded means) and the zero weights of every spiking kernel.
     """
     network = keras_snn.convert_model(model, normalization="none").network
     graph = layer_graph(network)
     hidden = [
-        node.key for node in graph.nodes
-        if isinstance(node.layer, SynapticLayer) and node.layer.neuron is not None
+        node.key for node in Plan(network).nodes
+        if node.synaptic and node.kind is Carries.SPIKES
+        and (node.layer.neuron is not None or node.layer.averages_inputs)
     ]
     zeros = total = 0
     for batch in calibration_batches(x, batch_size):

@@ -96,7 +96,9 @@ def convert_model(
     noise layers (dropped), Flatten, Reshape, ZeroPadding, Cropping, nearest
     UpSampling, Concatenate, Average/GlobalAverage and Max/GlobalMax pooling
     (1D and 2D; max pooling acts on cumulative spike counts, see
-    `keras_snn.layers.SpikingMaxPooling2D`), Add (a weighted spiking add),
+    `keras_snn.layers.SpikingMaxPooling2D`; an average pooling to one
+    position per channel, such as global pooling, has no neuron: its mean goes
+    on as graded spike events, unrounded), Add (a weighted spiking add),
     and nested models. The final linear layer is the readout, and may be
     followed by reshaping and average pooling. A hidden layer or Add without
     ReLU (a linear bottleneck) gets `keras_snn.neurons.SignedIF` neurons, its
@@ -882,6 +884,22 @@ def _readout_tail(ops, output_key):
             return tail
 
 
+def _pools_into_events(output_shape):
+    """Whether a pooling of spikes passes its means on as graded events (no neuron).
+
+    Where it leaves one position per channel (global pooling, or a window as
+    large as the map): the mean over a whole map is far below the ceiling it
+    inherits from its input (a channel's 99.99th percentile), and a neuron
+    would round it again to a multiple of 1/T. At T=8 that cost the small
+    ReLU ResNet 7 points and an untuned strided/GAP network 11.5 before
+    calibration, for 0.04% fewer operations (benchmarks/RESULTS.md, issue 16).
+    A window's mean keeps its inputs' scale: without their neurons the VGG's
+    and Conv MNIST's windowed pools gained nothing measurable and the networks
+    did 5-6% more operations (graded events where any window member spiked).
+    """
+    return all(size == 1 for size in output_shape[1:-1])
+
+
 def _refuse_current(op, by_key):
     raise ConversionError(
         f"Layer '{op.source}' receives the output of a layer without ReLU; spiking "
@@ -964,10 +982,13 @@ class _NetworkBuilder:
         for op in self.ops:
             x = [tensors[key] for key in op.inputs]
             x = x if len(x) > 1 else x[0]
-            layer = self._make_layer(op, all(spikes[key] for key in op.inputs))
+            input_spikes = all(spikes[key] for key in op.inputs)
+            layer = self._make_layer(op, input_spikes, x)
             self.layers[op.key] = layer
             tensors[op.key] = layer(x)
-            spikes[op.key] = getattr(layer, "emits_spikes", all(spikes[k] for k in op.inputs))
+            # A pooling without neuron passes spikes on as graded events.
+            spikes[op.key] = getattr(layer, "emits_spikes", input_spikes) or (
+                getattr(layer, "averages_inputs", False) and input_spikes)
             if isinstance(op, ir.Linear):
                 layer.kernel.assign(op.kernel)
                 layer.bias.assign(
@@ -984,7 +1005,7 @@ class _NetworkBuilder:
             return tensor
         return keras.layers.Permute(dims, name=self._name(name))(tensor)
 
-    def _make_layer(self, op, input_spikes):
+    def _make_layer(self, op, input_spikes, inputs):
         name = self._name(op.source)
         neuron = None
         if getattr(op, "spiking", False):
@@ -1002,14 +1023,16 @@ class _NetworkBuilder:
             return op.spiking_class(**{**op.config, "name": name}, cumulative=input_spikes)
         if isinstance(op, ir.Pool):
             # Pooling spikes fires like any neuron (a signed one on signed
-            # spikes); pooling the analog input is a fixed linear map computed
-            # once (neuron None).
-            pool_neuron = None
-            if input_spikes:
-                signed = any(key in self.signed for key in op.inputs)
-                pool_neuron = (
-                    self.options.make_signed_neuron() if signed else self.options.make_neuron(op)
-                )
+            # spikes), except where it leaves one position (global pooling,
+            # `_pools_into_events`); pooling the analog input is a fixed
+            # linear map computed once. Both have no neuron.
+            layer = op.spiking_class(**{**op.config, "name": name}, neuron=None)
+            if not input_spikes or _pools_into_events(layer.compute_output_shape(inputs.shape)):
+                return layer
+            signed = any(key in self.signed for key in op.inputs)
+            pool_neuron = (
+                self.options.make_signed_neuron() if signed else self.options.make_neuron(op)
+            )
             return op.spiking_class(**{**op.config, "name": name}, neuron=pool_neuron)
         return op.layer
 

@@ -74,6 +74,13 @@ class SynapticLayer(SpikingLayer):
     maps used to count synaptic operations.
     """
 
+    # True for a map that averages its inputs with fixed positive weights
+    # (average pooling). Without a neuron such a layer passes on what it
+    # receives: the window mean of spikes is a graded spike event (a multiple
+    # of 1/window), counted as one event where it is nonzero, like a
+    # multi-bit spike. Any other map without a neuron makes a current of them.
+    averages_inputs = False
+
     def _init_neuron(self, neuron, threshold):
         self.neuron = neurons_lib.get(neuron)
         threshold = float(threshold)

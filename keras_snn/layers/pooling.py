@@ -1,11 +1,16 @@
-"""Spiking average pooling: a fixed linear map (mean over a window) and a neuron.
+"""Spiking average pooling: a fixed linear map (mean over a window), then a neuron or none.
 
 Average pooling is linear, so it has an exact spiking form: each output neuron
 receives the mean of its window's input spikes and fires like any IF neuron.
 Its synapses are the window connections (weight 1/size), so a spike costs one
-operation per window it belongs to. Max pooling has a rate form of its own on
-cumulative spike counts (`keras_snn.layers.max_pooling`), which shares the
-window geometry defined here.
+operation per window it belongs to. With `neuron=None` the window mean itself
+goes on, a graded spike event (a multiple of 1/size where any member spiked)
+that the next synaptic layer counts as one event, like a multi-bit spike: no
+second rounding to 1/T, at the cost of more (graded) events than a neuron
+would fire. `convert_model` pools to one position per channel (global
+pooling) that way. Max pooling has a rate form of its own on cumulative spike
+counts (`keras_snn.layers.max_pooling`), which shares the window geometry
+defined here.
 
 Like the convolutions, a pooling layer with `data_format="channels_first"`
 pools channels-last between two transposes (CPUs without oneDNN have no NCHW
@@ -126,6 +131,7 @@ class GlobalPoolingAxes(Layout):
 
 class _SpikingAveragePooling(PoolingWindow, SynapticLayer, keras.layers.Layer):
     rank = None
+    averages_inputs = True
 
     def __init__(
         self,
@@ -178,7 +184,8 @@ class SpikingAveragePooling2D(_SpikingAveragePooling):
         pool_size: int or 2-tuple window size (default 2).
         strides: int or 2-tuple; defaults to `pool_size`.
         padding: "valid" or "same" (borders average only real members).
-        neuron: "if" (default), "buffered", "lif", a `Neuron`, or None.
+        neuron: "if" (default), "buffered", "lif", a `Neuron`, or None (the
+            window mean goes on as a graded spike event).
         threshold: initial firing threshold (> 0).
         data_format: "channels_last", "channels_first", or None (Keras's
             `image_data_format()`, as for Keras's own pooling).
@@ -203,7 +210,8 @@ class SpikingAveragePooling1D(_SpikingAveragePooling):
 
     Args:
         pool_size, strides, padding, data_format: as `keras.layers.AveragePooling1D`.
-        neuron: "if" (default), "buffered", "lif", a `Neuron`, or None.
+        neuron: "if" (default), "buffered", "lif", a `Neuron`, or None (the
+            window mean goes on as a graded spike event).
         threshold: initial firing threshold (> 0).
 
     Input shape: `(batch, steps, channels)` (channels_first: `(batch, channels, steps)`).
@@ -221,6 +229,7 @@ class SpikingAveragePooling1D(_SpikingAveragePooling):
 
 class _SpikingGlobalAveragePooling(GlobalPoolingAxes, SynapticLayer, keras.layers.Layer):
     rank = None
+    averages_inputs = True
 
     def __init__(self, keepdims=False, neuron="if", threshold=1.0, data_format=None, **kwargs):
         super().__init__(**kwargs)
@@ -250,7 +259,8 @@ class SpikingGlobalAveragePooling2D(_SpikingGlobalAveragePooling):
 
     Args:
         keepdims: keep the spatial axes with size 1.
-        neuron: "if" (default), "buffered", "lif", a `Neuron`, or None.
+        neuron: "if" (default), "buffered", "lif", a `Neuron`, or None (the
+            channel's mean goes on as a graded spike event).
         threshold: initial firing threshold (> 0).
         data_format: "channels_last", "channels_first", or None (Keras's
             `image_data_format()`).
