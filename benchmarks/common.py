@@ -234,7 +234,25 @@ def vgg_small(input_shape=(28, 28, 1), classes=10, activation="relu"):
     return keras.Sequential(layers, name="vgg_small")
 
 
-ARCHITECTURES = {"inverted_residual": inverted_residual_net, "vgg_small": vgg_small}
+def strided_gap(input_shape=(28, 28, 1), classes=10, activation="relu"):
+    """Four 3x3 convolutions 24-48-48-96 (the 2nd and 4th strided), global average pooling,
+    Dense 64, classes; no BatchNormalization. Not designed for conversion: a network of the
+    kind users bring, first tried untuned in issue 16's tenth pass.
+    """
+    def act():
+        return keras.layers.ReLU() if activation == "relu" else activation()
+
+    layers = [keras.Input(input_shape)]
+    for filters, strides in ((24, 1), (48, 2), (48, 1), (96, 2)):
+        layers += [keras.layers.Conv2D(filters, 3, strides=strides, padding="same"), act()]
+    layers += [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(64), act(),
+               keras.layers.Dense(classes)]
+    return keras.Sequential(layers, name="strided_gap")
+
+
+ARCHITECTURES = {
+    "inverted_residual": inverted_residual_net, "vgg_small": vgg_small, "strided_gap": strided_gap,
+}
 
 # QReLU shift per activation name: eq. 1 (floor) and QCFS (Bu et al., ICLR 2022).
 QRELU_SHIFTS = {"qrelu": 0.0, "qcfs": 0.5}
