@@ -591,10 +591,21 @@ class SignedIF(Neuron):
     with no ReLU (a linear bottleneck, a projection, a residual sum without
     activation); the converter takes its ceiling from `|activation|`.
 
+    With `rounding="nearest"` it fires at half the threshold instead:
+    `s = A(floor(V'/theta + 1/2))` when `V' >= theta/2`, the negative of that
+    for `-V'` when `V' <= -theta/2`, and the count is `T*z/theta` rounded to
+    the nearest whole number, for both signs alike. Started at 0, this is the
+    signed form of an IF neuron started at theta/2: towards zero, every value
+    loses half a spike on average, which at a few steps shrinks a signed
+    layer's output (the MobileNetV2-style net in benchmarks/RESULTS.md), and
+    `convert_model` builds its signed neurons this way.
+
     Args:
         spike_max: largest multi-bit spike, positive or negative.
         initial_membrane: initial membrane as a fraction of the threshold.
         surrogate: as for `IF` (through the spikes of either sign).
+        rounding: "toward_zero" (default: fire at +-theta) or "nearest"
+            (fire at +-theta/2).
 
     Example:
 
@@ -612,12 +623,32 @@ class SignedIF(Neuron):
     emits_negative_spikes = True
     signed = True  # represents the identity, not a ReLU
 
+    def __init__(self, spike_max=1, initial_membrane=0.0, surrogate="piecewise_linear",
+                 rounding="toward_zero"):
+        super().__init__(spike_max, initial_membrane, surrogate)
+        if rounding not in _SIGNED_ROUNDINGS:
+            raise ValueError(
+                f"`rounding` must be one of {_SIGNED_ROUNDINGS}; received {rounding!r}."
+            )
+        self.rounding = rounding
+
     def step(self, current, state, threshold, **parameters):
         potential = state[0] + current
-        positive = fire(potential, threshold, self.spike_max, self.surrogate)
-        negative = fire(-potential, threshold, self.spike_max, self.surrogate)
+        if self.rounding == "nearest":  # both signs fire at half the threshold
+            offset = 0.5 * tf.convert_to_tensor(threshold, potential.dtype)
+            positive = fire(potential + offset, threshold, self.spike_max, self.surrogate)
+            negative = fire(offset - potential, threshold, self.spike_max, self.surrogate)
+        else:
+            positive = fire(potential, threshold, self.spike_max, self.surrogate)
+            negative = fire(-potential, threshold, self.spike_max, self.surrogate)
         spikes = positive - negative
         return spikes, (potential - threshold * spikes,)
+
+    def get_config(self):
+        return {**super().get_config(), "rounding": self.rounding}
+
+
+_SIGNED_ROUNDINGS = ("toward_zero", "nearest")
 
 
 def serialize(neuron):

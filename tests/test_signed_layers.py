@@ -40,6 +40,34 @@ def test_signed_if_counts_are_the_signed_input_rounded_towards_zero(spike_max):
     assert neuron.emits_negative_spikes
 
 
+@pytest.mark.parametrize("spike_max", [1, 4])
+def test_signed_if_rounding_to_nearest_counts_the_signed_input_rounded_both_ways(spike_max):
+    neuron = neurons.SignedIF(spike_max=spike_max, rounding="nearest")
+    current = tf.constant(np.linspace(-spike_max, spike_max, 41) + 0.013, tf.float32)
+    state = neuron.initial_state(current.shape, threshold=1.0)
+    counts = tf.zeros_like(current)
+    for steps in range(1, 9):
+        spikes, state = neuron.step(current, state, threshold=1.0)
+        counts += spikes
+        ideal = steps * current.numpy()
+        if spike_max == 1:  # the membrane stays within half a spike: the nearest count
+            np.testing.assert_array_equal(counts.numpy(), np.round(ideal))
+        else:  # power-of-two spikes: here within half the largest spike
+            assert np.all(np.abs(counts.numpy() - ideal) <= spike_max / 2 + 1e-4)
+    # Symmetric: an input's negative gives the negative count (no bias to either sign).
+    negated = neurons.SignedIF(spike_max=spike_max, rounding="nearest")
+    state = negated.initial_state(current.shape, threshold=1.0)
+    negated_counts = tf.zeros_like(current)
+    for _ in range(8):
+        spikes, state = negated.step(-current, state, threshold=1.0)
+        negated_counts += spikes
+    np.testing.assert_array_equal(negated_counts.numpy(), -counts.numpy())
+    assert neurons.deserialize(neurons.serialize(neuron)) == neuron
+    assert neuron != neurons.SignedIF(spike_max=spike_max)
+    with pytest.raises(ValueError, match="`rounding` must be one of"):
+        neurons.SignedIF(rounding="up")
+
+
 # -------------------------------------------------------------- conversion
 def test_a_hidden_linear_layer_gets_signed_neurons_scaled_by_its_absolute_ceiling():
     ann = keras.Sequential([
@@ -52,6 +80,7 @@ def test_a_hidden_linear_layer_gets_signed_neurons_scaled_by_its_absolute_ceilin
     )
     linear = snn.network.get_layer("linear")
     assert isinstance(linear.neuron, neurons.SignedIF)
+    assert linear.neuron.rounding == "nearest"  # the signed form of starting at theta/2
     hidden = keras.Model(ann.inputs, ann.get_layer("linear").output).predict(IMAGES, verbose=0)
     assert hidden.min() < 0 < hidden.max()
     ceiling = np.abs(hidden).max()

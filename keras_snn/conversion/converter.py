@@ -101,9 +101,10 @@ def convert_model(
     on as graded spike events, unrounded), Add (a weighted spiking add),
     and nested models. The final linear layer is the readout, and may be
     followed by reshaping and average pooling. A hidden layer or Add without
-    ReLU (a linear bottleneck) gets `keras_snn.neurons.SignedIF` neurons, its
-    ceiling from `|activation|`; a BatchNormalization with no Dense/Conv next
-    to it (pre-activation ResNetV2, DenseNet) becomes a 1x1 depthwise layer.
+    ReLU (a linear bottleneck) gets `keras_snn.neurons.SignedIF` neurons
+    rounding to the nearest spike, its ceiling from `|activation|`; a
+    BatchNormalization with no Dense/Conv next to it (pre-activation
+    ResNetV2, DenseNet) becomes a 1x1 depthwise layer.
     LeakyReLU, swish, a hidden sigmoid/tanh and anything else raise
     `ConversionError` naming the layer.
 
@@ -376,8 +377,13 @@ class _Options:
         return neurons_lib.IF(initial_membrane=template.initial_membrane, reset=template.reset)
 
     def make_signed_neuron(self):
-        """Signed IF for a layer without ReLU; it starts at 0 to round both signs alike."""
-        return neurons_lib.SignedIF(spike_max=self.spike_max)
+        """Signed IF for a layer without ReLU, rounding both signs to the nearest spike.
+
+        It starts at 0 and fires at +-theta/2 (the signed form of starting an
+        IF at theta/2); rounding towards zero lost 4.3 points on a
+        MobileNetV2-style net at T=8 (benchmarks/RESULTS.md, issue 16).
+        """
+        return neurons_lib.SignedIF(spike_max=self.spike_max, rounding="nearest")
 
     def make_neuron(self, op):
         if isinstance(self.neuron, neurons_lib.Neuron):  # a template: one copy per layer
