@@ -380,7 +380,7 @@ class _Options:
         """Signed IF for a layer without ReLU, rounding both signs to the nearest spike.
 
         It starts at 0 and fires at +-theta/2 (the signed form of starting an
-        IF at theta/2); rounding towards zero lost 4.3 points on a
+        IF at theta/2); rounding towards zero lost 3.8 points on a
         MobileNetV2-style net at T=8 (benchmarks/RESULTS.md, issue 16).
         """
         return neurons_lib.SignedIF(spike_max=self.spike_max, rounding="nearest")
@@ -898,7 +898,8 @@ def _pools_into_events(output_shape):
     inherits from its input (a channel's 99.99th percentile), and a neuron
     would round it again to a multiple of 1/T. At T=8 that cost the small
     ReLU ResNet 7 points and an untuned strided/GAP network 11.5 before
-    calibration, for 0.04% fewer operations (benchmarks/RESULTS.md, issue 16).
+    calibration, and saved the ResNet 0.04% of its operations
+    (benchmarks/RESULTS.md, issue 16).
     A window's mean keeps its inputs' scale: without their neurons the VGG's
     and Conv MNIST's windowed pools gained nothing measurable and the networks
     did 5-6% more operations (graded events where any window member spiked).
