@@ -5,12 +5,14 @@ kind decides how a step runs and what it costs:
 
 - SPIKES: events. A synaptic layer receiving them does one accumulate per
   event and nonzero outgoing synapse (counted as synaptic operations), and may
-  compute its weight products in a narrow dtype (spikes are small integers).
+  compute its weight products in a narrow dtype (spikes are small integers;
+  not the graded events of an average pooling without neuron, its window
+  means, which are counted as events too).
 - ANALOG: input data (the `AnalogInput` encoder's output). A synaptic layer
   receiving it does multiply-accumulates, reported as input MACs; when the
   input is static its current is computed once per call, outside the loop.
-- CURRENT: the output of a synaptic layer without neuron (the readout layer,
-  or a linear tail before a head). Its synaptic work was counted where the
+- CURRENT: the output of a synaptic layer without neuron that is not an
+  average of spikes (the readout layer, or a linear tail before a head). Its synaptic work was counted where the
   spikes arrived; no spiking layer may receive it.
 
 `Carries.after_synapse` and `Carries.passed_on` are the two rules; the

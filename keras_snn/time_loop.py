@@ -67,7 +67,9 @@ class TimeLoop:
         )
 
     def dropout_masks(self, batch_size, rate):
-        """One inverted-dropout mask per spiking layer and sample, for every step."""
+        """One inverted-dropout mask per synaptic layer with spike-event output
+        (graded events of an average pooling without neuron included) and
+        sample, for every step."""
         keep = 1.0 - rate
         masks = {}
         for node in self.plan.nodes:

@@ -8,8 +8,11 @@ kept per layer so a graph can branch and merge):
 
 - `initial_state(batch_size)` -> tuple of tensors (empty when stateless);
 - `step(inputs, states, timestep)` -> `(outputs, new_states)`;
-- `emits_spikes`: whether the outputs are spike events (so the next synaptic
-  layer counts synaptic operations) or analog values (so it counts MACs);
+- `emits_spikes`: whether the layer makes spike events itself (so the next
+  synaptic layer counts synaptic operations) or not (analog values, counted
+  as MACs, or a current); an average pooling without neuron
+  (`SynapticLayer.averages_inputs`) passes on what it receives, so the spikes
+  it averages go on as graded events (`keras_snn.plan.Carries`);
 - `emits_binary_spikes`: whether every output is 0 or 1, so a spike is its own
   event mask (derived from the neuron; an encoder without one says it).
 
