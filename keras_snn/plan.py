@@ -12,8 +12,9 @@ kind decides how a step runs and what it costs:
   receiving it does multiply-accumulates, reported as input MACs; when the
   input is static its current is computed once per call, outside the loop.
 - CURRENT: the output of a synaptic layer without neuron that is not an
-  average of spikes (the readout layer, or a linear tail before a head). Its synaptic work was counted where the
-  spikes arrived; no spiking layer may receive it.
+  average of spikes (the readout layer, or a linear tail before a head). Its
+  synaptic work was counted where the spikes arrived; no spiking layer may
+  receive it.
 
 `Carries.after_synapse` and `Carries.passed_on` are the two rules; the
 converter (checking an ANN before building), the `Plan` of a `SpikingModel`
