@@ -18,6 +18,11 @@ Networks Conversion Framework" (the low-latency conversion paper):
 - Multi-bit spikes (eqs. 2-3): `A(n) = 2**floor(log2(min(n, spike_max)))` for
   `n >= 1`, else 0. `spike_max=1` is the ordinary binary neuron.
 - LIF: `V' = leak*V + z`, then as IF.
+- Bursts (burst spikes, Li & Zeng, IJCAI 2022; `BufferedIF(burst=...)`,
+  `SignedIF(burst=...)`): a step may carry up to `burst * spike_max` spikes,
+  any whole number the membrane pays for, so input that arrives late is not
+  left in the membrane at the end of a short run. A buffered neuron's net
+  count after t steps stays at most `t * spike_max`, its ceiling.
 
 The small neuron classes (`IF`, `BufferedIF`, `LIF`) bundle a rule with its
 options (spike_max, initial membrane, reset) behind one interface that the
@@ -231,8 +236,28 @@ def fire(potential, threshold, spike_max, surrogate=None):
     to `u = V'/theta`, passed on to the membrane (`1/theta`) and to the scalar
     threshold (`-u/theta`, summed); `u` is only computed in the backward pass.
     """
+    return _with_surrogate(
+        lambda potential, threshold: _spike_count(potential, threshold, spike_max),
+        potential, threshold, surrogate,
+    )
+
+
+def fire_burst(potential, threshold, largest, surrogate=None):
+    """Spike count `clip(floor(V'/theta), 0, largest)`: a burst of any size up to `largest`.
+
+    The gradient is `fire`'s.
+    """
+    return _with_surrogate(
+        lambda potential, threshold: tf.clip_by_value(
+            tf.floor(potential / threshold), 0.0, largest),
+        potential, threshold, surrogate,
+    )
+
+
+def _with_surrogate(count, potential, threshold, surrogate):
+    """`count(potential, threshold)`, its gradient `surrogate.derivative(V'/theta)` if given."""
     if surrogate is None:
-        return _spike_count(potential, threshold, spike_max)
+        return count(potential, threshold)
     threshold = tf.convert_to_tensor(threshold, potential.dtype)
 
     @tf.custom_gradient
@@ -242,7 +267,7 @@ def fire(potential, threshold, spike_max, surrogate=None):
             d_u = upstream * surrogate.derivative(u)
             return d_u / threshold, tf.reduce_sum(-d_u * u / threshold)
 
-        return _spike_count(potential, threshold, spike_max), grad
+        return count(potential, threshold), grad
 
     return spike(potential, threshold)
 
@@ -289,7 +314,9 @@ def leaky_integrate_and_fire(
     return integrate_and_fire(leak * membrane, current, threshold, spike_max, reset, surrogate)
 
 
-def buffered_integrate_and_fire(membrane, buffer, current, threshold, spike_max=1, surrogate=None):
+def buffered_integrate_and_fire(
+    membrane, buffer, current, threshold, spike_max=1, surrogate=None, burst=1, room=None
+):
     """One step of the buffered IF neuron with negative spikes (low-latency paper, eqs. 12-13).
 
     `buffer` holds the net number of spikes emitted so far (the paper's `V^b`
@@ -306,16 +333,32 @@ def buffered_integrate_and_fire(membrane, buffer, current, threshold, spike_max=
     over-fire argument (A.3) only needs `V' < 0`. In training the surrogate
     gradient passes through the positive spikes only.
 
+    With `burst > 1` (burst spikes, Li & Zeng, IJCAI 2022) a step carries up
+    to `burst * spike_max` spikes of either sign, as many as the membrane pays
+    for (any whole number), so charge that arrived late leaves in one step
+    instead of lagging behind. `room` (required then) is how many more spikes
+    the ceiling allows, `t * spike_max` minus the net count: the neuron never
+    runs ahead of `spike_max` per step on average, so a clipped activation
+    (ReLU6, a percentile ceiling) stays clipped.
+
     Returns:
-        `(spikes, (membrane, buffer))` with spikes in {.., -2, -1, 0, 1, 2, ..}.
+        `(spikes, (membrane, buffer))`, or `(spikes, (membrane, buffer, room))`
+        with bursts, with spikes in {.., -2, -1, 0, 1, 2, ..}.
     """
     potential = membrane + current
-    positive = fire(potential, threshold, spike_max, surrogate)
     # ceil(-V'/theta) >= 1 exactly when V' < 0, so no separate sign test.
     overfired = tf.minimum(tf.math.ceil(-potential / threshold), buffer)
-    negative = tf.stop_gradient(multibit_spike_count(overfired, spike_max))
+    if burst == 1:
+        positive = fire(potential, threshold, spike_max, surrogate)
+        negative = tf.stop_gradient(multibit_spike_count(overfired, spike_max))
+        spikes = positive - negative
+        return spikes, (potential - threshold * spikes, buffer + spikes)
+    largest = float(burst * spike_max)
+    room = tf.stop_gradient(room) + spike_max  # a bound, not a path for gradients
+    positive = tf.minimum(fire_burst(potential, threshold, largest, surrogate), room)
+    negative = tf.stop_gradient(tf.clip_by_value(overfired, 0.0, largest))
     spikes = positive - negative
-    return spikes, (potential - threshold * spikes, buffer + spikes)
+    return spikes, (potential - threshold * spikes, buffer + spikes, room - spikes)
 
 
 def _check_spike_max(spike_max):
@@ -324,6 +367,14 @@ def _check_spike_max(spike_max):
             f"`spike_max` must be an integer >= 1 (1 = binary spikes); received {spike_max!r}."
         )
     return spike_max
+
+
+def _check_burst(burst):
+    if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
+        raise ValueError(
+            f"`burst` must be an integer >= 1 (1 = at most spike_max per step); received {burst!r}."
+        )
+    return burst
 
 
 def _check_initial_membrane(initial_membrane):
@@ -372,6 +423,11 @@ class Neuron:
     def parameters(self):
         """Dict of per-layer parameter name -> initial value (none by default)."""
         return {}
+
+    @property
+    def largest_spike(self):
+        """The most spikes one step may carry, of either sign (`spike_max`; more with bursts)."""
+        return self.spike_max
 
     def initial_state(self, shape, threshold, dtype="float32"):
         """State at rest: membrane at `initial_membrane * threshold`, the rest 0."""
@@ -498,10 +554,19 @@ class BufferedIF(Neuron):
     constant-input premise, the count never ends above the ideal
     `floor(max(V_a/theta, 0))`.
 
+    With `burst > 1` a step may carry up to `burst * spike_max` spikes of
+    either sign, as many as the membrane pays for, while the net count after
+    t steps stays at most `t * spike_max` (the ceiling): a neuron whose input
+    arrives late catches up instead of ending with unspent charge. It keeps
+    one more state tensor, the spikes the ceiling still allows.
+
     Args:
-        spike_max: largest multi-bit spike, positive or negative.
+        spike_max: largest multi-bit spike, positive or negative; with
+            `burst=1` (default) a power of two, as eq. 3 makes it.
         initial_membrane: initial membrane as a fraction of the threshold.
         surrogate: as for `IF` (through the positive spikes).
+        burst: the most spikes one step may carry, in units of `spike_max`
+            (burst spikes, Li & Zeng, IJCAI 2022); 1 is the paper's neuron.
 
     Example:
 
@@ -516,15 +581,27 @@ class BufferedIF(Neuron):
     [1.0, -1.0]
     """
 
-    state_names = ("membrane", "buffer")
     emits_negative_spikes = True
 
+    def __init__(self, spike_max=1, initial_membrane=0.0, surrogate="piecewise_linear", burst=1):
+        super().__init__(spike_max, initial_membrane, surrogate)
+        self.burst = _check_burst(burst)
+        # The room for bursts is state only where there are bursts.
+        self.state_names = ("membrane", "buffer") + (("room",) if burst > 1 else ())
+
+    @property
+    def largest_spike(self):
+        return self.burst * self.spike_max
+
     def step(self, current, state, threshold, **parameters):
-        membrane, buffer = state
-        spikes, new_state = buffered_integrate_and_fire(
-            membrane, buffer, current, threshold, self.spike_max, self.surrogate
+        membrane, buffer, *room = state
+        return buffered_integrate_and_fire(
+            membrane, buffer, current, threshold, self.spike_max, self.surrogate,
+            self.burst, room[0] if room else None,
         )
-        return spikes, new_state
+
+    def get_config(self):
+        return {**super().get_config(), "burst": self.burst}
 
 
 _NEURONS = {}  # class name -> Neuron subclass (also reads files saved before Keras serialization)
@@ -606,6 +683,12 @@ class SignedIF(Neuron):
         surrogate: as for `IF` (through the spikes of either sign).
         rounding: "toward_zero" (default: fire at +-theta) or "nearest"
             (fire at +-theta/2).
+        burst: the most spikes of either sign one step may carry, in units of
+            `spike_max` (any whole number up to it, as the membrane pays for);
+            1 (default) is `spike_max` as a power of two. A linear value has
+            no ceiling to keep, so there is no limit per run. `convert_model`
+            keeps 1 (with calibration, bursts here lost 1 point on the
+            MobileNetV2-style net of benchmarks/RESULTS.md).
 
     Example:
 
@@ -624,28 +707,38 @@ class SignedIF(Neuron):
     signed = True  # represents the identity, not a ReLU
 
     def __init__(self, spike_max=1, initial_membrane=0.0, surrogate="piecewise_linear",
-                 rounding="toward_zero"):
+                 rounding="toward_zero", burst=1):
         super().__init__(spike_max, initial_membrane, surrogate)
         if rounding not in _SIGNED_ROUNDINGS:
             raise ValueError(
                 f"`rounding` must be one of {_SIGNED_ROUNDINGS}; received {rounding!r}."
             )
         self.rounding = rounding
+        self.burst = _check_burst(burst)
+
+    @property
+    def largest_spike(self):
+        return self.burst * self.spike_max
 
     def step(self, current, state, threshold, **parameters):
         potential = state[0] + current
         if self.rounding == "nearest":  # both signs fire at half the threshold
             offset = 0.5 * tf.convert_to_tensor(threshold, potential.dtype)
-            positive = fire(potential + offset, threshold, self.spike_max, self.surrogate)
-            negative = fire(offset - potential, threshold, self.spike_max, self.surrogate)
+            up, down = potential + offset, offset - potential
         else:
-            positive = fire(potential, threshold, self.spike_max, self.surrogate)
-            negative = fire(-potential, threshold, self.spike_max, self.surrogate)
+            up, down = potential, -potential
+        if self.burst == 1:
+            positive = fire(up, threshold, self.spike_max, self.surrogate)
+            negative = fire(down, threshold, self.spike_max, self.surrogate)
+        else:
+            largest = float(self.largest_spike)
+            positive = fire_burst(up, threshold, largest, self.surrogate)
+            negative = fire_burst(down, threshold, largest, self.surrogate)
         spikes = positive - negative
         return spikes, (potential - threshold * spikes,)
 
     def get_config(self):
-        return {**super().get_config(), "rounding": self.rounding}
+        return {**super().get_config(), "rounding": self.rounding, "burst": self.burst}
 
 
 _SIGNED_ROUNDINGS = ("toward_zero", "nearest")

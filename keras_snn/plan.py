@@ -257,7 +257,7 @@ class Plan:
                 is_binary = kind is Carries.SPIKES and layer.emits_binary_spikes
                 neuron = getattr(layer, "neuron", None)
                 is_unit = is_binary or (
-                    kind is Carries.SPIKES and neuron is not None and neuron.spike_max == 1
+                    kind is Carries.SPIKES and neuron is not None and neuron.largest_spike == 1
                 )
                 # Without a neuron the spikes out are means (or maxima) of those in.
                 is_graded = kind is Carries.SPIKES and neuron is None and (

@@ -41,13 +41,16 @@ def test_relu_defaults_are_per_channel_ceilings_and_half_threshold_start():
     model, x = relu_conv_model(), calibration()
     default = keras_snn.convert_model(model, x)
     explicit = keras_snn.convert_model(
-        model, x, neuron="buffered", per_channel=True, initial_membrane=0.5
+        model, x, neuron=keras_snn.neurons.BufferedIF(initial_membrane=0.5, burst=8),
+        per_channel=True,
     )
     assert_same_network(default, explicit)
     np.testing.assert_array_equal(default(x[:4]), explicit(x[:4]))
     for layer in spiking_layers(default):  # the pooling neuron too
         assert isinstance(layer.neuron, keras_snn.neurons.BufferedIF)
-        assert layer.neuron.initial_membrane == 0.5
+        assert layer.neuron.initial_membrane == 0.5 and layer.neuron.burst == 8
+    named = keras_snn.convert_model(model, x, neuron="buffered")  # the paper's neuron
+    assert all(layer.neuron.burst == 1 for layer in spiking_layers(named))
     per_layer = keras_snn.convert_model(model, x, per_channel=False)
     kernels = [np.abs(w.get_weights()[0] - v.get_weights()[0]).max()
                for w, v in zip(spiking_layers(default), spiking_layers(per_layer))

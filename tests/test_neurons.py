@@ -88,6 +88,67 @@ def test_multibit_spikes_are_powers_of_two_up_to_spike_max(currents, spike_max, 
 
 
 @FAST
+@given(
+    currents=st.lists(st.floats(-6.0, 6.0), min_size=1, max_size=40),
+    initial_membrane=st.sampled_from([0.0, 0.5]),
+    spike_max=st.sampled_from([1, 2]),
+    threshold=st.sampled_from([0.5, 1.0, 3.0]),
+)
+def test_unlimited_bursts_count_the_input_so_far_clipped_to_the_ceiling(
+        currents, initial_membrane, spike_max, threshold):
+    # A burst as large as the run never lags: after every step t the net count
+    # is the accumulated input in spikes, floored, clipped to [0, t * spike_max].
+    steps = len(currents)
+    neuron = neurons.BufferedIF(spike_max, initial_membrane, burst=steps)
+    currents = np.asarray(currents, "float32") * threshold
+    spikes, _ = simulate(neuron, currents, threshold)
+    accumulated = initial_membrane + np.cumsum(currents.astype("float64")) / threshold
+    ceiling = spike_max * np.arange(1, steps + 1)
+    expected = np.clip(np.floor(accumulated), 0, ceiling)
+    near_whole = np.abs(accumulated - np.round(accumulated)) < 1e-4  # float32 sums
+    np.testing.assert_array_equal(np.cumsum(spikes)[~near_whole], expected[~near_whole])
+
+
+@FAST
+@given(
+    currents=st.lists(st.floats(-8.0, 12.0), min_size=1, max_size=40),
+    burst=st.integers(1, 5),
+    spike_max=st.sampled_from([1, 2]),
+)
+def test_bursts_stay_within_burst_times_spike_max_and_the_ceiling(currents, burst, spike_max):
+    spikes, _ = simulate(neurons.BufferedIF(spike_max, burst=burst), currents)
+    counts = np.cumsum(spikes)
+    assert np.all(np.abs(spikes) <= burst * spike_max)
+    assert np.all(counts >= 0)
+    assert np.all(counts <= spike_max * np.arange(1, len(currents) + 1))
+
+
+def test_a_burst_spends_charge_that_arrived_late():
+    # Nothing for three steps, then three spikes' worth at the last step: the
+    # paper's neuron can send one of them, a burst of 3 (ceiling 4) all three.
+    currents = [0.0, 0.0, 0.0, 3.0]
+    plain, (membrane, _) = simulate(neurons.BufferedIF(), currents)
+    bursting, _ = simulate(neurons.BufferedIF(burst=4), currents)
+    assert plain.sum() == 1 and float(membrane[0]) == 2.0
+    assert bursting.tolist() == [0.0, 0.0, 0.0, 3.0]
+    # The ceiling still holds: driven at twice it, a burst neuron fires once per step.
+    saturated, _ = simulate(neurons.BufferedIF(burst=4), [2.0] * 5)
+    assert saturated.tolist() == [1.0] * 5
+
+
+def test_burst_one_is_the_papers_neuron():
+    currents = np.random.default_rng(0).uniform(-3.0, 5.0, 50)
+    assert neurons.BufferedIF(2, 0.5).get_config()["burst"] == 1
+    plain, _ = simulate(neurons.BufferedIF(2, 0.5), currents)
+    one, _ = simulate(neurons.BufferedIF(2, 0.5, burst=1), currents)
+    np.testing.assert_array_equal(plain, one)
+    assert len(neurons.BufferedIF().initial_state((1,), 1.0)) == 2
+    assert len(neurons.BufferedIF(burst=2).initial_state((1,), 1.0)) == 3
+    assert neurons.BufferedIF(2, burst=3).largest_spike == 6
+    assert neurons.IF(4).largest_spike == 4
+
+
+@FAST
 @given(currents=st.lists(st.floats(-3.0, 3.0), min_size=1, max_size=40))
 def test_lif_with_leak_one_equals_if(currents):
     if_spikes, if_state = simulate(neurons.IF(spike_max=2), currents)
@@ -129,6 +190,8 @@ def test_reset_to_zero_discards_residue():
         (lambda: neurons.IF(initial_membrane=1.0), "initial_membrane"),
         (lambda: neurons.LIF(leak=0.0), "leak"),
         (lambda: neurons.IF(reset="hard"), "reset"),
+        (lambda: neurons.BufferedIF(burst=0), "burst"),
+        (lambda: neurons.BufferedIF(burst=2.0), "burst"),
         (lambda: neurons.get("sigmoid"), "Unknown neuron"),
         (lambda: neurons.deserialize({"class_name": "Nope"}), "Unknown neuron class"),
     ],
@@ -140,7 +203,8 @@ def test_bad_arguments_raise(make, message):
 
 @pytest.mark.parametrize(
     "neuron",
-    [neurons.IF(2, 0.5, "zero"), neurons.LIF(0.9, 4), neurons.BufferedIF(2, 0.5)],
+    [neurons.IF(2, 0.5, "zero"), neurons.LIF(0.9, 4), neurons.BufferedIF(2, 0.5),
+     neurons.BufferedIF(1, 0.5, burst=8)],
 )
 def test_serialize_round_trip(neuron):
     restored = neurons.deserialize(neurons.serialize(neuron))
@@ -153,3 +217,18 @@ def test_aliases():
     assert isinstance(neurons.get("buffered"), neurons.BufferedIF)
     assert isinstance(neurons.get("lif"), neurons.LIF)
     assert neurons.get(None) is None
+
+
+def test_a_burst_neurons_surrogate_gradient_is_the_binary_neurons():
+    # Training through bursts: the same surrogate derivative at u = V'/theta.
+    current = tf.constant([0.2, 0.9, 1.4, 3.0])
+    grads = []
+    for neuron in (neurons.BufferedIF(), neurons.BufferedIF(burst=4)):
+        with tf.GradientTape() as tape:
+            tape.watch(current)
+            state = neuron.initial_state((4,), 2.0)
+            spikes, _ = neuron.step(current, state, 2.0)
+        grads.append(tape.gradient(spikes, current).numpy())
+    expected = neurons.PiecewiseLinear().derivative(current / 2.0).numpy() / 2.0
+    np.testing.assert_allclose(grads[0], expected, rtol=1e-6)
+    np.testing.assert_allclose(grads[1], expected, rtol=1e-6)

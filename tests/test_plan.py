@@ -89,6 +89,40 @@ def test_a_pooling_without_neuron_passes_graded_events_counted_once_each():
     np.testing.assert_array_equal(narrow["readout"], run["readout"])
 
 
+def test_a_burst_is_one_event_of_its_size_in_the_counts_and_the_readout():
+    inputs = keras.Input((6,))
+    x = layers.EventInput()(inputs)
+    hidden = layers.SpikingDense(3, neuron=keras_snn.neurons.BufferedIF(burst=4))
+    out = layers.SpikingDense(2, neuron=None)
+    network = keras.Model(inputs, layers.Readout()(out(hidden(x))))
+    rng = np.random.default_rng(0)
+    w_hidden = rng.normal(0.5, 1.5, (6, 3)).astype("float32")
+    w_out = np.array([[1.0, 0.0], [0.5, -2.0], [0.0, 0.0]], "float32")  # fan-outs 1, 2, 0
+    hidden.kernel.assign(w_hidden)
+    hidden.bias.assign(np.zeros(3, "float32"))
+    out.kernel.assign(w_out)
+    plan = Plan(network)
+    node = next(n for n in plan.nodes if n.layer is hidden)
+    assert not node.unit and not node.binary  # bursts are multi-bit, and negative spikes
+    frames = (rng.random((4, 10, 6)) < 0.7).astype("float32")
+    frames[:, :5] = 0.0  # silent, then late input: room for bursts
+    run = keras_snn.SpikingModel(network).run(frames)
+    # The spikes by the neuron rule itself, step by step.
+    neuron, spikes = hidden.neuron, []
+    state = neuron.initial_state((4, 3), 1.0)
+    for t in range(10):
+        s, state = neuron.step(frames[:, t] @ w_hidden, state, 1.0)
+        spikes.append(np.asarray(s))
+    spikes = np.stack(spikes, axis=1)
+    assert np.abs(spikes).max() > 1  # some steps carry a burst
+    fired = spikes != 0
+    np.testing.assert_array_equal(run["spike_events"][hidden.name], fired.sum(axis=2))
+    np.testing.assert_array_equal(run["spike_counts"][hidden.name], np.abs(spikes).sum(axis=2))
+    np.testing.assert_array_equal(run["layer_ops"][out.name], fired @ np.array([1.0, 2.0, 0.0]))
+    np.testing.assert_allclose(
+        np.asarray(run["readout"])[:, -1], spikes.mean(axis=1) @ w_out, atol=1e-5)
+
+
 def test_spiking_model_exposes_its_plan_and_simulate_reads_it():
     snn = keras_snn.SpikingModel(residual_network(layers.AnalogInput()), timesteps=3)
     assert isinstance(snn.plan, Plan)

@@ -68,6 +68,31 @@ def test_signed_if_rounding_to_nearest_counts_the_signed_input_rounded_both_ways
         neurons.SignedIF(rounding="up")
 
 
+@pytest.mark.parametrize("rounding", ["nearest", "toward_zero"])
+def test_signed_bursts_count_the_input_so_far_rounded_at_every_step(rounding):
+    # With bursts as large as the input needs, nothing lags: after every step
+    # the count is the accumulated input in spikes rounded to the nearest, or
+    # (firing at +-theta) within one spike of it.
+    currents = np.random.default_rng(1).normal(0.0, 2.0, (12, 64)).astype("float32")
+    neuron = neurons.SignedIF(rounding=rounding, burst=64)
+    state = neuron.initial_state((64,), threshold=0.5)
+    counts = np.zeros(64)
+    for step, current in enumerate(currents):
+        spikes, state = neuron.step(tf.constant(current), state, threshold=0.5)
+        assert np.abs(spikes.numpy()).max() <= 64
+        counts += spikes.numpy()
+        accumulated = currents[: step + 1].astype("float64").sum(axis=0) / 0.5
+        if rounding == "nearest":
+            np.testing.assert_array_equal(counts, np.round(accumulated))
+        else:
+            assert np.abs(counts - accumulated).max() < 1.0
+    plain = neurons.SignedIF(rounding=rounding)
+    assert neurons.deserialize(neurons.serialize(neuron)) == neuron != plain
+    assert (neuron.largest_spike, plain.largest_spike) == (64, 1)
+    with pytest.raises(ValueError, match="`burst` must be an integer >= 1"):
+        neurons.SignedIF(burst=0)
+
+
 # -------------------------------------------------------------- conversion
 def test_a_hidden_linear_layer_gets_signed_neurons_scaled_by_its_absolute_ceiling():
     ann = keras.Sequential([

@@ -57,6 +57,10 @@ _RELU_MEMBRANE = 0.5
 # per_channel="auto": per-channel ceilings wherever the network can carry them.
 _PER_CHANNEL = True
 _AUTO_NEURON = "buffered"
+# neuron="auto": a neuron may send this many spikes in one step (burst spikes),
+# so input that arrives late still leaves by step T. Signed neurons send one:
+# with calibration, bursts there cost a MobileNetV2-style net 1 point at T=8.
+_AUTO_BURST = 8
 # bias_calibration="auto" calibrates at fewer than this many spikes per neuron
 # (timesteps x spike_max), and at any T for eq. 1 QReLU layers started at
 # theta/2 (_rounds_unlike_its_qrelu). Measured with its MSE check
@@ -138,14 +142,18 @@ def convert_model(
             and input scales are per position); convert again for another.
         timesteps: default simulation length of the returned model.
         neuron: "if", "buffered" (negative spikes undo over-fire), "lif"
-            (leak 1, to be trained), "auto" (default: "buffered", measured
-            best for ReLU and QReLU models), any other name
+            (leak 1, to be trained), "auto" (default: buffered neurons that
+            may send a burst of up to 8 x `spike_max` spikes in one step,
+            `BufferedIF(burst=8)`, their count never above `spike_max` per
+            step so far; measured best for ReLU and QReLU models), any other name
             `keras_snn.neurons.get` resolves (a class added with
             `keras_snn.neurons.register_neuron`), built with `spike_max`
             and `initial_membrane`, or a `keras_snn.neurons.Neuron` used as
             the template for every layer (e.g. `IF(reset="zero")` for a
             NIR-exact model).
-        spike_max: largest multi-bit spike per step (1 = binary spikes).
+        spike_max: spikes per step at the activation ceiling: the largest
+            multi-bit spike (1 = binary spikes), or the average a burst
+            neuron keeps to.
         normalization: "auto", "percentile", "max" or "none".
         percentile: the percentile (0, 100] for data ceilings.
         per_channel: one ceiling per output channel (True) or per layer
@@ -342,13 +350,15 @@ class _Options:
         self.per_channel = per_channel if isinstance(per_channel, str) else bool(per_channel)
         self.input_encoding = input_encoding
         self.initial_membrane = initial_membrane if auto_membrane else float(initial_membrane)
+        self.burst = 1  # "auto" neurons get bursts in resolve()
 
     def resolve(self, ops):
         """Settle the "auto" choices that depend on the model."""
         if isinstance(self.neuron, str) and self.neuron == "auto":
             # Negative spikes undo the over-fire of an early start (theta/2);
-            # measured better than IF on ReLU and QReLU models alike.
-            self.neuron = _AUTO_NEURON
+            # measured better than IF on ReLU and QReLU models alike. Bursts
+            # let a neuron catch up with input that arrives late.
+            self.neuron, self.burst = _AUTO_NEURON, _AUTO_BURST
         if isinstance(self.per_channel, str):  # "auto"
             self.per_channel = _PER_CHANNEL and _per_channel_scales_fit(ops)
 
@@ -388,7 +398,7 @@ class _Options:
     def make_neuron(self, op):
         if isinstance(self.neuron, neurons_lib.Neuron):  # a template: one copy per layer
             return copy.deepcopy(self.neuron)  # needs no registration, unlike a config copy
-        return _named_neuron(self.neuron, self.spike_max, self.membrane_for(op))
+        return _named_neuron(self.neuron, self.spike_max, self.membrane_for(op), self.burst)
 
 
 def _starts_to_choose(ops, options, off_shift):
@@ -437,12 +447,14 @@ def _check_neuron_name(neuron):
     )
 
 
-def _named_neuron(name, spike_max, initial_membrane):
+def _named_neuron(name, spike_max, initial_membrane, burst=1):
     """A neuron of the class `neurons.get(name)` names, with convert_model's options."""
     template = neurons_lib.get(name)
+    bursts = {"burst": burst} if burst > 1 else {}  # "auto" only, a class that takes it
     try:
         return type(template).from_config({
-            **template.get_config(), "spike_max": spike_max, "initial_membrane": initial_membrane
+            **template.get_config(), "spike_max": spike_max, "initial_membrane": initial_membrane,
+            **bursts,
         })
     except (TypeError, ValueError) as error:
         raise ConversionError(

@@ -46,7 +46,7 @@ class SpikingLayer:
         """True when every output is a 0/1 spike: a binary, non-negative neuron fires it."""
         neuron = getattr(self, "neuron", None)
         return bool(
-            self.emits_spikes and neuron is not None and neuron.spike_max == 1
+            self.emits_spikes and neuron is not None and neuron.largest_spike == 1
             and not neuron.emits_negative_spikes
         )
 
