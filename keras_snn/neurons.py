@@ -346,18 +346,24 @@ def buffered_integrate_and_fire(
         with bursts, with spikes in {.., -2, -1, 0, 1, 2, ..}.
     """
     potential = membrane + current
-    # ceil(-V'/theta) >= 1 exactly when V' < 0, so no separate sign test.
-    overfired = tf.minimum(tf.math.ceil(-potential / threshold), buffer)
     if burst == 1:
         positive = fire(potential, threshold, spike_max, surrogate)
+        # ceil(-V'/theta) >= 1 exactly when V' < 0, so no separate sign test.
+        overfired = tf.minimum(tf.math.ceil(-potential / threshold), buffer)
         negative = tf.stop_gradient(multibit_spike_count(overfired, spike_max))
         spikes = positive - negative
         return spikes, (potential - threshold * spikes, buffer + spikes)
+    # One clip of floor(V'/theta): up to the room (positive spikes) or down
+    # to -buffer (negative ones: ceil(-V'/theta) = -floor(V'/theta)), both
+    # within a burst. Fewer kernels than the two counts above, per step.
     largest = float(burst * spike_max)
-    room = tf.stop_gradient(room) + spike_max  # a bound, not a path for gradients
-    positive = tf.minimum(fire_burst(potential, threshold, largest, surrogate), room)
-    negative = tf.stop_gradient(tf.clip_by_value(overfired, 0.0, largest))
-    spikes = positive - negative
+    room = tf.stop_gradient(room) + spike_max  # bounds, not paths for gradients
+    low = -tf.minimum(tf.stop_gradient(buffer), largest)
+    high = tf.minimum(room, largest)
+    spikes = _with_surrogate(
+        lambda potential, threshold: tf.clip_by_value(tf.floor(potential / threshold), low, high),
+        potential, threshold, surrogate,
+    )
     return spikes, (potential - threshold * spikes, buffer + spikes, room - spikes)
 
 
