@@ -587,13 +587,14 @@ class BufferedIF(Neuron):
     [1.0, -1.0]
     """
 
+    state_names = ("membrane", "buffer")
     emits_negative_spikes = True
 
     def __init__(self, spike_max=1, initial_membrane=0.0, surrogate="piecewise_linear", burst=1):
         super().__init__(spike_max, initial_membrane, surrogate)
         self.burst = _check_burst(burst)
-        # The room for bursts is state only where there are bursts.
-        self.state_names = ("membrane", "buffer") + (("room",) if burst > 1 else ())
+        if burst > 1:  # the room for bursts is state only where there are bursts
+            self.state_names = type(self).state_names + ("room",)
 
     @property
     def largest_spike(self):

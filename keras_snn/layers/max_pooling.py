@@ -10,7 +10,7 @@ step and with no gating heuristic:
 - the output's cumulative count is `M(t)` itself, so its rate converges to the
   maximum of the input rates, the ANN's max pooling of the activations;
 - `M(t) - M(t-1) <= max_i (C_i(t) - C_i(t-1))`: binary inputs give binary
-  outputs, multi-bit inputs outputs of at most their `spike_max` (a whole
+  outputs, multi-bit inputs outputs of at most their largest spike (a whole
   number, not always a power of two); and `>= min_i` of the increments, so an
   output is negative only when an input carried a negative spike.
 
