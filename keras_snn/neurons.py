@@ -242,14 +242,15 @@ def fire(potential, threshold, spike_max, surrogate=None):
     )
 
 
-def fire_burst(potential, threshold, largest, surrogate=None):
-    """Spike count `clip(floor(V'/theta), 0, largest)`: a burst of any size up to `largest`.
+def fire_burst(potential, threshold, largest, surrogate=None, smallest=0.0):
+    """Spike count `clip(floor(V'/theta), smallest, largest)`: a burst of any size.
 
-    The gradient is `fire`'s.
+    `largest` and `smallest` may be tensors (per-neuron bounds). The gradient
+    is `fire`'s.
     """
     return _with_surrogate(
         lambda potential, threshold: tf.clip_by_value(
-            tf.floor(potential / threshold), 0.0, largest),
+            tf.floor(potential / threshold), smallest, largest),
         potential, threshold, surrogate,
     )
 
@@ -359,11 +360,7 @@ def buffered_integrate_and_fire(
     largest = float(burst * spike_max)
     room = tf.stop_gradient(room) + spike_max  # bounds, not paths for gradients
     low = -tf.minimum(tf.stop_gradient(buffer), largest)
-    high = tf.minimum(room, largest)
-    spikes = _with_surrogate(
-        lambda potential, threshold: tf.clip_by_value(tf.floor(potential / threshold), low, high),
-        potential, threshold, surrogate,
-    )
+    spikes = fire_burst(potential, threshold, tf.minimum(room, largest), surrogate, low)
     return spikes, (potential - threshold * spikes, buffer + spikes, room - spikes)
 
 
