@@ -247,6 +247,12 @@ def fire_burst(potential, threshold, largest, surrogate=None, smallest=0.0):
 
     `largest` and `smallest` may be tensors (per-neuron bounds). The gradient
     is `fire`'s.
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> fire_burst(tf.constant([0.4, 2.5, 7.0, -1.5]), 1.0, 4.0).numpy().tolist()
+    [0.0, 2.0, 4.0, 0.0]
     """
     return _with_surrogate(
         lambda potential, threshold: tf.clip_by_value(
@@ -429,7 +435,11 @@ class Neuron:
 
     @property
     def largest_spike(self):
-        """The most spikes one step may carry, of either sign (`spike_max`; more with bursts)."""
+        """The most spikes one step may carry, of either sign (`spike_max`; more with bursts).
+
+        >>> (IF(spike_max=2).largest_spike, BufferedIF(spike_max=2, burst=4).largest_spike)
+        (2, 8)
+        """
         return self.spike_max
 
     def initial_state(self, shape, threshold, dtype="float32"):
