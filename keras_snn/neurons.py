@@ -322,7 +322,7 @@ def leaky_integrate_and_fire(
 
 
 def buffered_integrate_and_fire(
-    membrane, buffer, current, threshold, spike_max=1, surrogate=None, burst=1, room=None
+    membrane, buffer, current, threshold, spike_max=1, surrogate=None, burst=1, ceiling=None
 ):
     """One step of the buffered IF neuron with negative spikes (low-latency paper, eqs. 12-13).
 
@@ -343,14 +343,16 @@ def buffered_integrate_and_fire(
     With `burst > 1` (burst spikes, Li & Zeng, IJCAI 2022) a step carries up
     to `burst * spike_max` spikes of either sign, as many as the membrane pays
     for (any whole number), so charge that arrived late leaves in one step
-    instead of lagging behind. `room` (required then) is how many more spikes
-    the ceiling allows, `t * spike_max` minus the net count: the neuron never
-    runs ahead of `spike_max` per step on average, so a clipped activation
-    (ReLU6, a percentile ceiling) stays clipped.
+    instead of lagging behind. `ceiling` (required then) is the net count
+    allowed before this step, `t * spike_max` after `t` steps, one value per
+    sample (any shape that broadcasts against the membrane; float32 keeps it
+    exact for 2**24 steps): the neuron never runs ahead of `spike_max` per
+    step on average, so a clipped activation (ReLU6, a percentile ceiling)
+    stays clipped.
 
     Returns:
-        `(spikes, (membrane, buffer))`, or `(spikes, (membrane, buffer, room))`
-        with bursts, with spikes in {.., -2, -1, 0, 1, 2, ..}.
+        `(spikes, (membrane, buffer))`, or `(spikes, (membrane, buffer,
+        ceiling))` with bursts, with spikes in {.., -2, -1, 0, 1, 2, ..}.
     """
     potential = membrane + current
     if burst == 1:
@@ -360,14 +362,18 @@ def buffered_integrate_and_fire(
         negative = tf.stop_gradient(multibit_spike_count(overfired, spike_max))
         spikes = positive - negative
         return spikes, (potential - threshold * spikes, buffer + spikes)
-    # One clip of floor(V'/theta): up to the room (positive spikes) or down
-    # to -buffer (negative ones: ceil(-V'/theta) = -floor(V'/theta)), both
-    # within a burst. Fewer kernels than the two counts above, per step.
+    # One clip of floor(V'/theta): up to the ceiling (positive spikes) or
+    # down to -buffer (negative ones: ceil(-V'/theta) = -floor(V'/theta)),
+    # both within a burst. Fewer kernels than the two counts above, per step.
+    # The ceiling is one number per sample, not per neuron: a state tensor of
+    # the neurons' size would cost the update a quarter more memory traffic.
     largest = float(burst * spike_max)
-    room = tf.stop_gradient(room) + spike_max  # bounds, not paths for gradients
-    low = -tf.minimum(tf.stop_gradient(buffer), largest)
+    ceiling = tf.stop_gradient(ceiling) + spike_max  # bounds, not paths for gradients
+    held = tf.stop_gradient(buffer)
+    room = tf.cast(ceiling - tf.cast(held, ceiling.dtype), held.dtype)
+    low = -tf.minimum(held, largest)
     spikes = fire_burst(potential, threshold, tf.minimum(room, largest), surrogate, low)
-    return spikes, (potential - threshold * spikes, buffer + spikes, room - spikes)
+    return spikes, (potential - threshold * spikes, buffer + spikes, ceiling)
 
 
 def _check_spike_max(spike_max):
@@ -571,7 +577,7 @@ class BufferedIF(Neuron):
     either sign, as many as the membrane pays for, while the net count after
     t steps stays at most `t * spike_max` (the ceiling): a neuron whose input
     arrives late catches up instead of ending with unspent charge. It keeps
-    one more state tensor, the spikes the ceiling still allows.
+    one more state, the ceiling, one float32 number per sample.
 
     Args:
         spike_max: largest multi-bit spike, positive or negative; with
@@ -600,18 +606,26 @@ class BufferedIF(Neuron):
     def __init__(self, spike_max=1, initial_membrane=0.0, surrogate="piecewise_linear", burst=1):
         super().__init__(spike_max, initial_membrane, surrogate)
         self.burst = _check_burst(burst)
-        if burst > 1:  # the room for bursts is state only where there are bursts
-            self.state_names = type(self).state_names + ("room",)
+        if burst > 1:  # the ceiling is state only where there are bursts
+            self.state_names = type(self).state_names + ("ceiling",)
 
     @property
     def largest_spike(self):
         return self.burst * self.spike_max
 
+    def initial_state(self, shape, threshold, dtype="float32"):
+        """As `Neuron`'s; with bursts the ceiling is `(batch, 1, ..)`, float32, 0."""
+        state = super().initial_state(shape, threshold, dtype)
+        if self.burst == 1:
+            return state
+        per_sample = tf.concat([tf.shape(state[0])[:1], tf.ones_like(tf.shape(state[0])[1:])], 0)
+        return (*state[:2], tf.zeros(per_sample, tf.float32))
+
     def step(self, current, state, threshold, **parameters):
-        membrane, buffer, *room = state
+        membrane, buffer, *ceiling = state
         return buffered_integrate_and_fire(
             membrane, buffer, current, threshold, self.spike_max, self.surrogate,
-            self.burst, room[0] if room else None,
+            self.burst, ceiling[0] if ceiling else None,
         )
 
     def get_config(self):

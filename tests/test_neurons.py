@@ -136,6 +136,20 @@ def test_a_burst_spends_charge_that_arrived_late():
     assert saturated.tolist() == [1.0] * 5
 
 
+def test_the_burst_ceiling_is_one_float32_number_per_sample():
+    # t * spike_max is the same for every neuron of a sample: keeping it per
+    # neuron would add a full tensor to every step's memory traffic.
+    neuron = neurons.BufferedIF(2, burst=3)
+    state = neuron.initial_state((3, 5, 5, 2), 1.0)
+    current = tf.random.stateless_uniform((3, 5, 5, 2), (0, 1), -4.0, 9.0)
+    for step in range(1, 4):
+        _, state = neuron.step(current, state, 1.0)
+        ceiling = state[-1]
+        assert ceiling.shape == (3, 1, 1, 1) and ceiling.dtype == tf.float32
+        np.testing.assert_array_equal(ceiling, np.full((3, 1, 1, 1), 2.0 * step))
+        assert np.all(state[1].numpy() <= 2.0 * step)  # the net count stays under it
+
+
 def test_burst_one_is_the_papers_neuron():
     currents = np.random.default_rng(0).uniform(-3.0, 5.0, 50)
     assert neurons.BufferedIF(2, 0.5).get_config()["burst"] == 1

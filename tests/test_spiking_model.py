@@ -212,6 +212,17 @@ def test_stateful_streaming_continues_and_resets():
         stream(np.zeros((3, 4), "float32"))
 
 
+def test_stateful_streaming_continues_the_burst_ceiling():
+    # A ceiling restarted at 0 while the net counts carry on would force
+    # negative spikes in the second call.
+    network = small_network(hidden_neuron=neurons.BufferedIF(burst=4))
+    x = np.random.default_rng(5).uniform(-1.0, 2.0, (2, 4)).astype("float32")
+    whole = SpikingModel(network, timesteps=10)(x)
+    stream = SpikingModel(network, timesteps=5, stateful=True, batch_size=2)
+    first, second = stream(x), stream(x)
+    np.testing.assert_allclose(np.concatenate([first, second], axis=1), whole, atol=1e-6)
+
+
 def test_event_input_consumes_one_frame_per_step():
     inputs = keras.Input((3,))
     x = layers.EventInput()(inputs)
