@@ -59,6 +59,23 @@ def test_buffered_never_ends_above_ideal_count(currents, initial_membrane):
     assert np.all(counts <= ideal)
 
 
+@FAST
+@given(
+    currents=st.lists(st.floats(-3.0, 3.0, width=32), min_size=1, max_size=40),
+    threshold=st.sampled_from([0.3, 1.0, 2.5]),
+)
+def test_binary_buffered_neuron_follows_eq_13_step_by_step(currents, threshold):
+    # Eq. 13 with spike_max=1, written out: +1 at V' >= theta, -1 at V' < 0
+    # while the buffer holds a spike, else 0; subtractive reset.
+    spikes, _ = simulate(neurons.BufferedIF(), currents, threshold)
+    membrane, held = np.float32(0.0), 0.0
+    for current, spike in zip(np.asarray(currents, "float32"), spikes):
+        potential = membrane + current
+        expected = 1.0 if potential >= threshold else (-1.0 if potential < 0 and held >= 1 else 0.0)
+        assert spike == expected
+        membrane, held = potential - np.float32(threshold) * np.float32(expected), held + expected
+
+
 def test_if_over_fires_where_buffered_corrects():
     # Early strong input, then inhibition: IF keeps its early spikes, the
     # buffered neuron takes them back with negative spikes.
