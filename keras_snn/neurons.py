@@ -343,10 +343,10 @@ def buffered_integrate_and_fire(
     With `burst > 1` (burst spikes, Li & Zeng, IJCAI 2022) a step carries up
     to `burst * spike_max` spikes of either sign, as many as the membrane pays
     for (any whole number), so charge that arrived late leaves in one step
-    instead of lagging behind. `ceiling` (required then) is the net count
-    allowed before this step, `t * spike_max` after `t` steps, one value per
-    sample (any shape that broadcasts against the membrane; float32 keeps it
-    exact for 2**24 steps): the neuron never runs ahead of `spike_max` per
+    instead of lagging behind. `ceiling` (required then) is the most net
+    spikes the steps so far allow, `t * spike_max` after `t` steps, one value
+    per sample (any shape that broadcasts against the membrane; float32 keeps
+    it exact for 2**24 steps): the neuron never runs ahead of `spike_max` per
     step on average, so a clipped activation (ReLU6, a percentile ceiling)
     stays clipped.
 
@@ -413,7 +413,8 @@ class Neuron:
 
     A neuron turns the per-step input current into spikes and carries state
     between steps. Subclasses set `state_names` (one tensor per name, each
-    shaped like the current) and `parameters` (per-layer scalars the layer
+    shaped like the current or broadcasting against it, as `BufferedIF`'s
+    per-sample ceiling) and `parameters` (per-layer scalars the layer
     stores as variables, with their initial values, e.g. LIF's leak).
 
     Args:

@@ -68,12 +68,12 @@ def test_binary_buffered_neuron_follows_eq_13_step_by_step(currents, threshold):
     # Eq. 13 with spike_max=1, written out: +1 at V' >= theta, -1 at V' < 0
     # while the buffer holds a spike, else 0; subtractive reset.
     spikes, _ = simulate(neurons.BufferedIF(), currents, threshold)
-    membrane, held = np.float32(0.0), 0.0
+    theta, membrane, held = np.float32(threshold), np.float32(0.0), 0.0
     for current, spike in zip(np.asarray(currents, "float32"), spikes):
         potential = membrane + current
-        expected = 1.0 if potential >= threshold else (-1.0 if potential < 0 and held >= 1 else 0.0)
+        expected = 1.0 if potential >= theta else (-1.0 if potential < 0 and held >= 1 else 0.0)
         assert spike == expected
-        membrane, held = potential - np.float32(threshold) * np.float32(expected), held + expected
+        membrane, held = potential - theta * np.float32(expected), held + expected
 
 
 def test_if_over_fires_where_buffered_corrects():
