@@ -376,20 +376,13 @@ def buffered_integrate_and_fire(
     return spikes, (potential - threshold * spikes, buffer + spikes, ceiling)
 
 
-def _check_spike_max(spike_max):
-    if isinstance(spike_max, bool) or not isinstance(spike_max, int) or spike_max < 1:
+def _check_spike_count(name, value, one_means):
+    """`value` if an int >= 1 (spikes per step), else a ValueError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(
-            f"`spike_max` must be an integer >= 1 (1 = binary spikes); received {spike_max!r}."
+            f"`{name}` must be an integer >= 1 (1 = {one_means}); received {value!r}."
         )
-    return spike_max
-
-
-def _check_burst(burst):
-    if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
-        raise ValueError(
-            f"`burst` must be an integer >= 1 (1 = at most spike_max per step); received {burst!r}."
-        )
-    return burst
+    return value
 
 
 def _check_initial_membrane(initial_membrane):
@@ -431,7 +424,7 @@ class Neuron:
     emits_negative_spikes = False
 
     def __init__(self, spike_max=1, initial_membrane=0.0, surrogate="piecewise_linear"):
-        self.spike_max = _check_spike_max(spike_max)
+        self.spike_max = _check_spike_count("spike_max", spike_max, "binary spikes")
         self.initial_membrane = _check_initial_membrane(initial_membrane)
         self.surrogate = get_surrogate(surrogate)
 
@@ -606,7 +599,7 @@ class BufferedIF(Neuron):
 
     def __init__(self, spike_max=1, initial_membrane=0.0, surrogate="piecewise_linear", burst=1):
         super().__init__(spike_max, initial_membrane, surrogate)
-        self.burst = _check_burst(burst)
+        self.burst = _check_spike_count("burst", burst, "at most spike_max per step")
         if burst > 1:  # the ceiling is state only where there are bursts
             self.state_names = type(self).state_names + ("ceiling",)
 
@@ -743,7 +736,7 @@ class SignedIF(Neuron):
                 f"`rounding` must be one of {_SIGNED_ROUNDINGS}; received {rounding!r}."
             )
         self.rounding = rounding
-        self.burst = _check_burst(burst)
+        self.burst = _check_spike_count("burst", burst, "at most spike_max per step")
 
     @property
     def largest_spike(self):
