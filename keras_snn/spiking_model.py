@@ -188,6 +188,7 @@ class SpikingModel(keras.Model):
             fused_neurons=self.loop_variant == "fused",
         )
         self._loop = tf.function(self._time_loop.run, jit_compile=self.loop_variant == "xla")
+        self._run_compiled = tf.function(self._run, autograph=False)
         names = autotune.candidates(self.xla, self.fused_neurons)
         self._tuner = autotune.LoopTuner(self, names) if len(names) > 1 else None
         self._state = None
@@ -285,12 +286,22 @@ class SpikingModel(keras.Model):
         if readout_every is None:
             readout_every = self.readout_every
         readout_every = _check_readout_every(readout_every, timesteps)
+        if self.stateful and inputs.shape[0] is not None and inputs.shape[0] != self.batch_size:
+            raise ValueError(
+                f"Stateful SpikingModel '{self.name}' was made for batch_size="
+                f"{self.batch_size}; received a batch of {inputs.shape[0]}."
+            )
+        # Called eagerly (`snn(x)`, `snn.run(x)`), the few dozen small ops
+        # around the loop (initial states, the non-finite check) would each
+        # be dispatched on their own: about 5 ms a call, more than a small
+        # network's whole run. Under `simulate`, `predict` or `fit` this is
+        # already inside their graph.
+        run = self._run_compiled if tf.executing_eagerly() else self._run
+        return run(inputs, timesteps, record, bool(training), labels, readout_every, readout_into)
+
+    def _run(self, inputs, timesteps, record, training, labels, readout_every, readout_into):
+        """`_execute` past its checks: the loop and what goes around it, as graph ops."""
         if self.stateful:
-            if inputs.shape[0] is not None and inputs.shape[0] != self.batch_size:
-                raise ValueError(
-                    f"Stateful SpikingModel '{self.name}' was made for batch_size="
-                    f"{self.batch_size}; received a batch of {inputs.shape[0]}."
-                )
             states, first_step = self._state.read()
         else:
             states = self._initial_states(tf.shape(inputs)[0])

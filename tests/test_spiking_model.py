@@ -223,6 +223,24 @@ def test_stateful_streaming_continues_the_burst_ceiling():
     np.testing.assert_allclose(np.concatenate([first, second], axis=1), whole, atol=1e-6)
 
 
+def test_an_eager_call_is_one_compiled_call_around_the_loop():
+    # Run op by op, the small ops around the loop (initial states, the
+    # non-finite check) cost more than a small network's whole run.
+    snn = SpikingModel(small_network(hidden_neuron=neurons.BufferedIF(burst=4)), timesteps=5)
+    x = np.random.default_rng(2).uniform(-1.0, 2.0, (3, 4)).astype("float32")
+    readout, ops = snn(x, return_ops=True)
+    in_graph, graph_ops = tf.function(lambda v: snn(v, return_ops=True))(x)
+    np.testing.assert_allclose(in_graph, readout, atol=1e-6)
+    np.testing.assert_array_equal(graph_ops, ops)
+    x[1, 0] = np.nan
+    with_nan, _ = snn(x, return_ops=True)
+    np.testing.assert_array_equal(with_nan[0], readout[0])
+    assert np.isnan(with_nan[1]).all()
+    # Both eager calls ran in one trace; the call inside tf.function above
+    # ran the same ops in that function's graph instead.
+    assert snn._run_compiled.experimental_get_tracing_count() == 1
+
+
 def test_event_input_consumes_one_frame_per_step():
     inputs = keras.Input((3,))
     x = layers.EventInput()(inputs)
