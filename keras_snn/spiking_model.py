@@ -291,11 +291,11 @@ class SpikingModel(keras.Model):
                 f"Stateful SpikingModel '{self.name}' was made for batch_size="
                 f"{self.batch_size}; received a batch of {inputs.shape[0]}."
             )
-        # Called eagerly (`snn(x)`, `snn.run(x)`), the few dozen small ops
-        # around the loop (initial states, the non-finite check) would each
-        # be dispatched on their own: about 5 ms a call, more than a small
-        # network's whole run. Under `simulate`, `predict` or `fit` this is
-        # already inside their graph.
+        # Called eagerly (`snn(x)`, `snn.run(x)`), the small ops around the
+        # loop (initial states, the non-finite check) would each be
+        # dispatched on their own: 5 ms a call on Dense MNIST, more than its
+        # whole run at T=10, and 40 ms on a MobileNetV2 (benchmarks/RESULTS.md).
+        # Under `simulate`, `predict` or `fit` this is already in their graph.
         run = self._run_compiled if tf.executing_eagerly() else self._run
         return run(inputs, timesteps, record, bool(training), labels, readout_every, readout_into)
 
